@@ -1,0 +1,155 @@
+//! Where shared state lives and how deliveries cross nodes.
+//!
+//! Two narrow contracts, each with a memory and (later) a Redis implementation:
+//!
+//! - [`StateStore`]: versioned key/value state in native shapes (values, hashes, sets,
+//!   lists) plus room membership. Scripts read through it and commit with
+//!   [`StateStore::commit`], an optimistic compare-and-apply: the commit succeeds only if
+//!   every key the script read still has the version it read, and then applies the
+//!   buffered writes *and* publishes the resulting deliveries in one atomic step.
+//! - [`Bus`]: publish/subscribe of already-serialized deliveries between nodes. At most
+//!   once: a message published while a node is unsubscribed is not replayed to it.
+//!
+//! Backends know nothing of events, schemas or scripts. Only the composition root
+//! (`crate::server`) chooses which implementation runs.
+
+pub mod memory;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use crate::config::Target;
+
+/// Connection ids embed the id of the node that holds them, so a `conn:` delivery can be
+/// routed to that node's channel without a lookup.
+pub type ConnId = Arc<str>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("state backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored value of `{key}` is not {expected}")]
+    WrongType { key: String, expected: &'static str },
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+}
+
+/// One key's value in its native shape. Every element is JSON text in Redis, so the
+/// numbers, strings and objects a script stores come back as they went in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredValue {
+    Json(Value),
+    Hash(BTreeMap<String, Value>),
+    /// Members are kept as their JSON text: Redis sets hold strings, and equal JSON values
+    /// must be one member.
+    Set(BTreeSet<String>),
+    List(VecDeque<Value>),
+}
+
+impl StoredValue {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Json(_) => "a value",
+            Self::Hash(_) => "a hash",
+            Self::Set(_) => "a set",
+            Self::List(_) => "a list",
+        }
+    }
+
+    /// The value as a script or a pack test sees it.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Json(v) => v.clone(),
+            Self::Hash(h) => Value::Object(h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Self::Set(s) => Value::Array(
+                s.iter()
+                    .map(|m| serde_json::from_str(m).unwrap_or_else(|_| Value::String(m.clone())))
+                    .collect(),
+            ),
+            Self::List(l) => Value::Array(l.iter().cloned().collect()),
+        }
+    }
+}
+
+/// A key as read inside a transaction. `version` counts every committed write to the
+/// key, survives deletes (or a delete + recreate would fool the check) and is 0 for a
+/// key never written.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Versioned {
+    pub version: u64,
+    pub value: Option<StoredValue>,
+}
+
+/// A buffered write: the key's whole new value (or its deletion) and an optional TTL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub key: String,
+    pub value: Option<StoredValue>,
+    pub ttl: Option<Duration>,
+}
+
+/// A delivery on its way to every node: who gets it and the frame, serialized once.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub target: Target,
+    /// The sender, when it must not receive its own delivery (`exclude_sender`).
+    /// `Target::Sender` never travels: dispatch turns it into `Target::Conn`.
+    pub exclude: Option<ConnId>,
+    pub frame: Bytes,
+}
+
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Every key the script read, with the version it saw.
+    pub reads: Vec<(String, u64)>,
+    pub writes: Vec<Write>,
+    /// Deliveries published together with the writes (cluster-scope events).
+    pub publish: Vec<Envelope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// Some key changed since it was read: nothing was written or published.
+    Conflict,
+}
+
+/// Shared state. Every method may be awaited from any task; scripts call them from
+/// blocking threads through `Handle::block_on`.
+pub trait StateStore: Send + Sync + 'static {
+    /// The current value and version of each key, read together.
+    fn read(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Versioned>, BackendError>>;
+
+    /// Atomically: if every read version is unchanged, apply the writes, bump their
+    /// versions and publish the envelopes; otherwise change nothing.
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome, BackendError>>;
+
+    /// Add a connection to a room, cluster-wide. Idempotent.
+    fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Remove a connection from a room. Idempotent.
+    fn leave(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Every connection id in a room, on every node, sorted.
+    fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
+}
+
+/// Publish/subscribe between nodes. The memory bus hands each envelope straight to the
+/// local [`Sink`]; the Redis bus routes it through one channel per target.
+pub trait Bus: Send + Sync + 'static {
+    /// Deliver to every node with matching recipients. At most once.
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BackendError>>;
+}
+
+/// The local end of the bus: whatever delivers envelopes to this node's sockets.
+pub trait Sink: Send + Sync + 'static {
+    fn deliver(&self, envelope: &Envelope);
+}
+
+/// Keys, rooms and targets are operator-visible names; keep them readable and bounded.
+pub const MAX_NAME_LEN: usize = 256;

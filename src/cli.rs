@@ -1,0 +1,156 @@
+//! The command line: `serve` (the default), `check`, `test`, `schema`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wss-engine",
+    version,
+    about = "A horizontally scalable WebSocket server configured by event packs",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a pack over WebSocket (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Validate a pack and print every problem as `file:line:col: severity: message`.
+    Check(CheckArgs),
+    /// Run the `tests:` cases of a pack in-process on the embedded backend.
+    Test(TestArgs),
+    /// Print the JSON Schema of the pack format.
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The pack directory.
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+    /// Print the events of a valid pack (name, scope, to, description).
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The pack directory.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The pack directory.
+    #[arg(long, env = "WSS_CONFIG", default_value = "events")]
+    pub config: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    /// `SERVER_PORT` (a bare port) is honoured for compatibility.
+    #[arg(long, env = "WSS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Redis URL: state, rooms and the bus go to Redis, so many nodes serve one app.
+    /// Without it one node runs on the embedded memory backend.
+    /// `REDIS_SERVER` is honoured for compatibility.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis: Option<String>,
+    /// Prefix of every Redis key and channel, so applications can share one Redis.
+    #[arg(long, env = "WSS_REDIS_PREFIX", default_value = "wss:")]
+    pub redis_prefix: String,
+    #[arg(long, env = "WSS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Largest accepted text frame; larger ones get `too_large` (the connection stays).
+    #[arg(long, env = "WSS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Deliveries queued for one connection before it is cut off as a slow consumer.
+    #[arg(long, env = "WSS_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Seconds between server pings.
+    #[arg(long, env = "WSS_PING_INTERVAL", default_value = "20", value_parser = parse_secs)]
+    pub ping_interval: Duration,
+    /// Seconds without any frame from a client before it is closed.
+    #[arg(long, env = "WSS_IDLE_TIMEOUT", default_value = "60", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+    /// Seconds a graceful shutdown waits for connections to drain.
+    #[arg(long, env = "WSS_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub shutdown_timeout: Duration,
+    /// Scripts running at once (each on a blocking thread).
+    #[arg(long, env = "WSS_SCRIPT_CONCURRENCY", default_value_t = 64)]
+    pub script_concurrency: usize,
+    /// Rhai operations one script run may take.
+    #[arg(long, env = "WSS_SCRIPT_MAX_OPERATIONS", default_value_t = 100_000)]
+    pub script_max_operations: u64,
+    /// Wall-clock budget of one script run, in milliseconds.
+    #[arg(long, env = "WSS_SCRIPT_TIMEOUT_MS", default_value_t = 250)]
+    pub script_timeout_ms: u64,
+    /// Reject connections without a valid token (needs a JWT key).
+    #[arg(long, env = "WSS_AUTH_REQUIRED")]
+    pub auth_required: bool,
+    /// HS256 secret for verifying client JWTs.
+    #[arg(long, env = "WSS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err("must be greater than 0".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ServeArgs {
+    /// The listen address after the compatibility variables are applied.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        if let Some(addr) = self.listen {
+            return Ok(addr);
+        }
+        match std::env::var("SERVER_PORT") {
+            Ok(port) => port
+                .trim()
+                .parse::<u16>()
+                .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+                .map_err(|_| format!("SERVER_PORT=`{port}` is not a port number")),
+            Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 3000))),
+        }
+    }
+
+    /// The Redis URL after `REDIS_SERVER` (`host:port` or a URL) is applied.
+    pub fn redis_url(&self) -> Option<String> {
+        if let Some(url) = &self.redis {
+            return Some(url.clone());
+        }
+        let server = std::env::var("REDIS_SERVER").ok()?;
+        let server = server.trim();
+        if server.is_empty() {
+            None
+        } else if server.contains("://") {
+            Some(server.to_string())
+        } else {
+            Some(format!("redis://{server}"))
+        }
+    }
+}

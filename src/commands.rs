@@ -1,0 +1,123 @@
+//! What each subcommand does, returning an exit code; `main` only parses and dispatches.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{CheckArgs, OutputFormat, ServeArgs, TestArgs};
+use crate::config::{self, Diagnostics};
+use crate::engine::script::{ScriptLimits, ScriptRuntime};
+
+pub fn schema() -> anyhow::Result<ExitCode> {
+    print!("{}", config::PACK_SCHEMA);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let runtime = ScriptRuntime::new(&ScriptLimits::default());
+    let (pack, diags) = match config::load(&args.dir, &runtime) {
+        Ok((pack, diags)) => (Some(pack), diags),
+        Err(diags) => (None, diags),
+    };
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        OutputFormat::Json => {
+            if let (true, Some(pack)) = (args.list, &pack) {
+                let events: Vec<_> = pack
+                    .events
+                    .values()
+                    .map(|e| {
+                        serde_json::json!({
+                            "name": e.name, "scope": e.scope.as_str(), "to": e.to.to_string(),
+                            "description": e.description,
+                        })
+                    })
+                    .collect();
+                serde_json::to_writer_pretty(&mut out, &events)?;
+            } else {
+                serde_json::to_writer_pretty(&mut out, &diags.0)?;
+            }
+            writeln!(out)?;
+        }
+        OutputFormat::Text => {
+            print_diagnostics(&mut out, &diags)?;
+            if let (true, Some(pack)) = (args.list, &pack) {
+                for e in pack.events.values() {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        e.name,
+                        e.scope.as_str(),
+                        e.to,
+                        e.description.as_deref().unwrap_or("").trim()
+                    )?;
+                }
+            }
+        }
+    }
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.0.len() - errors;
+    match &pack {
+        Some(pack) => eprintln!(
+            "{}: ok, {} events{}{}",
+            args.dir.display(),
+            pack.events.len(),
+            if pack.on_connect.is_some() || pack.on_disconnect.is_some() {
+                " and hooks"
+            } else {
+                ""
+            },
+            if warnings > 0 {
+                format!(", {warnings} warning(s)")
+            } else {
+                String::new()
+            }
+        ),
+        None => eprintln!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            args.dir.display()
+        ),
+    }
+    Ok(if pack.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_diagnostics(out: &mut impl Write, diags: &Diagnostics) -> std::io::Result<()> {
+    let snippets = std::io::stdout().is_terminal();
+    for d in diags.iter() {
+        writeln!(out, "{d}")?;
+        if snippets {
+            if let Some(snippet) = d.snippet() {
+                writeln!(out, "{snippet}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(crate::engine::testing::run_pack_tests(&args.dir))?;
+    Ok(if report {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    crate::server::init_tracing(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(crate::server::run_from_args(args))?;
+    Ok(ExitCode::SUCCESS)
+}

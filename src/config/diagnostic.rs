@@ -1,0 +1,166 @@
+//! Problems found in a pack, each pinned to `file:line:col`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::yaml::Pos;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// The file that holds the mistake: the YAML file, a `.rhai` file or a schema file.
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(file: &Path, pos: Pos, message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, file, pos, message)
+    }
+
+    pub fn warning(file: &Path, pos: Pos, message: impl Into<String>) -> Self {
+        Self::new(Severity::Warning, file, pos, message)
+    }
+
+    fn new(severity: Severity, file: &Path, pos: Pos, message: impl Into<String>) -> Self {
+        Self {
+            severity,
+            file: file.to_path_buf(),
+            line: pos.line.max(1),
+            col: pos.col.max(1),
+            message: message.into(),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// The offending source line with a caret under the column, for humans at a terminal.
+    pub fn snippet(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.file).ok()?;
+        let line = text.lines().nth(self.line.checked_sub(1)?)?;
+        let gutter = self.line.to_string().len();
+        let caret_pad: String = line
+            .chars()
+            .take(self.col.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        Some(format!(
+            "{:gutter$} |\n{} | {}\n{:gutter$} | {}^",
+            "", self.line, line, "", caret_pad
+        ))
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            severity,
+            self.message
+        )
+    }
+}
+
+/// Every problem of one load, in the order they were found.
+#[derive(Debug, Default, Clone)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn push(&mut self, diagnostic: Diagnostic) {
+        self.0.push(diagnostic);
+    }
+
+    pub fn error(&mut self, file: &Path, pos: Pos, message: impl Into<String>) {
+        self.push(Diagnostic::error(file, pos, message));
+    }
+
+    pub fn warning(&mut self, file: &Path, pos: Pos, message: impl Into<String>) {
+        self.push(Diagnostic::warning(file, pos, message));
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter()
+    }
+
+    /// Files in name order, then position: the order an operator reads them in.
+    pub fn sort(&mut self) {
+        self.0
+            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            writeln!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// The closest known word to a misspelt one, for "did you mean" hints.
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(cur)
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_words_only() {
+        assert_eq!(suggest("scpoe", ["scope", "schema", "to"]), Some("scope"));
+        assert_eq!(suggest("zzzzzz", ["scope", "schema"]), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! Payload schemas: inline or `$ref`'d files, preloaded from disk and compiled once.
+//!
+//! A pack must never make the server fetch anything: every `$ref` to another file is
+//! resolved relative to the file that holds it, read and parsed here (with positions, so
+//! a mistake inside a schema file is reported in that file), and handed to the validator
+//! through a retriever that knows only those preloaded documents.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jsonschema::{Retrieve, Uri, Validator};
+use serde_json::Value;
+
+use super::diagnostic::Diagnostics;
+use super::yaml::{self, Node, NodeKind, Pos};
+
+/// Schema files parsed so far in this load, shared by every event that refers to them.
+#[derive(Default)]
+pub struct SchemaFiles {
+    docs: HashMap<PathBuf, Option<Arc<Node>>>,
+}
+
+struct Preloaded(HashMap<String, Value>);
+
+impl Retrieve for Preloaded {
+    fn retrieve(
+        &self,
+        uri: &Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let key = uri.as_str().split('#').next().unwrap_or_default();
+        self.0.get(key).cloned().ok_or_else(|| {
+            format!(
+                "`{key}` is not a file of this pack; packs never fetch schemas from the network"
+            )
+            .into()
+        })
+    }
+}
+
+pub fn file_uri(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+impl SchemaFiles {
+    /// Parse a schema file once; report its problems once.
+    fn load(&mut self, path: &Path, diags: &mut Diagnostics) -> Option<Arc<Node>> {
+        if let Some(doc) = self.docs.get(path) {
+            return doc.clone();
+        }
+        let doc = match std::fs::read_to_string(path) {
+            Err(e) => {
+                diags.error(
+                    path,
+                    Pos::default(),
+                    format!("cannot read schema file: {e}"),
+                );
+                None
+            }
+            // JSON is YAML, so one parser gives positions for both kinds of schema file.
+            Ok(text) => match yaml::parse(&text) {
+                Ok(Some(node)) => Some(Arc::new(node)),
+                Ok(None) => {
+                    diags.error(path, Pos::default(), "schema file is empty");
+                    None
+                }
+                Err(e) => {
+                    diags.error(
+                        path,
+                        e.pos,
+                        format!("schema file is not valid JSON/YAML: {}", e.message),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(node) = &doc {
+            check_meta(path, node, diags);
+        }
+        self.docs.insert(path.to_path_buf(), doc.clone());
+        doc
+    }
+
+    /// Compile one event's schema. `node` is the `schema:` value, found in `file`.
+    pub fn compile(
+        &mut self,
+        file: &Path,
+        node: &Node,
+        diags: &mut Diagnostics,
+    ) -> Option<Arc<Validator>> {
+        let errors_before = diags.0.len();
+        let mut preloaded = HashMap::new();
+        if node.as_map().is_none() && !matches!(node.kind, NodeKind::Bool(_)) {
+            diags.error(
+                file,
+                node.pos,
+                format!(
+                    "`schema` must be a JSON Schema mapping or `{{ $ref: path }}`, not {}",
+                    node.type_name()
+                ),
+            );
+            return None;
+        }
+        // An inline schema that is only `{ $ref: file }` is checked in that file instead.
+        let only_ref = node.as_map().is_some_and(|m| m.len() == 1) && node.get("$ref").is_some();
+        if !only_ref {
+            check_meta(file, node, diags);
+        }
+        self.collect_refs(file, node, &mut preloaded, diags, 0);
+        if diags.0.len() > errors_before {
+            return None;
+        }
+        let schema = node.to_json();
+        let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+        let result = jsonschema::options()
+            .with_base_uri(file_uri(&absolute))
+            .with_retriever(Preloaded(preloaded))
+            .build(&schema);
+        match result {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                diags.error(file, node.pos, format!("schema does not compile: {e}"));
+                None
+            }
+        }
+    }
+
+    fn collect_refs(
+        &mut self,
+        file: &Path,
+        node: &Node,
+        preloaded: &mut HashMap<String, Value>,
+        diags: &mut Diagnostics,
+        depth: usize,
+    ) {
+        match &node.kind {
+            NodeKind::Map(entries) => {
+                for (key, value) in entries {
+                    if key.name == "$ref" {
+                        if let Some(reference) = value.as_str() {
+                            self.follow_ref(file, reference, value.pos, preloaded, diags, depth);
+                        }
+                    } else {
+                        self.collect_refs(file, value, preloaded, diags, depth);
+                    }
+                }
+            }
+            NodeKind::Seq(items) => {
+                for item in items {
+                    self.collect_refs(file, item, preloaded, diags, depth);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn follow_ref(
+        &mut self,
+        file: &Path,
+        reference: &str,
+        pos: Pos,
+        preloaded: &mut HashMap<String, Value>,
+        diags: &mut Diagnostics,
+        depth: usize,
+    ) {
+        let target = reference.split('#').next().unwrap_or_default();
+        if target.is_empty() {
+            return; // a pointer into the same document
+        }
+        if target.contains("://") || target.starts_with("urn:") {
+            diags.error(
+                file,
+                pos,
+                format!("`$ref: {reference}` points outside the pack; packs never fetch schemas from the network: copy the schema into a file and refer to it by relative path"),
+            );
+            return;
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let path = match base.join(target).canonicalize() {
+            Ok(p) => p,
+            Err(_) => {
+                diags.error(
+                    file,
+                    pos,
+                    format!(
+                        "`$ref: {reference}`: no such file `{}`",
+                        base.join(target).display()
+                    ),
+                );
+                return;
+            }
+        };
+        let uri = file_uri(&path);
+        if preloaded.contains_key(&uri) || depth > 32 {
+            return;
+        }
+        if let Some(doc) = self.load(&path, diags) {
+            preloaded.insert(uri, doc.to_json());
+            self.collect_refs(&path, &doc, preloaded, diags, depth + 1);
+        }
+    }
+}
+
+/// Check a schema against its meta-schema and point at the offending node.
+fn check_meta(file: &Path, node: &Node, diags: &mut Diagnostics) {
+    let json = node.to_json();
+    let Ok(validator) = jsonschema::meta::validator_for(&json) else {
+        let pos = node.get("$schema").map_or(node.pos, |n| n.pos);
+        diags.error(
+            file,
+            pos,
+            "unknown `$schema` dialect: use draft 2020-12 (the default), 2019-09, 7, 6 or 4",
+        );
+        return;
+    };
+    for error in validator.iter_errors(&json) {
+        let pointer = error.instance_path().as_str().to_string();
+        let pos = node.at_pointer(&pointer).map_or(node.pos, |n| n.pos);
+        let place = if pointer.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{pointer}`")
+        };
+        diags.error(file, pos, format!("invalid JSON Schema{place}: {error}"));
+    }
+}

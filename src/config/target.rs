@@ -1,0 +1,306 @@
+//! Delivery targets (`to:` and `emit(target, …)`) and their `{{…}}` templates.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// A target as written in a pack: the kind is fixed, the name may hold templates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetSpec {
+    None,
+    Sender,
+    All,
+    Room(Template),
+    User(Template),
+    Conn(Template),
+}
+
+/// A target with every template filled in, as the engine delivers to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    None,
+    Sender,
+    All,
+    Room(String),
+    User(String),
+    Conn(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+    source: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Literal(String),
+    Data(Vec<String>),
+    ConnId,
+    ConnUser,
+}
+
+/// What a template may read at delivery time.
+pub struct TemplateContext<'a> {
+    pub data: &'a Value,
+    pub conn_id: &'a str,
+    pub conn_user: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("unknown target `{0}`: use sender, all, none, room:<name>, user:<id> or conn:<id>")]
+    UnknownKind(String),
+    #[error("target `{0}` needs a name after the colon")]
+    EmptyName(String),
+    #[error("unclosed `{{{{` in `{0}`")]
+    Unclosed(String),
+    #[error("unknown template `{{{{{0}}}}}`: use {{{{data.<field>}}}}, {{{{conn.id}}}} or {{{{conn.user}}}}")]
+    UnknownField(String),
+    #[error("`{path}` is missing from the payload, so the target cannot be resolved")]
+    MissingData { path: String },
+    #[error("`{path}` must be a string or number to name a target")]
+    NotScalar { path: String },
+    #[error("the connection has no user, so `{{{{conn.user}}}}` cannot be resolved")]
+    NoUser,
+}
+
+impl TargetSpec {
+    pub fn parse(text: &str) -> Result<Self, TargetError> {
+        let (kind, name) = match text.split_once(':') {
+            None => {
+                return match text {
+                    "none" => Ok(Self::None),
+                    "sender" => Ok(Self::Sender),
+                    "all" => Ok(Self::All),
+                    "room" | "user" | "conn" => Err(TargetError::EmptyName(text.into())),
+                    _ => Err(TargetError::UnknownKind(text.into())),
+                };
+            }
+            Some(split) => split,
+        };
+        let make: fn(Template) -> Self = match kind {
+            "room" => Self::Room,
+            "user" => Self::User,
+            "conn" => Self::Conn,
+            _ => return Err(TargetError::UnknownKind(text.into())),
+        };
+        if name.is_empty() {
+            return Err(TargetError::EmptyName(text.into()));
+        }
+        Ok(make(Template::parse(name)?))
+    }
+
+    pub fn resolve(&self, cx: &TemplateContext<'_>) -> Result<Target, TargetError> {
+        Ok(match self {
+            Self::None => Target::None,
+            Self::Sender => Target::Sender,
+            Self::All => Target::All,
+            Self::Room(t) => Target::Room(t.render(cx)?),
+            Self::User(t) => Target::User(t.render(cx)?),
+            Self::Conn(t) => Target::Conn(t.render(cx)?),
+        })
+    }
+
+    /// Every `{{data.…}}` path the target reads, for cross-checks against the schema.
+    pub fn data_paths(&self) -> Vec<&[String]> {
+        match self {
+            Self::Room(t) | Self::User(t) | Self::Conn(t) => t.data_paths(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Target {
+    /// A target computed by a script (`emit("room:" + r, …)`): no templates, just a name.
+    pub fn parse(text: &str) -> Result<Self, TargetError> {
+        let (kind, name) = match text.split_once(':') {
+            None => {
+                return match text {
+                    "none" => Ok(Self::None),
+                    "sender" => Ok(Self::Sender),
+                    "all" => Ok(Self::All),
+                    _ => Err(TargetError::UnknownKind(text.into())),
+                }
+            }
+            Some(split) => split,
+        };
+        if name.is_empty() {
+            return Err(TargetError::EmptyName(text.into()));
+        }
+        match kind {
+            "room" => Ok(Self::Room(name.into())),
+            "user" => Ok(Self::User(name.into())),
+            "conn" => Ok(Self::Conn(name.into())),
+            _ => Err(TargetError::UnknownKind(text.into())),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Sender => f.write_str("sender"),
+            Self::All => f.write_str("all"),
+            Self::Room(n) => write!(f, "room:{n}"),
+            Self::User(n) => write!(f, "user:{n}"),
+            Self::Conn(n) => write!(f, "conn:{n}"),
+        }
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Sender => f.write_str("sender"),
+            Self::All => f.write_str("all"),
+            Self::Room(t) => write!(f, "room:{}", t.source),
+            Self::User(t) => write!(f, "user:{}", t.source),
+            Self::Conn(t) => write!(f, "conn:{}", t.source),
+        }
+    }
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self, TargetError> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                parts.push(Part::Literal(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| TargetError::Unclosed(text.into()))?;
+            let expr = after[..end].trim();
+            parts.push(parse_field(expr)?);
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        Ok(Self {
+            parts,
+            source: text.to_string(),
+        })
+    }
+
+    pub fn render(&self, cx: &TemplateContext<'_>) -> Result<String, TargetError> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::ConnId => out.push_str(cx.conn_id),
+                Part::ConnUser => out.push_str(cx.conn_user.ok_or(TargetError::NoUser)?),
+                Part::Data(path) => {
+                    let dotted = || format!("data.{}", path.join("."));
+                    let mut value = cx.data;
+                    for segment in path {
+                        value = match value {
+                            Value::Object(map) => map.get(segment),
+                            Value::Array(items) => {
+                                segment.parse::<usize>().ok().and_then(|i| items.get(i))
+                            }
+                            _ => None,
+                        }
+                        .ok_or_else(|| TargetError::MissingData { path: dotted() })?;
+                    }
+                    match value {
+                        Value::String(s) => out.push_str(s),
+                        Value::Number(n) => out.push_str(&n.to_string()),
+                        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                        _ => return Err(TargetError::NotScalar { path: dotted() }),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn data_paths(&self) -> Vec<&[String]> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Data(path) => Some(path.as_slice()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+fn parse_field(expr: &str) -> Result<Part, TargetError> {
+    match expr {
+        "conn.id" => return Ok(Part::ConnId),
+        "conn.user" => return Ok(Part::ConnUser),
+        _ => {}
+    }
+    match expr.strip_prefix("data.") {
+        Some(path)
+            if !path.is_empty()
+                && path.split('.').all(|s| {
+                    !s.is_empty()
+                        && s.chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+                }) =>
+        {
+            Ok(Part::Data(path.split('.').map(str::to_string).collect()))
+        }
+        _ => Err(TargetError::UnknownField(expr.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cx(data: &Value) -> TemplateContext<'_> {
+        TemplateContext {
+            data,
+            conn_id: "c1",
+            conn_user: Some("alice"),
+        }
+    }
+
+    #[test]
+    fn renders_data_and_conn_fields() {
+        let spec = TargetSpec::parse("room:{{data.room}}-{{conn.user}}").unwrap();
+        let data = json!({"room": "lobby"});
+        assert_eq!(
+            spec.resolve(&cx(&data)).unwrap(),
+            Target::Room("lobby-alice".into())
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_roots_and_kinds() {
+        assert_eq!(
+            TargetSpec::parse("room:{{date.room}}"),
+            Err(TargetError::UnknownField("date.room".into()))
+        );
+        assert!(matches!(
+            TargetSpec::parse("rooms:x"),
+            Err(TargetError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            TargetSpec::parse("room:{{data.x"),
+            Err(TargetError::Unclosed(_))
+        ));
+    }
+
+    #[test]
+    fn missing_data_is_an_error_not_an_empty_name() {
+        let spec = TargetSpec::parse("room:{{data.room}}").unwrap();
+        assert!(matches!(
+            spec.resolve(&cx(&json!({}))),
+            Err(TargetError::MissingData { .. })
+        ));
+    }
+}

@@ -1,0 +1,695 @@
+//! Dispatch: one client message from validated frame to deliveries.
+//!
+//! ```text
+//! frame ─► event lookup ─► auth ─► rate limit ─► schema ─► script (blocking pool)
+//!        ─► commit (optimistic, retried) ─► memberships ─► deliveries ─► ack
+//! ```
+//!
+//! Scripts run on blocking threads (Rhai is synchronous), bounded by a semaphore; they
+//! reach shared state through a [`txn::Txn`] that buffers writes until the commit. A
+//! script's effects (deliveries, joins, the reply) are applied only once its
+//! transaction committed, so a retried script never delivers twice.
+
+pub mod error;
+pub mod router;
+pub mod script;
+pub mod testing;
+pub mod txn;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::backend::{Bus, CommitOutcome, ConnId, Envelope, Sink, StateStore, MAX_NAME_LEN};
+use crate::config::{EventDef, Pack, RateLimit, Scope, Target, TemplateContext};
+pub use error::{Detail, ErrorCode, Failure};
+use router::Router;
+use script::{LogLevel, ScriptFailure, ScriptHost, ScriptInput, ScriptRuntime, StateOp};
+use txn::{Txn, TxnError};
+
+/// Attempts of one script under contention before the client gets `conflict`.
+const MAX_ATTEMPTS: u32 = 10;
+/// Schema errors listed in one `invalid_payload`; the rest would only bloat the frame.
+const MAX_DETAILS: usize = 20;
+/// Emits one script run may make: bounds the memory one message can claim.
+const MAX_EMITS: usize = 1_000;
+
+/// What an event handler answers: the ack's `data`, or why it failed.
+pub type Outcome = Result<Option<Value>, Failure>;
+
+/// One connection as the engine sees it. Owned by its connection task.
+pub struct Conn {
+    pub id: ConnId,
+    pub user: Option<Arc<str>>,
+    pub claims: Value,
+    /// Token buckets of rate-limited events, created on first use.
+    buckets: HashMap<String, TokenBucket>,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, user: Option<Arc<str>>, claims: Value) -> Self {
+        Self {
+            id,
+            user,
+            claims,
+            buckets: HashMap::new(),
+        }
+    }
+}
+
+struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn take(&mut self, limit: &RateLimit) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeliveryFrame<'a> {
+    event: &'a str,
+    data: &'a Value,
+}
+
+/// Serialize a delivery once; every recipient on every node gets these bytes.
+pub fn delivery_frame(event: &str, data: &Value) -> Bytes {
+    serde_json::to_vec(&DeliveryFrame { event, data })
+        .map(Bytes::from)
+        .unwrap_or_else(|_| Bytes::from_static(b"{\"event\":\"$error\",\"data\":null}"))
+}
+
+/// A delivery a script asked for, before serialization.
+#[derive(Debug, Clone)]
+struct Emit {
+    target: Target,
+    event: String,
+    data: Value,
+    exclude: Option<ConnId>,
+}
+
+#[derive(Default)]
+struct Effects {
+    reply: Option<Value>,
+    emits: Vec<Emit>,
+    dropped: bool,
+    /// Joins (`true`) and leaves (`false`) in the order the script made them.
+    memberships: Vec<(bool, String)>,
+}
+
+pub struct Engine {
+    pub pack: Arc<Pack>,
+    pub node_id: Arc<str>,
+    scripts: Arc<ScriptRuntime>,
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn Bus>,
+    router: Arc<Router>,
+    /// Where `local` deliveries go: the router, or a recorder in `wss-engine test`.
+    sink: Arc<dyn Sink>,
+    permits: Arc<Semaphore>,
+    conn_seq: AtomicU64,
+}
+
+pub struct EngineParts {
+    pub pack: Arc<Pack>,
+    pub node_id: Arc<str>,
+    pub scripts: Arc<ScriptRuntime>,
+    pub store: Arc<dyn StateStore>,
+    pub bus: Arc<dyn Bus>,
+    pub router: Arc<Router>,
+    pub sink: Arc<dyn Sink>,
+    pub script_concurrency: usize,
+}
+
+impl Engine {
+    pub fn new(parts: EngineParts) -> Arc<Self> {
+        Arc::new(Self {
+            pack: parts.pack,
+            node_id: parts.node_id,
+            scripts: parts.scripts,
+            store: parts.store,
+            bus: parts.bus,
+            router: parts.router,
+            sink: parts.sink,
+            permits: Arc::new(Semaphore::new(parts.script_concurrency.max(1))),
+            conn_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// A new connection id: `<node>-<n>`, unique in the cluster and routable to its node.
+    pub fn next_conn_id(&self) -> ConnId {
+        let n = self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Arc::from(format!("{}-{n:x}", self.node_id))
+    }
+
+    /// Handle one client event. The caller parsed the frame; this does the rest.
+    pub async fn handle(self: &Arc<Self>, conn: &mut Conn, event: &str, data: Value) -> Outcome {
+        let started = Instant::now();
+        let outcome = self.handle_inner(conn, event, data).await;
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(f) => match f.code {
+                ErrorCode::Custom(_) => "rejected",
+                ref code => code.as_str(),
+            },
+        };
+        // Unknown names would let a client create unbounded label sets.
+        let event_label = if self.pack.events.contains_key(event) {
+            event.to_string()
+        } else {
+            "<unknown>".into()
+        };
+        metrics::counter!("wss_events_total", "event" => event_label.clone(), "outcome" => label.to_string()).increment(1);
+        metrics::histogram!("wss_event_seconds", "event" => event_label)
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn handle_inner(self: &Arc<Self>, conn: &mut Conn, event: &str, data: Value) -> Outcome {
+        let Some(def) = self.pack.event(event).cloned() else {
+            return Err(Failure::new(
+                ErrorCode::UnknownEvent,
+                format!("unknown event `{event}`"),
+            ));
+        };
+        if def.auth_required && conn.user.is_none() {
+            return Err(Failure::new(
+                ErrorCode::Unauthorized,
+                format!("`{event}` requires an authenticated connection"),
+            ));
+        }
+        if let Some(limit) = &def.rate_limit {
+            let bucket = conn
+                .buckets
+                .entry(def.name.clone())
+                .or_insert_with(|| TokenBucket {
+                    tokens: limit.burst,
+                    updated: Instant::now(),
+                });
+            if !bucket.take(limit) {
+                return Err(Failure::new(
+                    ErrorCode::RateLimited,
+                    format!("`{event}` is limited to {} per second", limit.per_second),
+                ));
+            }
+        }
+        if let Some(schema) = &def.schema {
+            let details: Vec<Detail> = schema
+                .iter_errors(&data)
+                .take(MAX_DETAILS)
+                .map(|e| Detail {
+                    path: e.instance_path().as_str().to_string(),
+                    message: e.to_string(),
+                })
+                .collect();
+            if !details.is_empty() {
+                let mut failure = Failure::new(
+                    ErrorCode::InvalidPayload,
+                    format!("payload of `{event}` does not match its schema"),
+                );
+                failure.details = details;
+                return Err(failure);
+            }
+        }
+        self.execute(conn, def, data).await
+    }
+
+    /// Run a hook (`$connect`/`$disconnect`) for a connection, if the pack has one.
+    pub async fn run_hook(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        hook: &Option<Arc<EventDef>>,
+    ) -> Outcome {
+        match hook {
+            Some(def) if def.script.is_some() => self.execute(conn, def.clone(), Value::Null).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn execute(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        def: Arc<EventDef>,
+        data: Value,
+    ) -> Outcome {
+        let run =
+            if def.script.is_some() {
+                let permit =
+                    self.permits.clone().acquire_owned().await.map_err(|_| {
+                        Failure::new(ErrorCode::Unavailable, "server is shutting down")
+                    })?;
+                let engine = self.clone();
+                let conn_view = ConnView::of(conn, &self.router, &self.node_id);
+                let task_def = def.clone();
+                let runtime = tokio::runtime::Handle::current();
+                let result = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    engine.run_script(&task_def, conn_view, data, runtime)
+                })
+                .await;
+                match result {
+                    Ok(r) => r?,
+                    Err(e) => {
+                        tracing::error!(event = %def.name, error = %e, "script task failed");
+                        return Err(Failure::new(ErrorCode::ScriptError, "script failed"));
+                    }
+                }
+            } else {
+                ScriptRun {
+                    effects: Effects::default(),
+                    data,
+                    published: false,
+                }
+            };
+        self.apply(conn, &def, run).await
+    }
+
+    /// The blocking half: run the script, commit, retry on conflict.
+    fn run_script(
+        &self,
+        def: &EventDef,
+        conn: ConnView,
+        data: Value,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<ScriptRun, Failure> {
+        let Some(script) = &def.script else {
+            return Ok(ScriptRun {
+                effects: Effects::default(),
+                data,
+                published: false,
+            });
+        };
+        let conn_json = conn.to_json();
+        let mut rng_delay = rand::rng();
+        for attempt in 0..MAX_ATTEMPTS {
+            let started = Instant::now();
+            let mut txn = Txn::new(self.store.clone(), runtime.clone());
+            if !def.keys.is_empty() {
+                let cx = TemplateContext {
+                    data: &data,
+                    conn_id: &conn.id,
+                    conn_user: conn.user.as_deref(),
+                };
+                let keys = def.keys.iter().filter_map(|k| k.render(&cx).ok()).collect();
+                txn.prefetch(keys).map_err(txn_failure)?;
+            }
+            let mut host = Host {
+                engine: self,
+                runtime: &runtime,
+                txn,
+                effects: Effects::default(),
+                conn: &conn,
+                event: &def.name,
+            };
+            let result = self.scripts.run(
+                &script.ast,
+                ScriptInput {
+                    event: &def.name,
+                    conn: conn_json.clone(),
+                    data: data.clone(),
+                },
+                &mut host,
+            );
+            metrics::histogram!("wss_script_seconds").record(started.elapsed().as_secs_f64());
+            let new_data = result.map_err(|f| self.script_failure(def, &conn, f))?;
+            let Host { txn, effects, .. } = host;
+            if txn.is_empty() {
+                return Ok(ScriptRun {
+                    effects,
+                    data: new_data,
+                    published: false,
+                });
+            }
+            // Membership changes must be visible locally before deliveries published in
+            // the commit come back to this node; undone if the commit does not land.
+            let applied = self.apply_local_memberships(&conn.id, &effects.memberships);
+            let mut commit = txn.into_commit();
+            let publish_now = def.scope == Scope::Cluster;
+            if publish_now {
+                commit.publish =
+                    self.envelopes(def, &conn.id, conn.user.as_deref(), &new_data, &effects)?;
+            }
+            match runtime.block_on(self.store.commit(commit)) {
+                Ok(CommitOutcome::Committed) => {
+                    return Ok(ScriptRun {
+                        effects,
+                        data: new_data,
+                        published: publish_now,
+                    });
+                }
+                Ok(CommitOutcome::Conflict) => {
+                    self.undo_local_memberships(&conn.id, applied);
+                    metrics::counter!("wss_script_retries_total", "event" => def.name.clone())
+                        .increment(1);
+                    // Jittered backoff so contenders stop colliding in lockstep.
+                    let ceiling = 1 + u64::from(attempt) * 2;
+                    std::thread::sleep(Duration::from_micros(rand::Rng::random_range(
+                        &mut rng_delay,
+                        0..=ceiling * 500,
+                    )));
+                }
+                Err(e) => {
+                    self.undo_local_memberships(&conn.id, applied);
+                    return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
+                }
+            }
+        }
+        Err(Failure::new(
+            ErrorCode::Conflict,
+            format!(
+                "`{}` kept conflicting with concurrent updates; try again",
+                def.name
+            ),
+        ))
+    }
+
+    fn script_failure(&self, def: &EventDef, conn: &ConnView, failure: ScriptFailure) -> Failure {
+        match failure {
+            ScriptFailure::Rejected { code, message } => {
+                Failure::new(ErrorCode::Custom(code), message)
+            }
+            ScriptFailure::Unavailable(message) => Failure::new(ErrorCode::Unavailable, message),
+            ScriptFailure::Error(message) => {
+                tracing::info!(event = %def.name, conn = %conn.id, error = %message, "script failed");
+                Failure::new(ErrorCode::ScriptError, message)
+            }
+        }
+    }
+
+    /// Returns the membership changes that actually changed something, to undo them.
+    fn apply_local_memberships(
+        &self,
+        conn: &ConnId,
+        changes: &[(bool, String)],
+    ) -> Vec<(bool, String)> {
+        let mut applied = Vec::new();
+        for (join, room) in changes {
+            let was = self.router.is_member(conn, room);
+            if *join {
+                self.router.join(conn, room);
+            } else {
+                self.router.leave(conn, room);
+            }
+            if was != *join {
+                applied.push((*join, room.clone()));
+            }
+        }
+        applied
+    }
+
+    fn undo_local_memberships(&self, conn: &ConnId, applied: Vec<(bool, String)>) {
+        for (join, room) in applied.into_iter().rev() {
+            if join {
+                self.router.leave(conn, &room);
+            } else {
+                self.router.join(conn, &room);
+            }
+        }
+    }
+
+    /// The async half: memberships, deliveries that were not published by the commit.
+    async fn apply(&self, conn: &mut Conn, def: &EventDef, run: ScriptRun) -> Outcome {
+        let ScriptRun {
+            effects,
+            data,
+            published,
+        } = run;
+        for (join, room) in &effects.memberships {
+            let change = if *join {
+                self.router.join(&conn.id, room)
+            } else {
+                self.router.leave(&conn.id, room)
+            };
+            let stored = if *join {
+                self.store.join(room, &conn.id).await
+            } else {
+                self.store.leave(room, &conn.id).await
+            };
+            if let Err(e) = stored {
+                return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
+            }
+            let _ = change; // Room channel subscriptions hook in here for the Redis bus.
+        }
+        if !published {
+            let envelopes = self.envelopes(def, &conn.id, conn.user.as_deref(), &data, &effects)?;
+            for envelope in envelopes {
+                match def.scope {
+                    Scope::Local => self.sink.deliver(&envelope),
+                    Scope::Cluster => self
+                        .bus
+                        .publish(envelope)
+                        .await
+                        .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?,
+                }
+            }
+        }
+        Ok(effects.reply)
+    }
+
+    /// Every delivery of one handled event, serialized.
+    fn envelopes(
+        &self,
+        def: &EventDef,
+        conn_id: &ConnId,
+        user: Option<&str>,
+        data: &Value,
+        effects: &Effects,
+    ) -> Result<Vec<Envelope>, Failure> {
+        let mut out = Vec::with_capacity(effects.emits.len() + 1);
+        if !effects.dropped && def.to != crate::config::TargetSpec::None {
+            let cx = TemplateContext {
+                data,
+                conn_id,
+                conn_user: user,
+            };
+            let target = def.to.resolve(&cx).map_err(|e| {
+                let mut f = Failure::new(
+                    ErrorCode::InvalidPayload,
+                    format!("cannot resolve `to: {}`: {e}", def.to),
+                );
+                if let crate::config::TargetError::MissingData { path } = &e {
+                    f.details.push(Detail {
+                        path: format!("/{}", path.trim_start_matches("data.").replace('.', "/")),
+                        message: e.to_string(),
+                    });
+                }
+                f
+            })?;
+            out.push(self.envelope(
+                target,
+                conn_id,
+                &def.emit_as,
+                data,
+                def.exclude_sender.then(|| conn_id.clone()),
+            ));
+        }
+        for emit in &effects.emits {
+            out.push(self.envelope(
+                emit.target.clone(),
+                conn_id,
+                &emit.event,
+                &emit.data,
+                emit.exclude.clone(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn envelope(
+        &self,
+        target: Target,
+        conn_id: &ConnId,
+        event: &str,
+        data: &Value,
+        exclude: Option<ConnId>,
+    ) -> Envelope {
+        let target = match target {
+            Target::Sender => Target::Conn(conn_id.to_string()),
+            other => other,
+        };
+        Envelope {
+            target,
+            exclude,
+            frame: delivery_frame(event, data),
+        }
+    }
+
+    /// Forget a connection that closed: run `$disconnect`, leave every room.
+    pub async fn disconnect(self: &Arc<Self>, conn: &mut Conn) {
+        let hook = self.pack.on_disconnect.clone();
+        if let Err(f) = self.run_hook(conn, &hook).await {
+            tracing::warn!(conn = %conn.id, code = f.code.as_str(), error = %f.message, "$disconnect hook failed");
+        }
+        let (rooms, _changes) = self.router.unregister(&conn.id);
+        for room in rooms {
+            if let Err(e) = self.store.leave(&room, &conn.id).await {
+                tracing::warn!(conn = %conn.id, room = %room, error = %e, "could not remove connection from room");
+            }
+        }
+    }
+}
+
+/// What a finished script run hands to the async half.
+struct ScriptRun {
+    effects: Effects,
+    data: Value,
+    /// The commit already published the deliveries (cluster scope with state writes).
+    published: bool,
+}
+
+/// The connection as a script sees it; `Send`, for the blocking pool.
+struct ConnView {
+    id: ConnId,
+    user: Option<Arc<str>>,
+    claims: Value,
+    rooms: Vec<String>,
+    node: Arc<str>,
+}
+
+impl ConnView {
+    fn of(conn: &Conn, router: &Router, node: &Arc<str>) -> Self {
+        Self {
+            id: conn.id.clone(),
+            user: conn.user.clone(),
+            claims: conn.claims.clone(),
+            rooms: router.rooms_of(&conn.id),
+            node: node.clone(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": &*self.id,
+            "user": self.user.as_deref(),
+            "claims": self.claims,
+            "rooms": self.rooms,
+            "node": &*self.node,
+        })
+    }
+}
+
+fn txn_failure(e: TxnError) -> Failure {
+    match e {
+        TxnError::Backend(crate::backend::BackendError::Unavailable(m)) => {
+            Failure::new(ErrorCode::Unavailable, m)
+        }
+        other => Failure::new(ErrorCode::ScriptError, other.to_string()),
+    }
+}
+
+struct Host<'a> {
+    engine: &'a Engine,
+    runtime: &'a tokio::runtime::Handle,
+    txn: Txn,
+    effects: Effects,
+    conn: &'a ConnView,
+    event: &'a str,
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{kind} names must be 1 to {MAX_NAME_LEN} bytes long"
+        ));
+    }
+    Ok(())
+}
+
+impl ScriptHost for Host<'_> {
+    fn emit(&mut self, target: &str, event: &str, data: Value) -> Result<(), String> {
+        let target = Target::parse(target).map_err(|e| format!("emit: {e}"))?;
+        check_name("event", event)?;
+        if self.effects.emits.len() >= MAX_EMITS {
+            return Err(format!(
+                "emit: more than {MAX_EMITS} deliveries from one message"
+            ));
+        }
+        self.effects.emits.push(Emit {
+            target,
+            event: event.to_string(),
+            data,
+            exclude: None,
+        });
+        Ok(())
+    }
+
+    fn reply(&mut self, value: Value) {
+        self.effects.reply = Some(value);
+    }
+
+    fn join(&mut self, room: &str) -> Result<(), String> {
+        check_name("room", room)?;
+        self.effects.memberships.push((true, room.to_string()));
+        Ok(())
+    }
+
+    fn leave(&mut self, room: &str) -> Result<(), String> {
+        check_name("room", room)?;
+        self.effects.memberships.push((false, room.to_string()));
+        Ok(())
+    }
+
+    fn presence(&mut self, room: &str) -> Result<Vec<String>, String> {
+        let mut members = self
+            .runtime
+            .block_on(self.engine.store.members(room))
+            .map_err(|e| script::unavailable_message(&e.to_string()))?;
+        // The script's own joins and leaves count, though they apply after the commit.
+        let me = self.conn.id.to_string();
+        for (join, r) in &self.effects.memberships {
+            if r == room {
+                members.retain(|m| m != &me);
+                if *join {
+                    members.push(me.clone());
+                }
+            }
+        }
+        members.sort();
+        Ok(members)
+    }
+
+    fn drop_delivery(&mut self) {
+        self.effects.dropped = true;
+    }
+
+    fn state(&mut self, op: StateOp) -> Result<Value, String> {
+        self.txn.apply(op).map_err(|e| match e {
+            TxnError::Backend(crate::backend::BackendError::Unavailable(m)) => {
+                script::unavailable_message(&m)
+            }
+            other => other.to_string(),
+        })
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
+        match level {
+            LogLevel::Print => {
+                tracing::info!(event = self.event, conn = %self.conn.id, "script: {message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(event = self.event, conn = %self.conn.id, "script: {message}")
+            }
+        }
+    }
+}

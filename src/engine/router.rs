@@ -1,0 +1,266 @@
+//! This node's connections and who is in which room: the local end of every delivery.
+//!
+//! A delivery arrives as one serialized frame; the router turns it into a WebSocket text
+//! payload once and hands every recipient a clone of the same bytes (a reference-count
+//! bump), so a room of 10k members costs 10k queue pushes and no copies.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, Notify};
+
+use crate::backend::{ConnId, Envelope, Sink};
+use crate::config::Target;
+
+/// How the router reaches one connection's writer.
+pub struct ConnLink {
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Set when the outbound queue overflowed; the connection closes itself.
+    pub slow: AtomicBool,
+    pub wake: Notify,
+}
+
+impl ConnLink {
+    pub fn new(capacity: usize) -> (Arc<Self>, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Arc::new(Self {
+                tx,
+                slow: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
+            rx,
+        )
+    }
+
+    /// Queue a frame; a full queue marks the connection as a slow consumer.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.slow.swap(true, Ordering::Relaxed) {
+                    metrics::counter!("wss_slow_consumers_total").increment(1);
+                    self.wake.notify_one();
+                }
+                metrics::counter!("wss_deliveries_dropped_total").increment(1);
+                false
+            }
+            // The connection is closing; nothing to do.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct Entry {
+    link: Arc<ConnLink>,
+    user: Option<Arc<str>>,
+    rooms: HashSet<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<ConnId, Entry>,
+    rooms: HashMap<Arc<str>, HashSet<ConnId>>,
+    users: HashMap<Arc<str>, HashSet<ConnId>>,
+}
+
+/// Room membership changes that matter to the bus: a room gained its first or lost its
+/// last local member (Redis subscribes/unsubscribes its channel then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomChange {
+    FirstLocal(Arc<str>),
+    LastLocal(Arc<str>),
+    Unchanged,
+}
+
+#[derive(Default)]
+pub struct Router {
+    /// Reads (deliveries) vastly outnumber writes (joins, connects); an RwLock lets
+    /// deliveries to different rooms run in parallel. Never held across an await.
+    inner: RwLock<Inner>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, id: ConnId, user: Option<Arc<str>>, link: Arc<ConnLink>) {
+        let mut inner = self.inner.write();
+        if let Some(user) = &user {
+            inner
+                .users
+                .entry(user.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        inner.conns.insert(
+            id,
+            Entry {
+                link,
+                user,
+                rooms: HashSet::new(),
+            },
+        );
+    }
+
+    /// Forget a connection; returns the rooms it was in and which lost their last member.
+    pub fn unregister(&self, id: &ConnId) -> (Vec<Arc<str>>, Vec<RoomChange>) {
+        let mut inner = self.inner.write();
+        let Some(entry) = inner.conns.remove(id) else {
+            return (Vec::new(), Vec::new());
+        };
+        if let Some(user) = &entry.user {
+            if let Some(set) = inner.users.get_mut(user) {
+                set.remove(id);
+                if set.is_empty() {
+                    inner.users.remove(user);
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for room in &entry.rooms {
+            changes.push(remove_member(&mut inner.rooms, room, id));
+        }
+        (entry.rooms.into_iter().collect(), changes)
+    }
+
+    pub fn join(&self, id: &ConnId, room: &str) -> RoomChange {
+        let mut inner = self.inner.write();
+        let Some(entry) = inner.conns.get_mut(id) else {
+            return RoomChange::Unchanged;
+        };
+        let room: Arc<str> = Arc::from(room);
+        if !entry.rooms.insert(room.clone()) {
+            return RoomChange::Unchanged;
+        }
+        let members = inner.rooms.entry(room.clone()).or_default();
+        members.insert(id.clone());
+        if members.len() == 1 {
+            RoomChange::FirstLocal(room)
+        } else {
+            RoomChange::Unchanged
+        }
+    }
+
+    pub fn leave(&self, id: &ConnId, room: &str) -> RoomChange {
+        let mut inner = self.inner.write();
+        let Some(entry) = inner.conns.get_mut(id) else {
+            return RoomChange::Unchanged;
+        };
+        if !entry.rooms.remove(room) {
+            return RoomChange::Unchanged;
+        }
+        remove_member(&mut inner.rooms, room, id)
+    }
+
+    pub fn rooms_of(&self, id: &ConnId) -> Vec<String> {
+        let inner = self.inner.read();
+        let mut rooms: Vec<String> = inner
+            .conns
+            .get(id)
+            .map(|e| e.rooms.iter().map(|r| r.to_string()).collect())
+            .unwrap_or_default();
+        rooms.sort();
+        rooms
+    }
+
+    pub fn is_member(&self, id: &ConnId, room: &str) -> bool {
+        self.inner
+            .read()
+            .conns
+            .get(id)
+            .is_some_and(|e| e.rooms.contains(room))
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.inner.read().conns.len()
+    }
+
+    /// Queue a frame for one local connection (acks and errors take this path too, so
+    /// they stay in order with deliveries).
+    pub fn send_to(&self, id: &ConnId, frame: Utf8Bytes) -> bool {
+        let link = self.inner.read().conns.get(id).map(|e| e.link.clone());
+        link.is_some_and(|l| l.push(frame))
+    }
+
+    /// Every local connection, for shutdown.
+    pub fn links(&self) -> Vec<Arc<ConnLink>> {
+        self.inner
+            .read()
+            .conns
+            .values()
+            .map(|e| e.link.clone())
+            .collect()
+    }
+}
+
+fn remove_member(
+    rooms: &mut HashMap<Arc<str>, HashSet<ConnId>>,
+    room: &str,
+    id: &ConnId,
+) -> RoomChange {
+    let Some((key, members)) = rooms.get_key_value(room).map(|(k, m)| (k.clone(), m.len())) else {
+        return RoomChange::Unchanged;
+    };
+    if members <= 1 {
+        rooms.remove(room);
+        RoomChange::LastLocal(key)
+    } else {
+        if let Some(m) = rooms.get_mut(room) {
+            m.remove(id);
+        }
+        RoomChange::Unchanged
+    }
+}
+
+impl Sink for Router {
+    fn deliver(&self, envelope: &Envelope) {
+        // One UTF-8 check per delivery per node; every recipient shares the result.
+        let Ok(frame) = Utf8Bytes::try_from(envelope.frame.clone()) else {
+            tracing::warn!("dropping a delivery that is not UTF-8");
+            return;
+        };
+        let inner = self.inner.read();
+        let excluded = |id: &ConnId| envelope.exclude.as_ref() == Some(id);
+        let mut sent = 0u64;
+        let mut send = |id: &ConnId, link: &ConnLink| {
+            if !excluded(id) && link.push(frame.clone()) {
+                sent += 1;
+            }
+        };
+        match &envelope.target {
+            Target::None => {}
+            Target::All => {
+                for (id, entry) in &inner.conns {
+                    send(id, &entry.link);
+                }
+            }
+            Target::Room(room) => {
+                for id in inner.rooms.get(room.as_str()).into_iter().flatten() {
+                    if let Some(entry) = inner.conns.get(id) {
+                        send(id, &entry.link);
+                    }
+                }
+            }
+            Target::User(user) => {
+                for id in inner.users.get(user.as_str()).into_iter().flatten() {
+                    if let Some(entry) = inner.conns.get(id) {
+                        send(id, &entry.link);
+                    }
+                }
+            }
+            Target::Conn(conn) => {
+                if let Some((id, entry)) = inner.conns.get_key_value(conn.as_str()) {
+                    send(id, &entry.link);
+                }
+            }
+            // Dispatch turns `sender` into `conn:<id>` before anything is delivered.
+            Target::Sender => {}
+        }
+        metrics::counter!("wss_frames_out_total").increment(sent);
+    }
+}

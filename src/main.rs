@@ -1,0 +1,22 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use wss_engine::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Check(args)) => wss_engine::commands::check(&args),
+        Some(Command::Test(args)) => wss_engine::commands::test(&args),
+        Some(Command::Schema) => wss_engine::commands::schema(),
+        Some(Command::Serve(args)) => wss_engine::commands::serve(args),
+        None => wss_engine::commands::serve(cli.serve),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wss-engine: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The composition root: picks the backend, builds the engine, serves until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Bus, Sink, StateStore};
+use crate::cli::{LogFormat, ServeArgs};
+use crate::config::{self, Pack};
+use crate::engine::router::Router;
+use crate::engine::script::{ScriptLimits, ScriptRuntime};
+use crate::engine::{Engine, EngineParts};
+use crate::transport::{self, auth::Auth, AppState, Limits};
+
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WSS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The process-wide metrics recorder; installed once even when tests start many servers.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A short random id for this node: unique enough to tell replicas apart in logs.
+pub fn new_node_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Everything a server needs besides its listener and its shutdown signal.
+pub struct ServerConfig {
+    pub pack: Pack,
+    pub limits: Limits,
+    pub script_limits: ScriptLimits,
+    pub script_concurrency: usize,
+    pub auth: Auth,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(pack: Pack) -> Self {
+        Self {
+            pack,
+            limits: Limits::default(),
+            script_limits: ScriptLimits::default(),
+            script_concurrency: 64,
+            auth: Auth::disabled(),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serve on an already-bound listener until `shutdown` resolves, then close every socket
+/// with 1001 and wait (bounded) for them to drain.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let node_id: Arc<str> = Arc::from(new_node_id());
+    let router = Arc::new(Router::new());
+    let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
+    tracing::info!(node = %node_id, "embedded memory backend: single node, state is lost on exit (use --redis for a cluster)");
+    let engine = Engine::new(EngineParts {
+        pack: Arc::new(config.pack),
+        node_id,
+        scripts: Arc::new(ScriptRuntime::new(&config.script_limits)),
+        store: backend.clone() as Arc<dyn StateStore>,
+        bus: backend as Arc<dyn Bus>,
+        router: router.clone(),
+        sink: router.clone() as Arc<dyn Sink>,
+        script_concurrency: config.script_concurrency,
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        engine,
+        limits: config.limits,
+        auth: Arc::new(config.auth),
+        shutdown: shutdown_rx,
+        ready: Arc::new(|| true),
+        metrics: metrics_handle(),
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening: ws://{addr}/ws");
+
+    let app = transport::router(state);
+    let mut stop = shutdown_tx.subscribe();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|down| *down).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    shutdown.await;
+    tracing::info!("shutting down: closing connections with 1001");
+    let _ = shutdown_tx.send(true);
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    while router.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = router.connection_count();
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "shutdown deadline reached with connections still open"
+        );
+    }
+    match tokio::time::timeout_at(deadline + Duration::from_secs(1), server).await {
+        Ok(Ok(Ok(()))) | Err(_) => {}
+        Ok(Ok(Err(e))) => return Err(e).context("HTTP server failed"),
+        Ok(Err(e)) => return Err(e).context("HTTP server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
+    let script_limits = ScriptLimits {
+        max_operations: args.script_max_operations,
+        timeout: Duration::from_millis(args.script_timeout_ms),
+        ..ScriptLimits::default()
+    };
+    let runtime = ScriptRuntime::new(&script_limits);
+    let pack = match config::load(&args.config, &runtime) {
+        Ok((pack, warnings)) => {
+            for w in warnings.iter() {
+                tracing::warn!("{w}");
+            }
+            pack
+        }
+        Err(diags) => {
+            for d in diags.iter() {
+                tracing::error!("{d}");
+            }
+            anyhow::bail!(
+                "pack {} has errors: run `wss-engine check {}`",
+                args.config.display(),
+                args.config.display()
+            );
+        }
+    };
+    tracing::info!(pack = %args.config.display(), events = pack.events.len(), fingerprint = %pack.fingerprint, "pack loaded");
+    if args.redis_url().is_some() {
+        anyhow::bail!(
+            "--redis is not available in this build yet: run without it for the embedded backend"
+        );
+    }
+    if args.auth_required && args.jwt_secret.is_none() {
+        anyhow::bail!("--auth-required needs --jwt-secret to verify tokens");
+    }
+    let listen: SocketAddr = args.listen_addr().map_err(anyhow::Error::msg)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let config = ServerConfig {
+        pack,
+        limits: Limits {
+            max_frame_bytes: args.max_frame_bytes,
+            outbound_queue: args.outbound_queue,
+            ping_interval: args.ping_interval,
+            idle_timeout: args.idle_timeout,
+        },
+        script_limits,
+        script_concurrency: args.script_concurrency,
+        auth: Auth::new(args.jwt_secret.as_deref(), args.auth_required),
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    run(listener, config, shutdown_signal()).await
+}
+
+/// SIGTERM (orchestrators) or ctrl-c (humans).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,308 @@
+//! HTTP and WebSocket: the axum router, one task per socket, the protocol envelope.
+//!
+//! Each socket is served by a single task that `select!`s over the client's frames, its
+//! outbound queue, keepalive and shutdown. One task (not a reader and a writer) keeps
+//! per-connection memory small; every branch of the select is cancel-safe.
+
+pub mod auth;
+pub mod protocol;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::SinkExt;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::engine::router::ConnLink;
+use crate::engine::{Conn, Engine, ErrorCode, Failure};
+
+/// Close codes (RFC 6455 §7.4.1) and the reasons sent with them.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    /// Registered by IANA for "try again later": used for slow consumers.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Frames written to the socket in one flush when the queue has a backlog.
+const WRITE_BATCH: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Frames above this get `too_large`; the connection stays open.
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub limits: Limits,
+    pub auth: Arc<auth::Auth>,
+    /// Flips to `true` once shutdown starts: sockets close with 1001.
+    pub shutdown: watch::Receiver<bool>,
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if *state.shutdown.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if !(state.ready)() {
+        (StatusCode::SERVICE_UNAVAILABLE, "backend unavailable").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::gauge!("wss_connections").set(state.engine.router().connection_count() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct UpgradeQuery {
+    token: Option<String>,
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<UpgradeQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let identity = match state.auth.authenticate(query.token.as_deref().or(bearer)) {
+        Ok(identity) => identity,
+        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    };
+    // tungstenite's defaults (128 KiB read buffer, zero-filled on every read) dominate
+    // per-connection memory and CPU; small buffers are plenty for JSON frames. The hard
+    // cap sits above the soft limit so an oversized frame can still get `too_large`.
+    let hard_cap = (state.limits.max_frame_bytes * 4).max(1 << 20);
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| serve_socket(socket, state, identity))
+}
+
+enum Exit {
+    /// The client went away (close frame, error, EOF): nothing more to send.
+    Gone,
+    Close(u16, &'static str),
+}
+
+async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Identity) {
+    let engine = state.engine.clone();
+    let id = engine.next_conn_id();
+    let (link, mut outbound) = ConnLink::new(state.limits.outbound_queue);
+    engine
+        .router()
+        .register(id.clone(), identity.user.clone(), link.clone());
+    let mut conn = Conn::new(id.clone(), identity.user, identity.claims);
+    metrics::counter!("wss_connections_total").increment(1);
+    metrics::gauge!("wss_connections").increment(1.0);
+    tracing::debug!(conn = %id, "connected");
+
+    let exit = async {
+        if socket
+            .send(Message::Text(protocol::welcome(&id, &engine.node_id)))
+            .await
+            .is_err()
+        {
+            return Exit::Gone;
+        }
+        let hook = engine.pack.on_connect.clone();
+        if let Err(failure) = engine.run_hook(&mut conn, &hook).await {
+            let _ = socket
+                .send(Message::Text(protocol::error_event(&failure)))
+                .await;
+            return Exit::Close(close::POLICY, "connection refused by $connect");
+        }
+        run_loop(&mut socket, &state, &mut conn, &link, &mut outbound).await
+    }
+    .await;
+
+    if let Exit::Close(code, reason) = exit {
+        // Do not let a client that stopped reading hold the task on the close frame.
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+        tracing::debug!(conn = %id, code, reason, "closed by server");
+    }
+    drop(socket);
+    engine.disconnect(&mut conn).await;
+    metrics::gauge!("wss_connections").decrement(1.0);
+    tracing::debug!(conn = %id, "disconnected");
+}
+
+async fn run_loop(
+    socket: &mut WebSocket,
+    state: &AppState,
+    conn: &mut Conn,
+    link: &Arc<ConnLink>,
+    outbound: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
+) -> Exit {
+    let engine = &state.engine;
+    let mut shutdown = state.shutdown.clone();
+    let mut ping = tokio::time::interval(state.limits.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset();
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            inbound = socket.recv() => {
+                last_seen = Instant::now();
+                let text = match inbound {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        let failure = Failure::new(ErrorCode::BadFrame, "binary frames are not supported: send JSON text");
+                        link.push(protocol::error_event(&failure));
+                        continue;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => return Exit::Gone,
+                    Some(Err(e)) => {
+                        let message = e.to_string();
+                        if message.contains("too long") || message.contains("too big") || message.contains("Space limit") {
+                            return Exit::Close(close::TOO_BIG, "frame exceeds the hard size limit");
+                        }
+                        tracing::debug!(conn = %conn.id, error = %message, "socket error");
+                        return Exit::Gone;
+                    }
+                };
+                metrics::counter!("wss_frames_in_total").increment(1);
+                handle_text(engine, conn, link, &text, state.limits.max_frame_bytes).await;
+            }
+            Some(frame) = outbound.recv() => {
+                if write_batch(socket, frame, outbound).await.is_err() {
+                    return Exit::Gone;
+                }
+            }
+            _ = link.wake.notified() => {
+                if link.slow.load(Ordering::Relaxed) {
+                    tracing::info!(conn = %conn.id, "closing slow consumer");
+                    return Exit::Close(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full");
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= state.limits.idle_timeout {
+                    return Exit::Close(close::GOING_AWAY, "idle timeout");
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return Exit::Gone;
+                }
+            }
+            _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
+                // Flush what is already queued so nothing acknowledged is lost.
+                while let Ok(frame) = outbound.try_recv() {
+                    if socket.feed(Message::Text(frame)).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                let _ = socket.flush().await;
+                return Exit::Close(close::GOING_AWAY, "server shutting down");
+            }
+        }
+    }
+}
+
+/// Write one frame and whatever else is already queued, then flush once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Utf8Bytes,
+    outbound: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
+) -> Result<(), axum::Error> {
+    socket.feed(Message::Text(first)).await?;
+    for _ in 1..WRITE_BATCH {
+        match outbound.try_recv() {
+            Ok(frame) => socket.feed(Message::Text(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    socket.flush().await
+}
+
+async fn handle_text(
+    engine: &Arc<Engine>,
+    conn: &mut Conn,
+    link: &ConnLink,
+    text: &str,
+    max_frame_bytes: usize,
+) {
+    if text.len() > max_frame_bytes {
+        let failure = Failure::new(
+            ErrorCode::TooLarge,
+            format!(
+                "frame of {} bytes exceeds the limit of {max_frame_bytes}",
+                text.len()
+            ),
+        );
+        link.push(protocol::error_event(&failure));
+        return;
+    }
+    let (id, outcome) = match protocol::parse(text) {
+        Ok(request) => {
+            let outcome = engine.handle(conn, &request.event, request.data).await;
+            (request.id, outcome)
+        }
+        Err((id, failure)) => (id, Err(failure)),
+    };
+    // Acks go through the same queue as deliveries, so a client sees an event's
+    // deliveries before the ack that confirms it.
+    if let Some(frame) = protocol::answer(id.as_ref(), &outcome) {
+        link.push(frame);
+    }
+}

@@ -1,0 +1,155 @@
+//! The JSON envelope of the client protocol: parsing inbound frames, rendering outbound.
+//!
+//! ```text
+//! client → server  {"event": "chat.message", "data": {...}, "id": "c1"}
+//! server → client  {"event": "chat.message", "data": {...}}
+//! server → client  {"ack": "c1", "ok": true, "data": <reply or null>}
+//! server → client  {"ack": "c1", "ok": false, "error": {"code", "message", "details"?}}
+//! server → client  {"event": "$error", "data": {"code", "message"}}
+//! server → client  {"event": "$welcome", "data": {"conn", "node"}}
+//! ```
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::engine::{ErrorCode, Failure, Outcome};
+
+/// A parsed client frame.
+#[derive(Debug)]
+pub struct Request {
+    pub id: Option<Value>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Parse a text frame. On failure the id (if one could be read) comes back with it, so
+/// the error can be an ack rather than a `$error`.
+pub fn parse(text: &str) -> Result<Request, (Option<Value>, Failure)> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            Failure::new(ErrorCode::BadJson, format!("frame is not valid JSON: {e}")),
+        )
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err((
+            None,
+            Failure::new(
+                ErrorCode::BadFrame,
+                "a frame is a JSON object with `event` and `data`",
+            ),
+        ));
+    };
+    let id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id),
+        Some(_) => {
+            return Err((
+                None,
+                Failure::new(ErrorCode::BadFrame, "`id` must be a string or a number"),
+            ))
+        }
+    };
+    let event = match map.remove("event") {
+        Some(Value::String(event)) => event,
+        Some(_) => {
+            return Err((
+                id,
+                Failure::new(ErrorCode::BadFrame, "`event` must be a string"),
+            ))
+        }
+        None => {
+            return Err((
+                id,
+                Failure::new(ErrorCode::BadFrame, "frame has no `event`"),
+            ))
+        }
+    };
+    let data = map.remove("data").unwrap_or(Value::Null);
+    Ok(Request { id, event, data })
+}
+
+#[derive(Serialize)]
+struct Ack<'a> {
+    ack: &'a Value,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a Failure>,
+}
+
+#[derive(Serialize)]
+struct Event<'a, T: Serialize> {
+    event: &'a str,
+    data: T,
+}
+
+fn to_frame(value: &impl Serialize) -> Utf8Bytes {
+    serde_json::to_string(value)
+        .unwrap_or_else(|_| {
+            r#"{"event":"$error","data":{"code":"bad_frame","message":"unserializable"}}"#.into()
+        })
+        .into()
+}
+
+/// The answer to a request: an ack when it had an id, a `$error` event when it failed
+/// without one, nothing when it succeeded without one.
+pub fn answer(id: Option<&Value>, outcome: &Outcome) -> Option<Utf8Bytes> {
+    match (id, outcome) {
+        (Some(id), Ok(reply)) => Some(to_frame(&Ack {
+            ack: id,
+            ok: true,
+            data: Some(reply.as_ref().unwrap_or(&Value::Null)),
+            error: None,
+        })),
+        (Some(id), Err(failure)) => Some(to_frame(&Ack {
+            ack: id,
+            ok: false,
+            data: None,
+            error: Some(failure),
+        })),
+        (None, Ok(_)) => None,
+        (None, Err(failure)) => Some(error_event(failure)),
+    }
+}
+
+pub fn error_event(failure: &Failure) -> Utf8Bytes {
+    to_frame(&Event {
+        event: "$error",
+        data: failure,
+    })
+}
+
+pub fn welcome(conn: &str, node: &str) -> Utf8Bytes {
+    to_frame(&Event {
+        event: "$welcome",
+        data: serde_json::json!({ "conn": conn, "node": node }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_classifies_bad_frames() {
+        assert_eq!(parse("{").unwrap_err().1.code, ErrorCode::BadJson);
+        assert_eq!(parse("[1]").unwrap_err().1.code, ErrorCode::BadFrame);
+        let (id, f) = parse(r#"{"id":"x","data":1}"#).unwrap_err();
+        assert_eq!((id, f.code), (Some(Value::from("x")), ErrorCode::BadFrame));
+        let ok = parse(r#"{"event":"a","id":7}"#).unwrap();
+        assert_eq!(
+            (ok.event.as_str(), ok.data, ok.id),
+            ("a", Value::Null, Some(Value::from(7)))
+        );
+    }
+
+    #[test]
+    fn acks_carry_null_data_without_reply() {
+        let frame = answer(Some(&Value::from("c1")), &Ok(None)).unwrap();
+        assert_eq!(frame.as_str(), r#"{"ack":"c1","ok":true,"data":null}"#);
+        assert!(answer(None, &Ok(None)).is_none());
+    }
+}
