@@ -1,3 +1,176 @@
-pub async fn run_pack_tests(_dir: &std::path::Path) -> anyhow::Result<bool> {
-    Ok(true)
+//! `wss-engine test`: run every event's `tests:` cases in-process on the memory backend.
+//!
+//! Each case gets a fresh engine whose deliveries are recorded instead of sent, so a
+//! case sees exactly the deliveries, reply or error of the one message it sends.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Bus, Commit, ConnId, Envelope, Sink, StateStore, StoredValue, Write};
+use crate::config::{self, EventDef, Pack, Target, TestCase};
+use crate::engine::router::{ConnLink, Router};
+use crate::engine::script::{ScriptLimits, ScriptRuntime};
+use crate::engine::{Conn, Engine, EngineParts};
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Envelope>>);
+
+impl Sink for Recorder {
+    fn deliver(&self, envelope: &Envelope) {
+        self.0.lock().push(envelope.clone());
+    }
+}
+
+/// Run a pack's tests, print one line per failure and the `N passed, N failed` summary.
+/// Returns whether every case passed.
+pub async fn run_pack_tests(dir: &Path) -> anyhow::Result<bool> {
+    let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
+    let pack = match config::load(dir, &runtime) {
+        Ok((pack, _)) => Arc::new(pack),
+        Err(diags) => {
+            print!("{diags}");
+            anyhow::bail!("the pack has errors; fix them first (`wss-engine check {}`)", dir.display());
+        }
+    };
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for def in pack.events.values() {
+        for case in &def.tests {
+            match run_case(&pack, &runtime, def, case).await {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok    {} › {}", def.name, case.name);
+                }
+                Err(reason) => {
+                    failed += 1;
+                    println!(
+                        "FAIL  {}:{}: {} › {}: {reason}",
+                        case.file.display(),
+                        case.line,
+                        def.name,
+                        case.name
+                    );
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+/// A mapping in a case's `state` seeds a hash, a list seeds a list, anything else a value.
+fn seed_value(value: &Value) -> StoredValue {
+    match value {
+        Value::Object(map) => StoredValue::Hash(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Value::Array(items) => StoredValue::List(items.iter().cloned().collect()),
+        other => StoredValue::Json(other.clone()),
+    }
+}
+
+async fn run_case(pack: &Arc<Pack>, runtime: &Arc<ScriptRuntime>, def: &EventDef, case: &TestCase) -> Result<(), String> {
+    let recorder = Arc::new(Recorder::default());
+    let router = Arc::new(Router::new());
+    let backend = Arc::new(MemoryBackend::new(recorder.clone() as Arc<dyn Sink>));
+    let engine = Engine::new(EngineParts {
+        pack: pack.clone(),
+        node_id: Arc::from("test"),
+        scripts: runtime.clone(),
+        store: backend.clone() as Arc<dyn StateStore>,
+        bus: backend.clone() as Arc<dyn Bus>,
+        router: router.clone(),
+        sink: recorder.clone() as Arc<dyn Sink>,
+        script_concurrency: 1,
+    });
+
+    let writes = case
+        .state
+        .iter()
+        .map(|(key, value)| Write { key: key.clone(), value: Some(seed_value(value)), ttl: None })
+        .collect();
+    backend
+        .commit(Commit { writes, ..Commit::default() })
+        .await
+        .map_err(|e| format!("seeding state: {e}"))?;
+
+    let id: ConnId = Arc::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
+    let user = case.conn.user.as_deref().map(Arc::from);
+    let (link, _outbound) = ConnLink::new(1024);
+    router.register(id.clone(), user.clone(), link);
+    for room in &case.conn.rooms {
+        router.join(&id, room);
+        backend.join(room, &id).await.map_err(|e| e.to_string())?;
+    }
+    let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());
+    let outcome = engine.handle(&mut conn, &def.name, case.send.clone()).await;
+    let deliveries: Vec<(String, String, Value)> = recorder
+        .0
+        .lock()
+        .iter()
+        .map(|e| {
+            let frame: Value = serde_json::from_slice(&e.frame).unwrap_or(Value::Null);
+            let to = match &e.target {
+                Target::Conn(c) if c.as_str() == &*id => "sender".to_string(),
+                other => other.to_string(),
+            };
+            (to, frame["event"].as_str().unwrap_or_default().to_string(), frame["data"].clone())
+        })
+        .collect();
+
+    let expect = &case.expect;
+    match (&expect.error, &outcome) {
+        (Some(code), Err(f)) if f.code.as_str() == code => {}
+        (Some(code), Err(f)) => return Err(format!("expected error `{code}`, got `{}`: {}", f.code.as_str(), f.message)),
+        (Some(code), Ok(_)) => return Err(format!("expected error `{code}`, but the event succeeded")),
+        (None, Err(f)) => return Err(format!("failed with `{}`: {}", f.code.as_str(), f.message)),
+        (None, Ok(_)) => {}
+    }
+    if let Some(expected) = &expect.reply {
+        let got = outcome.as_ref().ok().cloned().flatten().unwrap_or(Value::Null);
+        if &got != expected {
+            return Err(format!("reply: expected {expected}, got {got}"));
+        }
+    }
+    match &expect.deliveries {
+        Some(expected) => {
+            let shown = || {
+                deliveries
+                    .iter()
+                    .map(|(to, ev, data)| format!("{to} {ev} {data}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            if expected.len() != deliveries.len() {
+                return Err(format!(
+                    "expected {} deliveries, got {}: [{}]",
+                    expected.len(),
+                    deliveries.len(),
+                    shown()
+                ));
+            }
+            for (i, (want, (to, event, data))) in expected.iter().zip(&deliveries).enumerate() {
+                let data_matches = want.data.as_ref().is_none_or(|d| d == data);
+                if &want.to != to || &want.event != event || !data_matches {
+                    return Err(format!("delivery {i}: expected {} {} {}, got [{}]", want.to, want.event, want.data.clone().unwrap_or(Value::Null), shown()));
+                }
+            }
+        }
+        None if expect.error.is_some() && !deliveries.is_empty() => {
+            return Err(format!("a failed event must deliver nothing, but {} deliveries were made", deliveries.len()));
+        }
+        None => {}
+    }
+    if !expect.state.is_empty() {
+        let keys: Vec<String> = expect.state.iter().map(|(k, _)| k.clone()).collect();
+        let values = backend.read(keys).await.map_err(|e| e.to_string())?;
+        for ((key, want), got) in expect.state.iter().zip(values) {
+            let got = got.value.map(|v| v.to_json()).unwrap_or(Value::Null);
+            if &got != want {
+                return Err(format!("state `{key}`: expected {want}, got {got}"));
+            }
+        }
+    }
+    Ok(())
 }

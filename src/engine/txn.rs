@@ -159,11 +159,8 @@ impl Txn {
 
     pub fn apply(&mut self, op: StateOp) -> Result<Value, TxnError> {
         match op {
-            StateOp::Get(k) => Ok(match self.current(&k)? {
-                None => Value::Null,
-                Some(StoredValue::Json(v)) => v.clone(),
-                Some(_) => return Err(Self::wrong_type(&k, "a value")),
-            }),
+            // `get` reads any shape as JSON (a hash as an object, a list as an array).
+            StateOp::Get(k) => Ok(self.current(&k)?.map_or(Value::Null, StoredValue::to_json)),
             StateOp::Set(k, v, ttl) => {
                 self.write(&k, Some(StoredValue::Json(v)), ttl)?;
                 Ok(Value::Null)
