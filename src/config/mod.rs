@@ -420,8 +420,11 @@ impl Loader<'_> {
             .get("description")
             .and_then(|n| self.string(file, n, "description"))
             .map(str::to_string);
+        // A hook has no `scope:` field, but what it emits (a `$disconnect` telling the
+        // rooms someone left, possibly run for a dead node's connection on a survivor)
+        // must reach members on every node, so hooks deliver cluster-wide.
         let scope = if is_hook {
-            Scope::Local
+            Scope::Cluster
         } else {
             match def.get("scope") {
                 None => {
