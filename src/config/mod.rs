@@ -689,21 +689,23 @@ impl Loader<'_> {
             };
             match Template::parse(s) {
                 Ok(t) => {
-                    tags.push((hash_tag(s).map(str::to_string), item.pos));
+                    tags.push((t.hash_tag(), item.pos));
                     keys.push(t);
                 }
                 Err(e) => self.diags.error(file, item.pos, format!("`keys`: {e}")),
             }
         }
-        if tags.len() > 1
-            && tags
-                .windows(2)
-                .any(|w| w[0].0 != w[1].0 || w[0].0.is_none())
-        {
+        // Point at the first key that would land in another slot than the first one.
+        let stray = tags.first().and_then(|(first, _)| {
+            tags.iter()
+                .skip(1)
+                .find(|(tag, _)| first.is_none() || tag != first)
+        });
+        if let Some((_, pos)) = stray {
             self.diags.warning(
                 file,
-                node.pos,
-                "these keys do not share one `{hash tag}`: on Redis Cluster a script's keys must hash to one slot",
+                *pos,
+                "these keys do not share one `{hash tag}`, so on Redis Cluster they may sit in different slots and the script fails there; put the common part in braces, e.g. `poll:{{{data.id}}}` and `poll:{{{data.id}}}:votes`",
             );
         }
         keys
@@ -953,18 +955,6 @@ fn valid_event_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
-}
-
-/// The `{tag}` Redis Cluster hashes a key by, if any.
-fn hash_tag(key: &str) -> Option<&str> {
-    let start = key.find('{')?;
-    let rest = &key[start + 1..];
-    // `{{data.x}}` is a template, not a hash tag.
-    if rest.starts_with('{') {
-        return None;
-    }
-    let end = rest.find('}')?;
-    (end > 0).then(|| &rest[..end])
 }
 
 /// Where line 1, column 1 of an inline script sits in its YAML file. Block scalars

@@ -167,7 +167,12 @@ impl Template {
     pub fn parse(text: &str) -> Result<Self, TargetError> {
         let mut parts = Vec::new();
         let mut rest = text;
-        while let Some(start) = rest.find("{{") {
+        while let Some(mut start) = rest.find("{{") {
+            // `{{{data.x}}}` is a literal `{` then a template: how a Redis Cluster hash
+            // tag (`poll:{{{data.id}}}:votes` → `poll:{42}:votes`) is written.
+            while rest[start + 2..].starts_with('{') {
+                start += 1;
+            }
             if start > 0 {
                 parts.push(Part::Literal(rest[..start].to_string()));
             }
@@ -218,6 +223,27 @@ impl Template {
             }
         }
         Ok(out)
+    }
+
+    /// The Redis Cluster hash tag of the keys this template renders to, with each
+    /// `{{…}}` standing for itself: two templates with equal tags land in one slot for
+    /// any payload. `None` when the key has no tag (it hashes as a whole).
+    pub fn hash_tag(&self) -> Option<String> {
+        // Templates become brace-free placeholders so only literal braces count.
+        let skeleton: String = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.clone(),
+                Part::Data(path) => format!("\u{1}data.{}\u{1}", path.join(".")),
+                Part::ConnId => "\u{1}conn.id\u{1}".into(),
+                Part::ConnUser => "\u{1}conn.user\u{1}".into(),
+            })
+            .collect();
+        let start = skeleton.find('{')?;
+        let rest = &skeleton[start + 1..];
+        let end = rest.find('}')?;
+        (end > 0).then(|| rest[..end].to_string())
     }
 
     pub fn data_paths(&self) -> Vec<&[String]> {
@@ -293,6 +319,29 @@ mod tests {
             TargetSpec::parse("room:{{data.x"),
             Err(TargetError::Unclosed(_))
         ));
+    }
+
+    #[test]
+    fn triple_braces_are_a_literal_brace_around_a_template() {
+        let t = Template::parse("poll:{{{data.id}}}:votes").unwrap();
+        let data = json!({"id": 42});
+        assert_eq!(t.render(&cx(&data)).unwrap(), "poll:{42}:votes");
+        assert_eq!(t.hash_tag().as_deref(), Some("\u{1}data.id\u{1}"));
+        assert_eq!(
+            Template::parse("poll:{{{data.id}}}").unwrap().hash_tag(),
+            t.hash_tag()
+        );
+        assert_eq!(
+            Template::parse("poll:{{data.id}}").unwrap().hash_tag(),
+            None
+        );
+        assert_eq!(
+            Template::parse("{fixed}:{{data.id}}")
+                .unwrap()
+                .hash_tag()
+                .as_deref(),
+            Some("fixed")
+        );
     }
 
     #[test]
