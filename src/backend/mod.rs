@@ -14,6 +14,7 @@
 //! (`crate::server`) chooses which implementation runs.
 
 pub mod memory;
+pub mod redis;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -137,13 +138,49 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Every connection id in a room, on every node, sorted.
     fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
+
+    /// Record a live connection of this node, so a survivor can clean up after it if
+    /// this node dies. The memory backend has no one to clean up for it.
+    fn register_conn(
+        &self,
+        _conn: &ConnId,
+        _user: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Forget a connection that closed (after its rooms were left).
+    fn unregister_conn(&self, _conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Channels a node listens on only while it has a local recipient for them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Room(String),
+    User(String),
 }
 
 /// Publish/subscribe between nodes. The memory bus hands each envelope straight to the
 /// local [`Sink`]; the Redis bus routes it through one channel per target.
 pub trait Bus: Send + Sync + 'static {
-    /// Deliver to every node with matching recipients. At most once.
+    /// Deliver to every node with matching recipients (this node included). At most once.
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// A local recipient appeared for `channel`: from when this resolves, everything
+    /// published to it reaches this node. Reference-counted; one `unwatch` per `watch`.
+    fn watch(&self, _channel: Channel) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// A local recipient of `channel` went away.
+    fn unwatch(&self, _channel: Channel) {}
+
+    /// Whether the bus is connected and every subscription is in place.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// The local end of the bus: whatever delivers envelopes to this node's sockets.

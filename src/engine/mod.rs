@@ -11,6 +11,7 @@
 //! transaction committed, so a retried script never delivers twice.
 
 pub mod error;
+pub mod locks;
 pub mod router;
 pub mod script;
 pub mod testing;
@@ -26,10 +27,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::backend::{Bus, CommitOutcome, ConnId, Envelope, Sink, StateStore, MAX_NAME_LEN};
+use crate::backend::{
+    Bus, Channel, CommitOutcome, ConnId, Envelope, Sink, StateStore, MAX_NAME_LEN,
+};
 use crate::config::{EventDef, Pack, RateLimit, Scope, Target, TemplateContext};
 pub use error::{Detail, ErrorCode, Failure};
-use router::Router;
+use router::{RoomChange, Router};
 use script::{LogLevel, ScriptFailure, ScriptHost, ScriptInput, ScriptRuntime, StateOp};
 use txn::{Txn, TxnError};
 
@@ -50,6 +53,8 @@ pub struct Conn {
     pub claims: Value,
     /// Token buckets of rate-limited events, created on first use.
     buckets: HashMap<String, TokenBucket>,
+    /// Whether this connection holds a watch on its user's channel.
+    watching_user: bool,
 }
 
 impl Conn {
@@ -59,6 +64,7 @@ impl Conn {
             user,
             claims,
             buckets: HashMap::new(),
+            watching_user: false,
         }
     }
 }
@@ -124,6 +130,7 @@ pub struct Engine {
     /// Where `local` deliveries go: the router, or a recorder in `wss-engine test`.
     sink: Arc<dyn Sink>,
     permits: Arc<Semaphore>,
+    key_locks: locks::KeyLocks,
     conn_seq: AtomicU64,
 }
 
@@ -149,6 +156,7 @@ impl Engine {
             router: parts.router,
             sink: parts.sink,
             permits: Arc::new(Semaphore::new(parts.script_concurrency.max(1))),
+            key_locks: locks::KeyLocks::new(256),
             conn_seq: AtomicU64::new(0),
         })
     }
@@ -280,6 +288,7 @@ impl Engine {
                     effects: Effects::default(),
                     data,
                     published: false,
+                    memberships_applied: None,
                 }
             };
         self.apply(conn, &def, run).await
@@ -298,21 +307,29 @@ impl Engine {
                 effects: Effects::default(),
                 data,
                 published: false,
+                memberships_applied: None,
             });
         };
         let conn_json = conn.to_json();
         let mut rng_delay = rand::rng();
+        // Keys whose node-local lock this run holds. Declared keys are locked up front;
+        // after a conflict, the keys the failed attempt read are locked too, so local
+        // contenders queue here instead of colliding again in Redis.
+        let mut lock_keys: Vec<String> = Vec::new();
+        if !def.keys.is_empty() {
+            let cx = TemplateContext {
+                data: &data,
+                conn_id: &conn.id,
+                conn_user: conn.user.as_deref(),
+            };
+            lock_keys = def.keys.iter().filter_map(|k| k.render(&cx).ok()).collect();
+        }
         for attempt in 0..MAX_ATTEMPTS {
+            let _guards = self.key_locks.lock(&lock_keys);
             let started = Instant::now();
             let mut txn = Txn::new(self.store.clone(), runtime.clone());
             if !def.keys.is_empty() {
-                let cx = TemplateContext {
-                    data: &data,
-                    conn_id: &conn.id,
-                    conn_user: conn.user.as_deref(),
-                };
-                let keys = def.keys.iter().filter_map(|k| k.render(&cx).ok()).collect();
-                txn.prefetch(keys).map_err(txn_failure)?;
+                txn.prefetch(lock_keys.clone()).map_err(txn_failure)?;
             }
             let mut host = Host {
                 engine: self,
@@ -339,11 +356,14 @@ impl Engine {
                     effects,
                     data: new_data,
                     published: false,
+                    memberships_applied: None,
                 });
             }
-            // Membership changes must be visible locally before deliveries published in
-            // the commit come back to this node; undone if the commit does not land.
-            let applied = self.apply_local_memberships(&conn.id, &effects.memberships);
+            // Membership changes must be in place before deliveries published by the
+            // commit reach this node; undone if the commit does not land.
+            let applied =
+                runtime.block_on(self.apply_memberships(&conn.id, &effects.memberships))?;
+            let touched = txn.keys();
             let mut commit = txn.into_commit();
             let publish_now = def.scope == Scope::Cluster;
             if publish_now {
@@ -356,21 +376,28 @@ impl Engine {
                         effects,
                         data: new_data,
                         published: publish_now,
+                        memberships_applied: Some(applied),
                     });
                 }
                 Ok(CommitOutcome::Conflict) => {
-                    self.undo_local_memberships(&conn.id, applied);
+                    runtime.block_on(self.undo_memberships(&conn.id, applied));
                     metrics::counter!("wss_script_retries_total", "event" => def.name.clone())
                         .increment(1);
-                    // Jittered backoff so contenders stop colliding in lockstep.
+                    for key in touched {
+                        if !lock_keys.contains(&key) {
+                            lock_keys.push(key);
+                        }
+                    }
+                    // Jittered backoff so contenders on other nodes stop colliding in
+                    // lockstep.
                     let ceiling = 1 + u64::from(attempt) * 2;
                     std::thread::sleep(Duration::from_micros(rand::Rng::random_range(
                         &mut rng_delay,
-                        0..=ceiling * 500,
+                        0..=ceiling * 200,
                     )));
                 }
                 Err(e) => {
-                    self.undo_local_memberships(&conn.id, applied);
+                    runtime.block_on(self.undo_memberships(&conn.id, applied));
                     return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
                 }
             }
@@ -397,33 +424,52 @@ impl Engine {
         }
     }
 
-    /// Returns the membership changes that actually changed something, to undo them.
-    fn apply_local_memberships(
+    /// Apply joins and leaves to this node's router, watching room channels as rooms gain
+    /// their first local member. Returns the changes that changed something, to undo.
+    async fn apply_memberships(
         &self,
         conn: &ConnId,
         changes: &[(bool, String)],
-    ) -> Vec<(bool, String)> {
+    ) -> Result<Vec<(bool, String)>, Failure> {
         let mut applied = Vec::new();
         for (join, room) in changes {
-            let was = self.router.is_member(conn, room);
-            if *join {
-                self.router.join(conn, room);
+            let change = if *join {
+                self.router.join(conn, room)
             } else {
-                self.router.leave(conn, room);
+                self.router.leave(conn, room)
+            };
+            match change {
+                RoomChange::Unchanged => continue,
+                RoomChange::Member => {}
+                RoomChange::FirstLocal(_) => {
+                    if let Err(e) = self.bus.watch(Channel::Room(room.clone())).await {
+                        self.router.leave(conn, room);
+                        self.undo_memberships(conn, applied).await;
+                        return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
+                    }
+                }
+                RoomChange::LastLocal(_) => self.bus.unwatch(Channel::Room(room.clone())),
             }
-            if was != *join {
-                applied.push((*join, room.clone()));
-            }
+            applied.push((*join, room.clone()));
         }
-        applied
+        Ok(applied)
     }
 
-    fn undo_local_memberships(&self, conn: &ConnId, applied: Vec<(bool, String)>) {
+    async fn undo_memberships(&self, conn: &ConnId, applied: Vec<(bool, String)>) {
         for (join, room) in applied.into_iter().rev() {
-            if join {
-                self.router.leave(conn, &room);
+            let change = if join {
+                self.router.leave(conn, &room)
             } else {
-                self.router.join(conn, &room);
+                self.router.join(conn, &room)
+            };
+            match change {
+                RoomChange::LastLocal(_) => self.bus.unwatch(Channel::Room(room)),
+                // Best effort: re-watching a room we just left; the reconnect loop
+                // resubscribes every wanted channel if this fails.
+                RoomChange::FirstLocal(_) => {
+                    let _ = self.bus.watch(Channel::Room(room)).await;
+                }
+                RoomChange::Unchanged | RoomChange::Member => {}
             }
         }
     }
@@ -434,13 +480,15 @@ impl Engine {
             effects,
             data,
             published,
+            memberships_applied,
         } = run;
+        if memberships_applied.is_none() {
+            self.apply_memberships(&conn.id, &effects.memberships)
+                .await?;
+        }
+        // Cluster-wide presence follows the local change; idempotent, so replaying every
+        // requested change (not only the effective ones) is harmless.
         for (join, room) in &effects.memberships {
-            let change = if *join {
-                self.router.join(&conn.id, room)
-            } else {
-                self.router.leave(&conn.id, room)
-            };
             let stored = if *join {
                 self.store.join(room, &conn.id).await
             } else {
@@ -449,7 +497,6 @@ impl Engine {
             if let Err(e) = stored {
                 return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
             }
-            let _ = change; // Room channel subscriptions hook in here for the Redis bus.
         }
         if !published {
             let envelopes = self.envelopes(def, &conn.id, conn.user.as_deref(), &data, &effects)?;
@@ -535,17 +582,52 @@ impl Engine {
         }
     }
 
+    /// Register a new connection: router, cluster-wide registry, user channel, then
+    /// `$connect`. On `Err` the connection must be closed (and `disconnect` still called).
+    pub async fn connect(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        link: Arc<router::ConnLink>,
+    ) -> Outcome {
+        self.router
+            .register(conn.id.clone(), conn.user.clone(), link);
+        self.store
+            .register_conn(&conn.id, conn.user.as_deref())
+            .await
+            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        if let Some(user) = &conn.user {
+            if let Err(e) = self.bus.watch(Channel::User(user.to_string())).await {
+                conn.watching_user = false;
+                return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
+            }
+            conn.watching_user = true;
+        }
+        let hook = self.pack.on_connect.clone();
+        self.run_hook(conn, &hook).await
+    }
+
     /// Forget a connection that closed: run `$disconnect`, leave every room.
     pub async fn disconnect(self: &Arc<Self>, conn: &mut Conn) {
         let hook = self.pack.on_disconnect.clone();
         if let Err(f) = self.run_hook(conn, &hook).await {
             tracing::warn!(conn = %conn.id, code = f.code.as_str(), error = %f.message, "$disconnect hook failed");
         }
-        let (rooms, _changes) = self.router.unregister(&conn.id);
+        let (rooms, changes) = self.router.unregister(&conn.id);
+        for change in changes {
+            if let RoomChange::LastLocal(room) = change {
+                self.bus.unwatch(Channel::Room(room.to_string()));
+            }
+        }
+        if let (Some(user), true) = (&conn.user, conn.watching_user) {
+            self.bus.unwatch(Channel::User(user.to_string()));
+        }
         for room in rooms {
             if let Err(e) = self.store.leave(&room, &conn.id).await {
                 tracing::warn!(conn = %conn.id, room = %room, error = %e, "could not remove connection from room");
             }
+        }
+        if let Err(e) = self.store.unregister_conn(&conn.id).await {
+            tracing::warn!(conn = %conn.id, error = %e, "could not unregister connection");
         }
     }
 }
@@ -556,6 +638,8 @@ struct ScriptRun {
     data: Value,
     /// The commit already published the deliveries (cluster scope with state writes).
     published: bool,
+    /// Joins and leaves already applied to the router (before a commit), if any.
+    memberships_applied: Option<Vec<(bool, String)>>,
 }
 
 /// The connection as a script sees it; `Send`, for the blocking pool.

@@ -67,13 +67,16 @@ struct Inner {
     users: HashMap<Arc<str>, HashSet<ConnId>>,
 }
 
-/// Room membership changes that matter to the bus: a room gained its first or lost its
-/// last local member (Redis subscribes/unsubscribes its channel then).
+/// What a join or leave changed. The bus cares about rooms that gained their first or
+/// lost their last local member (Redis subscribes/unsubscribes the room channel then).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomChange {
+    /// The connection already was (or was not) a member: nothing changed.
+    Unchanged,
+    /// The connection's membership changed; the room had other local members.
+    Member,
     FirstLocal(Arc<str>),
     LastLocal(Arc<str>),
-    Unchanged,
 }
 
 #[derive(Default)]
@@ -142,7 +145,7 @@ impl Router {
         if members.len() == 1 {
             RoomChange::FirstLocal(room)
         } else {
-            RoomChange::Unchanged
+            RoomChange::Member
         }
     }
 
@@ -213,7 +216,7 @@ fn remove_member(
         if let Some(m) = rooms.get_mut(room) {
             m.remove(id);
         }
-        RoomChange::Unchanged
+        RoomChange::Member
     }
 }
 

@@ -33,7 +33,10 @@ pub async fn run_pack_tests(dir: &Path) -> anyhow::Result<bool> {
         Ok((pack, _)) => Arc::new(pack),
         Err(diags) => {
             print!("{diags}");
-            anyhow::bail!("the pack has errors; fix them first (`wss-engine check {}`)", dir.display());
+            anyhow::bail!(
+                "the pack has errors; fix them first (`wss-engine check {}`)",
+                dir.display()
+            );
         }
     };
     let (mut passed, mut failed) = (0usize, 0usize);
@@ -64,13 +67,20 @@ pub async fn run_pack_tests(dir: &Path) -> anyhow::Result<bool> {
 /// A mapping in a case's `state` seeds a hash, a list seeds a list, anything else a value.
 fn seed_value(value: &Value) -> StoredValue {
     match value {
-        Value::Object(map) => StoredValue::Hash(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Value::Object(map) => {
+            StoredValue::Hash(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
         Value::Array(items) => StoredValue::List(items.iter().cloned().collect()),
         other => StoredValue::Json(other.clone()),
     }
 }
 
-async fn run_case(pack: &Arc<Pack>, runtime: &Arc<ScriptRuntime>, def: &EventDef, case: &TestCase) -> Result<(), String> {
+async fn run_case(
+    pack: &Arc<Pack>,
+    runtime: &Arc<ScriptRuntime>,
+    def: &EventDef,
+    case: &TestCase,
+) -> Result<(), String> {
     let recorder = Arc::new(Recorder::default());
     let router = Arc::new(Router::new());
     let backend = Arc::new(MemoryBackend::new(recorder.clone() as Arc<dyn Sink>));
@@ -88,10 +98,17 @@ async fn run_case(pack: &Arc<Pack>, runtime: &Arc<ScriptRuntime>, def: &EventDef
     let writes = case
         .state
         .iter()
-        .map(|(key, value)| Write { key: key.clone(), value: Some(seed_value(value)), ttl: None })
+        .map(|(key, value)| Write {
+            key: key.clone(),
+            value: Some(seed_value(value)),
+            ttl: None,
+        })
         .collect();
     backend
-        .commit(Commit { writes, ..Commit::default() })
+        .commit(Commit {
+            writes,
+            ..Commit::default()
+        })
         .await
         .map_err(|e| format!("seeding state: {e}"))?;
 
@@ -115,20 +132,37 @@ async fn run_case(pack: &Arc<Pack>, runtime: &Arc<ScriptRuntime>, def: &EventDef
                 Target::Conn(c) if c.as_str() == &*id => "sender".to_string(),
                 other => other.to_string(),
             };
-            (to, frame["event"].as_str().unwrap_or_default().to_string(), frame["data"].clone())
+            (
+                to,
+                frame["event"].as_str().unwrap_or_default().to_string(),
+                frame["data"].clone(),
+            )
         })
         .collect();
 
     let expect = &case.expect;
     match (&expect.error, &outcome) {
         (Some(code), Err(f)) if f.code.as_str() == code => {}
-        (Some(code), Err(f)) => return Err(format!("expected error `{code}`, got `{}`: {}", f.code.as_str(), f.message)),
-        (Some(code), Ok(_)) => return Err(format!("expected error `{code}`, but the event succeeded")),
+        (Some(code), Err(f)) => {
+            return Err(format!(
+                "expected error `{code}`, got `{}`: {}",
+                f.code.as_str(),
+                f.message
+            ))
+        }
+        (Some(code), Ok(_)) => {
+            return Err(format!("expected error `{code}`, but the event succeeded"))
+        }
         (None, Err(f)) => return Err(format!("failed with `{}`: {}", f.code.as_str(), f.message)),
         (None, Ok(_)) => {}
     }
     if let Some(expected) = &expect.reply {
-        let got = outcome.as_ref().ok().cloned().flatten().unwrap_or(Value::Null);
+        let got = outcome
+            .as_ref()
+            .ok()
+            .cloned()
+            .flatten()
+            .unwrap_or(Value::Null);
         if &got != expected {
             return Err(format!("reply: expected {expected}, got {got}"));
         }
@@ -153,12 +187,21 @@ async fn run_case(pack: &Arc<Pack>, runtime: &Arc<ScriptRuntime>, def: &EventDef
             for (i, (want, (to, event, data))) in expected.iter().zip(&deliveries).enumerate() {
                 let data_matches = want.data.as_ref().is_none_or(|d| d == data);
                 if &want.to != to || &want.event != event || !data_matches {
-                    return Err(format!("delivery {i}: expected {} {} {}, got [{}]", want.to, want.event, want.data.clone().unwrap_or(Value::Null), shown()));
+                    return Err(format!(
+                        "delivery {i}: expected {} {} {}, got [{}]",
+                        want.to,
+                        want.event,
+                        want.data.clone().unwrap_or(Value::Null),
+                        shown()
+                    ));
                 }
             }
         }
         None if expect.error.is_some() && !deliveries.is_empty() => {
-            return Err(format!("a failed event must deliver nothing, but {} deliveries were made", deliveries.len()));
+            return Err(format!(
+                "a failed event must deliver nothing, but {} deliveries were made",
+                deliveries.len()
+            ));
         }
         None => {}
     }

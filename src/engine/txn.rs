@@ -268,6 +268,11 @@ impl Txn {
         self.slots.is_empty()
     }
 
+    /// Every key this transaction read or wrote.
+    pub fn keys(&self) -> Vec<String> {
+        self.slots.keys().cloned().collect()
+    }
+
     pub fn has_writes(&self) -> bool {
         !self.write_order.is_empty()
     }

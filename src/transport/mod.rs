@@ -158,8 +158,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
         {
             return Exit::Gone;
         }
-        let hook = engine.pack.on_connect.clone();
-        if let Err(failure) = engine.run_hook(&mut conn, &hook).await {
+        if let Err(failure) = engine.connect(&mut conn, link.clone()).await {
             let _ = socket
                 .send(Message::Text(protocol::error_event(&failure)))
                 .await;
