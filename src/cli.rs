@@ -30,6 +30,18 @@ pub enum Command {
     Test(TestArgs),
     /// Print the JSON Schema of the pack format.
     Schema,
+    /// List the live nodes of a Redis cluster; warns when their packs differ.
+    Nodes(NodesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[arg(long, env = "REDIS_URL")]
+    pub redis: String,
+    #[arg(long, env = "WSS_REDIS_PREFIX", default_value = "wss:")]
+    pub redis_prefix: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -78,6 +90,9 @@ pub struct ServeArgs {
     /// Prefix of every Redis key and channel, so applications can share one Redis.
     #[arg(long, env = "WSS_REDIS_PREFIX", default_value = "wss:")]
     pub redis_prefix: String,
+    /// Seconds a node's heartbeat lives: a node silent this long is cleaned up after.
+    #[arg(long, env = "WSS_NODE_TTL", default_value = "10", value_parser = parse_secs)]
+    pub node_ttl: Duration,
     #[arg(long, env = "WSS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Largest accepted text frame; larger ones get `too_large` (the connection stays).
@@ -107,6 +122,9 @@ pub struct ServeArgs {
     /// Reject connections without a valid token (needs a JWT key).
     #[arg(long, env = "WSS_AUTH_REQUIRED")]
     pub auth_required: bool,
+    /// Demonstration only: commit without checking read versions (lost updates).
+    #[arg(long, hide = true)]
+    pub unsafe_skip_version_check: bool,
     /// HS256 secret for verifying client JWTs.
     #[arg(long, env = "WSS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

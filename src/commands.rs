@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{CheckArgs, OutputFormat, ServeArgs, TestArgs};
+use crate::cli::{CheckArgs, NodesArgs, OutputFormat, ServeArgs, TestArgs};
 use crate::config::{self, Diagnostics};
 use crate::engine::script::{ScriptLimits, ScriptRuntime};
 
@@ -119,5 +119,52 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(crate::server::run_from_args(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn nodes(args: &NodesArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let nodes = runtime
+        .block_on(crate::cluster::list_nodes(&args.redis, &args.redis_prefix))
+        .with_context(|| format!("reading the node registry from {}", args.redis))?;
+    let live: Vec<_> = nodes.iter().filter_map(|(_, info)| info.as_ref()).collect();
+    let mut fingerprints: Vec<&str> = live.iter().map(|i| i.fingerprint.as_str()).collect();
+    fingerprints.sort_unstable();
+    fingerprints.dedup();
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        OutputFormat::Json => {
+            let list: Vec<_> = nodes
+                .iter()
+                .map(|(id, info)| serde_json::json!({ "id": id, "alive": info.is_some(), "info": info }))
+                .collect();
+            serde_json::to_writer_pretty(&mut out, &list)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Text => {
+            writeln!(out, "NODE\tSTATE\tADDR\tCONNECTIONS\tPACK\tVERSION")?;
+            for (id, info) in &nodes {
+                match info {
+                    Some(i) => writeln!(
+                        out,
+                        "{id}\tlive\t{}\t{}\t{}\t{}",
+                        i.addr, i.connections, i.fingerprint, i.version
+                    )?,
+                    None => writeln!(out, "{id}\tdead (awaiting cleanup)\t-\t-\t-\t-")?,
+                }
+            }
+        }
+    }
+    if fingerprints.len() > 1 {
+        eprintln!(
+            "warning: live nodes serve {} different packs ({}): deploy one pack to every node",
+            fingerprints.len(),
+            fingerprints.join(", ")
+        );
+    }
+    eprintln!("{} live node(s)", live.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 pub mod backend;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod engine;

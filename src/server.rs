@@ -11,8 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::RedisBackend;
 use crate::backend::{Bus, Sink, StateStore};
 use crate::cli::{LogFormat, ServeArgs};
+use crate::cluster::{Membership, NodeInfo};
 use crate::config::{self, Pack};
 use crate::engine::router::Router;
 use crate::engine::script::{ScriptLimits, ScriptRuntime};
@@ -52,6 +54,8 @@ pub fn new_node_id() -> String {
 /// Everything a server needs besides its listener and its shutdown signal.
 pub struct ServerConfig {
     pub pack: Pack,
+    /// `None`: the embedded memory backend (one node).
+    pub redis: Option<RedisConfig>,
     pub limits: Limits,
     pub script_limits: ScriptLimits,
     pub script_concurrency: usize,
@@ -63,6 +67,7 @@ impl ServerConfig {
     pub fn new(pack: Pack) -> Self {
         Self {
             pack,
+            redis: None,
             limits: Limits::default(),
             script_limits: ScriptLimits::default(),
             script_concurrency: 64,
@@ -70,6 +75,14 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
         }
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+    /// Heartbeat TTL: a node silent this long is dead and cleaned up after.
+    pub node_ttl: Duration,
 }
 
 /// Serve on an already-bound listener until `shutdown` resolves, then close every socket
@@ -81,29 +94,57 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let node_id: Arc<str> = Arc::from(new_node_id());
     let router = Arc::new(Router::new());
-    let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
-    tracing::info!(node = %node_id, "embedded memory backend: single node, state is lost on exit (use --redis for a cluster)");
+    let addr = listener.local_addr()?;
+    let pack = Arc::new(config.pack);
+    let (store, bus, redis): (Arc<dyn StateStore>, Arc<dyn Bus>, _) = match &config.redis {
+        None => {
+            let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
+            tracing::info!(node = %node_id, "embedded memory backend: single node, state is lost on exit (use --redis for a cluster)");
+            (backend.clone(), backend, None)
+        }
+        Some(redis) => {
+            let backend = RedisBackend::connect(
+                &redis.url,
+                &redis.prefix,
+                node_id.clone(),
+                router.clone() as Arc<dyn Sink>,
+            )
+            .await
+            .with_context(|| format!("connecting to Redis at {}", redis.url))?;
+            tracing::info!(node = %node_id, prefix = %redis.prefix, "Redis backend: state, rooms and events shared with every node");
+            (
+                backend.clone(),
+                backend.clone(),
+                Some((backend, redis.node_ttl)),
+            )
+        }
+    };
     let engine = Engine::new(EngineParts {
-        pack: Arc::new(config.pack),
-        node_id,
+        pack: pack.clone(),
+        node_id: node_id.clone(),
         scripts: Arc::new(ScriptRuntime::new(&config.script_limits)),
-        store: backend.clone() as Arc<dyn StateStore>,
-        bus: backend as Arc<dyn Bus>,
+        store,
+        bus: bus.clone(),
         router: router.clone(),
         sink: router.clone() as Arc<dyn Sink>,
         script_concurrency: config.script_concurrency,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let membership = redis.as_ref().map(|(backend, ttl)| {
+        let info = NodeInfo::new(&node_id, addr.to_string(), &pack.fingerprint);
+        let task = Membership::new(backend.clone(), engine.clone(), info, *ttl);
+        tokio::spawn(task.run(shutdown_rx.clone()))
+    });
+    let ready_bus = bus.clone();
     let state = AppState {
         engine,
         limits: config.limits,
         auth: Arc::new(config.auth),
         shutdown: shutdown_rx,
-        ready: Arc::new(|| true),
+        ready: Arc::new(move || ready_bus.is_ready()),
         metrics: metrics_handle(),
     };
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening: ws://{addr}/ws");
+    tracing::info!(%addr, node = %node_id, "listening: ws://{addr}/ws");
 
     let app = transport::router(state);
     let mut stop = shutdown_tx.subscribe();
@@ -125,6 +166,10 @@ pub async fn run(
             connections = left,
             "shutdown deadline reached with connections still open"
         );
+    }
+    if let (Some((backend, _)), Some(task)) = (&redis, membership) {
+        let _ = task.await;
+        Membership::deregister(backend, &node_id).await;
     }
     match tokio::time::timeout_at(deadline + Duration::from_secs(1), server).await {
         Ok(Ok(Ok(()))) | Err(_) => {}
@@ -161,13 +206,14 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(pack = %args.config.display(), events = pack.events.len(), fingerprint = %pack.fingerprint, "pack loaded");
-    if args.redis_url().is_some() {
-        anyhow::bail!(
-            "--redis is not available in this build yet: run without it for the embedded backend"
-        );
-    }
     if args.auth_required && args.jwt_secret.is_none() {
         anyhow::bail!("--auth-required needs --jwt-secret to verify tokens");
+    }
+    if args.unsafe_skip_version_check {
+        tracing::warn!(
+            "--unsafe-skip-version-check: commits no longer detect conflicts; updates WILL be lost"
+        );
+        crate::backend::UNSAFE_SKIP_VERSION_CHECK.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let listen: SocketAddr = args.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(listen)
@@ -175,6 +221,11 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     let config = ServerConfig {
         pack,
+        redis: args.redis_url().map(|url| RedisConfig {
+            url,
+            prefix: args.redis_prefix.clone(),
+            node_ttl: args.node_ttl,
+        }),
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
             outbound_queue: args.outbound_queue,

@@ -188,5 +188,10 @@ pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope);
 }
 
+/// Turns commits into blind writes. Exists only to demonstrate, with the real binary, the
+/// lost updates the version check prevents (`--unsafe-skip-version-check`, hidden).
+pub static UNSAFE_SKIP_VERSION_CHECK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Keys, rooms and targets are operator-visible names; keep them readable and bounded.
 pub const MAX_NAME_LEN: usize = 256;

@@ -111,6 +111,9 @@ impl Diagnostics {
     pub fn sort(&mut self) {
         self.0
             .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        // A schema file shared by several events is checked once, but keep the list
+        // free of repeats whatever path led to one.
+        self.0.dedup();
     }
 }
 

@@ -300,9 +300,11 @@ impl Loader<'_> {
             );
             return;
         }
-        self.check_keys(file, &root, TOP_KEYS, "pack file");
+        let misspelt = self.check_keys(file, &root, TOP_KEYS, "pack file");
         let Some(events) = root.get("events") else {
-            self.diags.error(file, root.pos, "missing `events:` map");
+            if !misspelt.contains(&"events") {
+                self.diags.error(file, root.pos, "missing `events:` map");
+            }
             return;
         };
         let Some(entries) = events.as_map() else {
@@ -337,11 +339,25 @@ impl Loader<'_> {
         }
     }
 
-    fn check_keys(&mut self, file: &Path, node: &Node, allowed: &[&str], what: &str) {
-        let Some(entries) = node.as_map() else { return };
+    /// Report keys of `node` that are not in `allowed`. Returns the fields suggested
+    /// instead, so the caller does not also say such a field is missing: `scpoe` gets
+    /// one message ("did you mean scope?"), not two.
+    fn check_keys<'k>(
+        &mut self,
+        file: &Path,
+        node: &Node,
+        allowed: &[&'k str],
+        what: &str,
+    ) -> Vec<&'k str> {
+        let mut suggested = Vec::new();
+        let Some(entries) = node.as_map() else {
+            return suggested;
+        };
         for (key, _) in entries {
             if !allowed.contains(&key.name.as_str()) {
-                let hint = suggest(&key.name, allowed.iter().copied())
+                let guess = suggest(&key.name, allowed.iter().copied());
+                suggested.extend(guess);
+                let hint = guess
                     .map(|s| format!(", did you mean \"{s}\"?"))
                     .unwrap_or_else(|| format!(" (allowed: {})", allowed.join(", ")));
                 self.diags.error(
@@ -351,6 +367,7 @@ impl Loader<'_> {
                 );
             }
         }
+        suggested
     }
 
     fn string<'n>(&mut self, file: &Path, node: &'n Node, field: &str) -> Option<&'n str> {
@@ -396,7 +413,7 @@ impl Loader<'_> {
         };
         let errors_before = self.diags.0.iter().filter(|d| d.is_error()).count();
 
-        if is_hook {
+        let misspelt = if is_hook {
             for (key, _) in def.as_map().unwrap_or_default() {
                 if !HOOK_KEYS.contains(&key.name.as_str())
                     && EVENT_KEYS.contains(&key.name.as_str())
@@ -411,10 +428,10 @@ impl Loader<'_> {
                     );
                 }
             }
-            self.check_keys_excluding(file, def, HOOK_KEYS, EVENT_KEYS, "hook");
+            self.check_keys_excluding(file, def, HOOK_KEYS, EVENT_KEYS, &format!("hook `{name}`"))
         } else {
-            self.check_keys(file, def, EVENT_KEYS, &format!("event `{name}`"));
-        }
+            self.check_keys(file, def, EVENT_KEYS, &format!("event `{name}`"))
+        };
 
         let description = def
             .get("description")
@@ -428,11 +445,13 @@ impl Loader<'_> {
         } else {
             match def.get("scope") {
                 None => {
-                    self.diags.error(
-                        file,
-                        pos,
-                        format!("event `{name}` needs `scope: local` or `scope: cluster`"),
-                    );
+                    if !misspelt.contains(&"scope") {
+                        self.diags.error(
+                            file,
+                            pos,
+                            format!("event `{name}` needs `scope: local` or `scope: cluster`"),
+                        );
+                    }
                     Scope::Local
                 }
                 Some(node) => match node.as_str() {
@@ -458,7 +477,9 @@ impl Loader<'_> {
         } else {
             match def.get("schema") {
                 None => {
-                    self.diags.error(file, pos, format!("event `{name}` needs a `schema` for its payload (use `schema: {{}}` to accept anything)"));
+                    if !misspelt.contains(&"schema") {
+                        self.diags.error(file, pos, format!("event `{name}` needs a `schema` for its payload (use `schema: {{}}` to accept anything)"));
+                    }
                     None
                 }
                 Some(node) => self.schemas.compile(file, node, &mut self.diags),
@@ -526,7 +547,11 @@ impl Loader<'_> {
             .map(|n| self.keys(file, n))
             .unwrap_or_default();
         let script = def.get("script").and_then(|n| self.script(file, text, n));
-        if is_hook && script.is_none() && def.get("script").is_none() {
+        if is_hook
+            && script.is_none()
+            && def.get("script").is_none()
+            && !misspelt.contains(&"script")
+        {
             self.diags.warning(
                 file,
                 pos,
@@ -571,19 +596,24 @@ impl Loader<'_> {
     }
 
     /// Unknown keys of a hook that are not event fields either (those get their own message).
-    fn check_keys_excluding(
+    fn check_keys_excluding<'k>(
         &mut self,
         file: &Path,
         node: &Node,
-        allowed: &[&str],
+        allowed: &[&'k str],
         skip: &[&str],
         what: &str,
-    ) {
-        let Some(entries) = node.as_map() else { return };
+    ) -> Vec<&'k str> {
+        let mut suggested = Vec::new();
+        let Some(entries) = node.as_map() else {
+            return suggested;
+        };
         for (key, _) in entries {
             let k = key.name.as_str();
             if !allowed.contains(&k) && !skip.contains(&k) {
-                let hint = suggest(k, allowed.iter().copied())
+                let guess = suggest(k, allowed.iter().copied());
+                suggested.extend(guess);
+                let hint = guess
                     .map(|s| format!(", did you mean \"{s}\"?"))
                     .unwrap_or_default();
                 self.diags.error(
@@ -593,6 +623,7 @@ impl Loader<'_> {
                 );
             }
         }
+        suggested
     }
 
     /// `{{data.x}}` in `to` must name a property the schema can let through.
@@ -636,11 +667,13 @@ impl Loader<'_> {
             );
             return None;
         }
-        self.check_keys(file, node, &["per_second", "burst"], "rate_limit");
+        let misspelt = self.check_keys(file, node, &["per_second", "burst"], "rate_limit");
         let per_second = match node.get("per_second") {
             None => {
-                self.diags
-                    .error(file, node.pos, "`rate_limit` needs `per_second`");
+                if !misspelt.contains(&"per_second") {
+                    self.diags
+                        .error(file, node.pos, "`rate_limit` needs `per_second`");
+                }
                 return None;
             }
             Some(n) => match n.as_f64() {
@@ -714,7 +747,7 @@ impl Loader<'_> {
     fn script(&mut self, file: &Path, text: &str, node: &Node) -> Option<ScriptDef> {
         let (source, script_file, first_line, col_offset) = match &node.kind {
             NodeKind::Str(source) => {
-                let (line, col) = inline_script_origin(text, node.pos);
+                let (line, col) = inline_script_origin(text, source, node.pos);
                 (source.clone(), file.to_path_buf(), line, col)
             }
             NodeKind::Map(_) => {
@@ -764,13 +797,11 @@ impl Loader<'_> {
             }),
             Err(errors) => {
                 for e in errors {
+                    // Every line of an inline script is indented alike, so one
+                    // column offset holds for all of them.
                     let pos = Pos {
-                        line: first_line + e.line - 1,
-                        col: if e.line == 1 {
-                            col_offset + e.col
-                        } else {
-                            col_offset + e.col
-                        },
+                        line: first_line + e.line.saturating_sub(1),
+                        col: col_offset + e.col,
                     };
                     self.diags
                         .error(&script_file, pos, format!("script: {}", e.message));
@@ -801,7 +832,7 @@ impl Loader<'_> {
             );
             return None;
         }
-        self.check_keys(
+        let misspelt = self.check_keys(
             file,
             node,
             &["name", "state", "conn", "send", "expect"],
@@ -810,7 +841,9 @@ impl Loader<'_> {
         let name = match node.get("name") {
             Some(n) => self.string(file, n, "name")?.to_string(),
             None => {
-                self.diags.error(file, node.pos, "test case needs a `name`");
+                if !misspelt.contains(&"name") {
+                    self.diags.error(file, node.pos, "test case needs a `name`");
+                }
                 return None;
             }
         };
@@ -829,8 +862,10 @@ impl Loader<'_> {
         let expect = match node.get("expect") {
             Some(n) => self.expectation(file, n)?,
             None => {
-                self.diags
-                    .error(file, node.pos, format!("test `{name}` needs an `expect`"));
+                if !misspelt.contains(&"expect") {
+                    self.diags
+                        .error(file, node.pos, format!("test `{name}` needs an `expect`"));
+                }
                 return None;
             }
         };
@@ -957,28 +992,25 @@ fn valid_event_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
 }
 
-/// Where line 1, column 1 of an inline script sits in its YAML file. Block scalars
-/// (`|`, `>`) start on the line after their indicator, at the block's indentation.
-fn inline_script_origin(text: &str, pos: Pos) -> (usize, usize) {
-    let lines: Vec<&str> = text.lines().collect();
-    let at = lines
-        .get(pos.line.saturating_sub(1))
-        .map(|l| {
-            l.chars()
-                .skip(pos.col.saturating_sub(1))
-                .collect::<String>()
-        })
-        .unwrap_or_default();
-    if at.starts_with('|') || at.starts_with('>') {
-        let indent = lines
-            .iter()
-            .skip(pos.line)
-            .find(|l| !l.trim().is_empty())
-            .map_or(0, |l| l.len() - l.trim_start().len());
-        (pos.line + 1, indent)
-    } else if at.starts_with('"') || at.starts_with('\'') {
-        (pos.line, pos.col)
-    } else {
-        (pos.line, pos.col - 1)
+/// Where line 1, column 1 of an inline script sits in its YAML file, as (line, columns
+/// before the script's first column).
+///
+/// saphyr places a quoted scalar at its opening quote, a plain scalar at its first
+/// character, and a block scalar (`|`, `>`) at its first content character, past any
+/// leading blank lines, which the script text keeps as `\n`s (the yaml tests pin this).
+fn inline_script_origin(text: &str, source: &str, pos: Pos) -> (usize, usize) {
+    let first = text
+        .lines()
+        .nth(pos.line.saturating_sub(1))
+        .and_then(|l| l.chars().nth(pos.col.saturating_sub(1)));
+    match first {
+        Some('"' | '\'') => (pos.line, pos.col),
+        _ => {
+            let blank_lines = source.chars().take_while(|c| *c == '\n').count();
+            (
+                pos.line.saturating_sub(blank_lines).max(1),
+                pos.col.saturating_sub(1),
+            )
+        }
     }
 }

@@ -38,17 +38,34 @@ impl Retrieve for Preloaded {
     }
 }
 
+/// A `file://` URI for an absolute path. Every byte outside the unreserved set is
+/// percent-encoded: a pack under `/srv/my packs/` must still have valid schema URIs.
 pub fn file_uri(path: &Path) -> String {
-    format!("file://{}", path.display())
+    let mut uri = String::from("file://");
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                uri.push(char::from(*byte))
+            }
+            _ => uri.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    uri
 }
 
 impl SchemaFiles {
-    /// Parse a schema file once; report its problems once.
-    fn load(&mut self, path: &Path, diags: &mut Diagnostics) -> Option<Arc<Node>> {
-        if let Some(doc) = self.docs.get(path) {
+    /// Parse a schema file once; report its problems once. `canonical` identifies the
+    /// file; `path` is how the pack names it, which is what the operator should read.
+    fn load(
+        &mut self,
+        canonical: &Path,
+        path: &Path,
+        diags: &mut Diagnostics,
+    ) -> Option<Arc<Node>> {
+        if let Some(doc) = self.docs.get(canonical) {
             return doc.clone();
         }
-        let doc = match std::fs::read_to_string(path) {
+        let doc = match std::fs::read_to_string(canonical) {
             Err(e) => {
                 diags.error(
                     path,
@@ -77,7 +94,7 @@ impl SchemaFiles {
         if let Some(node) = &doc {
             check_meta(path, node, diags);
         }
-        self.docs.insert(path.to_path_buf(), doc.clone());
+        self.docs.insert(canonical.to_path_buf(), doc.clone());
         doc
     }
 
@@ -119,7 +136,12 @@ impl SchemaFiles {
         match result {
             Ok(v) => Some(Arc::new(v)),
             Err(e) => {
-                diags.error(file, node.pos, format!("schema does not compile: {e}"));
+                // The error's path is a pointer into the schema (e.g. to a bad `$ref`):
+                // point there when it resolves, else at the schema as a whole.
+                let pos = node
+                    .at_pointer(e.instance_path().as_str())
+                    .map_or(node.pos, |n| n.pos);
+                diags.error(file, pos, format!("schema does not compile: {e}"));
                 None
             }
         }
@@ -176,29 +198,48 @@ impl SchemaFiles {
             return;
         }
         let base = file.parent().unwrap_or(Path::new("."));
-        let path = match base.join(target).canonicalize() {
+        let joined = base.join(target);
+        // Diagnostics name the file relative to the pack as given on the command line,
+        // like the YAML files, not by the absolute path used to recognise it.
+        let shown = normalize(&joined);
+        let canonical = match joined.canonicalize() {
             Ok(p) => p,
             Err(_) => {
                 diags.error(
                     file,
                     pos,
-                    format!(
-                        "`$ref: {reference}`: no such file `{}`",
-                        base.join(target).display()
-                    ),
+                    format!("`$ref: {reference}`: no such file `{}`", shown.display()),
                 );
                 return;
             }
         };
-        let uri = file_uri(&path);
+        let uri = file_uri(&canonical);
         if preloaded.contains_key(&uri) || depth > 32 {
             return;
         }
-        if let Some(doc) = self.load(&path, diags) {
+        if let Some(doc) = self.load(&canonical, &shown, diags) {
             preloaded.insert(uri, doc.to_json());
-            self.collect_refs(&path, &doc, preloaded, diags, depth + 1);
+            self.collect_refs(&shown, &doc, preloaded, diags, depth + 1);
         }
     }
+}
+
+/// `a/b/../c` → `a/c`, without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Check a schema against its meta-schema and point at the offending node.

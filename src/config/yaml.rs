@@ -223,12 +223,20 @@ mod tests {
         assert_eq!((inner.0.pos.line, inner.0.pos.col), (2, 3));
     }
 
+    /// Inline script positions rely on this (`inline_script_origin`): saphyr marks a
+    /// block scalar at its first content character, not at its `|`, and keeps leading
+    /// blank lines in the text.
     #[test]
-    fn block_scalar_starts_at_its_indicator_line() {
+    fn block_scalar_starts_at_its_first_content_character() {
         let node = parse("s: |\n  one\n  two\n").unwrap().unwrap();
         let value = node.get("s").unwrap();
         assert_eq!(value.as_str(), Some("one\ntwo\n"));
-        assert_eq!(value.pos.line, 1);
+        assert_eq!((value.pos.line, value.pos.col), (2, 3));
+
+        let node = parse("s: |\n\n  one\n").unwrap().unwrap();
+        let value = node.get("s").unwrap();
+        assert_eq!(value.as_str(), Some("\none\n"));
+        assert_eq!((value.pos.line, value.pos.col), (3, 3));
     }
 
     #[test]

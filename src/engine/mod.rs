@@ -55,6 +55,9 @@ pub struct Conn {
     buckets: HashMap<String, TokenBucket>,
     /// Whether this connection holds a watch on its user's channel.
     watching_user: bool,
+    /// Rooms of a connection of a dead node, whose `$disconnect` a survivor runs: it is
+    /// in no local router, so its rooms come from Redis.
+    orphan_rooms: Option<Vec<String>>,
 }
 
 impl Conn {
@@ -65,7 +68,12 @@ impl Conn {
             claims,
             buckets: HashMap::new(),
             watching_user: false,
+            orphan_rooms: None,
         }
+    }
+
+    pub fn set_orphan_rooms(&mut self, rooms: Vec<String>) {
+        self.orphan_rooms = Some(rooms);
     }
 }
 
@@ -657,7 +665,10 @@ impl ConnView {
             id: conn.id.clone(),
             user: conn.user.clone(),
             claims: conn.claims.clone(),
-            rooms: router.rooms_of(&conn.id),
+            rooms: conn
+                .orphan_rooms
+                .clone()
+                .unwrap_or_else(|| router.rooms_of(&conn.id)),
             node: node.clone(),
         }
     }

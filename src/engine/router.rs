@@ -190,6 +190,22 @@ impl Router {
         link.is_some_and(|l| l.push(frame))
     }
 
+    /// Every local connection with its user and rooms (to write presence again).
+    pub fn snapshot(&self) -> Vec<(ConnId, Option<Arc<str>>, Vec<Arc<str>>)> {
+        self.inner
+            .read()
+            .conns
+            .iter()
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    e.user.clone(),
+                    e.rooms.iter().cloned().collect(),
+                )
+            })
+            .collect()
+    }
+
     /// Every local connection, for shutdown.
     pub fn links(&self) -> Vec<Arc<ConnLink>> {
         self.inner
