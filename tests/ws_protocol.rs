@@ -390,3 +390,38 @@ async fn errors_and_successes_keep_their_order() {
     assert_eq!(c.recv().await["error"]["code"], "invalid_payload");
     c.expect_silence_for(QUIET).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_gets_the_close_handshake_reply() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = start(PACK).await;
+    let mut c = server.connect().await;
+    still_alive(&mut c).await;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    };
+    tokio::time::timeout(common::WAIT, c.ws.send(Message::Close(Some(frame))))
+        .await
+        .expect("close send stalled")
+        .expect("send close");
+    // RFC 6455 §5.5.1: the server answers a Close with a Close, then the stream ends.
+    let reply = tokio::time::timeout(common::WAIT, c.ws.next())
+        .await
+        .expect("no close reply within the wait");
+    match reply {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1000),
+        other => panic!("expected the server's Close reply, got {other:?}"),
+    }
+    let end = tokio::time::timeout(common::WAIT, c.ws.next())
+        .await
+        .expect("stream did not end");
+    assert!(
+        end.is_none(),
+        "after the handshake the stream ends: {end:?}"
+    );
+}

@@ -1,0 +1,99 @@
+//! The plain HTTP endpoints next to `/ws`: `/healthz`, `/readyz`, `/metrics`, and an
+//! in-process graceful shutdown.
+
+mod common;
+
+use common::{http_get, start, Closed};
+use serde_json::json;
+
+const PACK: &str = r#"
+events:
+  ping:
+    scope: local
+    schema: {}
+    script: |
+      reply("pong");
+  echo:
+    scope: local
+    schema: {}
+    to: sender
+  failing:
+    scope: local
+    schema: {}
+    script: |
+      throw "nope";
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_readyz_answer_200() {
+    let server = start(PACK).await;
+    let (status, body) = http_get(server.addr, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(server.addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http_get(server.addr, "/no-such-path").await;
+    assert_eq!(status, 404);
+    // A plain GET on /ws without the upgrade headers is refused, not served.
+    let (status, _) = http_get(server.addr, "/ws").await;
+    assert!((400..500).contains(&status), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_named_wss() {
+    let server = start(PACK).await;
+    let mut c = server.connect().await;
+    assert_eq!(c.ok("ping", json!({})).await, "pong");
+    c.ok("echo", json!(1)).await;
+    assert_eq!(c.recv_event("echo").await, 1);
+    let err = c.fail("failing", json!({})).await;
+    assert_eq!(err["code"], "script_error");
+    c.send_text("{").await;
+    c.recv_error("bad_json").await;
+
+    let (status, body) = http_get(server.addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let samples: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert!(!samples.is_empty(), "no samples in:\n{body}");
+    for line in &samples {
+        assert!(line.starts_with("wss_"), "metric not named wss_*: {line}");
+    }
+    let has = |needle: &str| samples.iter().any(|l| l.contains(needle));
+    assert!(
+        has("wss_events_total{") && has("event=\"ping\"") && has("outcome=\"ok\""),
+        "events by name and outcome:\n{body}"
+    );
+    assert!(has("outcome=\"script_error\""), "failures counted:\n{body}");
+    assert!(has("wss_connections"), "connections:\n{body}");
+    assert!(has("wss_frames_in_total"), "frames in:\n{body}");
+    assert!(has("wss_frames_out_total"), "frames out:\n{body}");
+    assert!(has("wss_script_seconds"), "script time:\n{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_shutdown_closes_clients_with_1001() {
+    let server = start(PACK).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    assert_eq!(a.ok("ping", json!({})).await, "pong");
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.shutdown());
+    for c in [&mut a, &mut b] {
+        match c.recv_close().await {
+            Closed::Frame(code, reason) => {
+                assert_eq!(code, 1001, "{reason}");
+                assert_eq!(reason, "server shutting down");
+            }
+            other => panic!("expected 1001, got {other:?}"),
+        }
+    }
+    tokio::time::timeout(common::WAIT, stopping)
+        .await
+        .expect("server::run returns after shutdown")
+        .expect("join")
+        .expect("server::run returned an error");
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
