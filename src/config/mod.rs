@@ -797,6 +797,11 @@ impl Loader<'_> {
             }),
             Err(errors) => {
                 for e in errors {
+                    let hint = if e.message.starts_with("Undefined variable") {
+                        " (a script sees `data`, `conn`, `event`, `state` and its own `let`s)"
+                    } else {
+                        ""
+                    };
                     // Every line of an inline script is indented alike, so one
                     // column offset holds for all of them.
                     let pos = Pos {
@@ -804,7 +809,7 @@ impl Loader<'_> {
                         col: col_offset + e.col,
                     };
                     self.diags
-                        .error(&script_file, pos, format!("script: {}", e.message));
+                        .error(&script_file, pos, format!("script: {}{hint}", e.message));
                 }
                 None
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use jsonschema::{Retrieve, Uri, Validator};
 use serde_json::Value;
 
-use super::diagnostic::Diagnostics;
+use super::diagnostic::{suggest, Diagnostics};
 use super::yaml::{self, Node, NodeKind, Pos};
 
 /// Schema files parsed so far in this load, shared by every event that refers to them.
@@ -256,12 +256,28 @@ fn check_meta(file: &Path, node: &Node, diags: &mut Diagnostics) {
     };
     for error in validator.iter_errors(&json) {
         let pointer = error.instance_path().as_str().to_string();
-        let pos = node.at_pointer(&pointer).map_or(node.pos, |n| n.pos);
+        let at = node.at_pointer(&pointer);
+        let pos = at.map_or(node.pos, |n| n.pos);
         let place = if pointer.is_empty() {
             String::new()
         } else {
             format!(" at `{pointer}`")
         };
-        diags.error(file, pos, format!("invalid JSON Schema{place}: {error}"));
+        // The meta-schema's own wording for a misspelt type ("not valid under any of the
+        // schemas listed in the 'anyOf' keyword") does not say what would be valid.
+        let message = match (pointer.ends_with("/type"), at.and_then(Node::as_str)) {
+            (true, Some(word)) => {
+                let hint = suggest(word, JSON_TYPES)
+                    .map(|s| format!(", did you mean \"{s}\"?"))
+                    .unwrap_or_else(|| format!(" (use one of {})", JSON_TYPES.join(", ")));
+                format!("unknown type \"{word}\"{hint}")
+            }
+            _ => error.to_string(),
+        };
+        diags.error(file, pos, format!("invalid JSON Schema{place}: {message}"));
     }
 }
+
+const JSON_TYPES: [&str; 7] = [
+    "string", "number", "integer", "object", "array", "boolean", "null",
+];
