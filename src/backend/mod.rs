@@ -169,7 +169,8 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BackendError>>;
 
     /// A local recipient appeared for `channel`: from when this resolves, everything
-    /// published to it reaches this node. Reference-counted; one `unwatch` per `watch`.
+    /// published to it reaches this node. Reference-counted; one `unwatch` per `watch`,
+    /// failed or not (a failed watch stays wanted and is subscribed on reconnect).
     fn watch(&self, _channel: Channel) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(std::future::ready(Ok(())))
     }

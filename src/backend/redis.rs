@@ -438,7 +438,7 @@ impl RedisBackend {
             .arg(LUA_CHUNK)
             .arg(if skip_check { "1" } else { "0" });
         let mut conn = self.conn.clone();
-        let applied: i64 = bounded(invocation.invoke_async(&mut conn)).await?;
+        let applied: i64 = self.call(invocation.invoke_async(&mut conn)).await?;
         if applied == 1 {
             self.published
                 .fetch_add(publish.len() as u64, Ordering::Relaxed);
@@ -492,7 +492,7 @@ impl StateStore for RedisBackend {
                     .key(self.names.state(key));
             }
             let mut conn = self.conn.clone();
-            let reply: RedisValue = bounded(invocation.invoke_async(&mut conn)).await?;
+            let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
             let RedisValue::Array(items) = reply else {
                 return Err(BackendError::Protocol(
                     "unexpected reply to a state read".into(),
@@ -520,7 +520,7 @@ impl StateStore for RedisBackend {
         let (room, conn) = (room.to_string(), conn.to_string());
         async move {
             let mut c = self.conn.clone();
-            bounded(
+            self.call(
                 redis::pipe()
                     .atomic()
                     .sadd(&room_key, &conn)
@@ -539,7 +539,7 @@ impl StateStore for RedisBackend {
         let (room, conn) = (room.to_string(), conn.to_string());
         async move {
             let mut c = self.conn.clone();
-            bounded(
+            self.call(
                 redis::pipe()
                     .atomic()
                     .srem(&room_key, &conn)
@@ -557,8 +557,9 @@ impl StateStore for RedisBackend {
         let key = self.names.room(room);
         async move {
             let mut c = self.conn.clone();
-            let mut members: Vec<String> =
-                bounded(redis::cmd("SMEMBERS").arg(&key).query_async(&mut c)).await?;
+            let mut members: Vec<String> = self
+                .call(redis::cmd("SMEMBERS").arg(&key).query_async(&mut c))
+                .await?;
             members.sort();
             Ok(members)
         }
@@ -577,7 +578,7 @@ impl StateStore for RedisBackend {
         );
         async move {
             let mut c = self.conn.clone();
-            bounded(
+            self.call(
                 redis::cmd("HSET")
                     .arg(&key)
                     .arg(&conn)
@@ -595,7 +596,7 @@ impl StateStore for RedisBackend {
         let conn = conn.to_string();
         async move {
             let mut c = self.conn.clone();
-            bounded(
+            self.call(
                 redis::pipe()
                     .atomic()
                     .hdel(&key, &conn)
@@ -617,7 +618,7 @@ impl Bus for RedisBackend {
                 if let Some(channel) = self.names.target_channel(&envelope.target) {
                     let message = encode_message(&self.node_id, &envelope);
                     let mut c = self.conn.clone();
-                    bounded(
+                    self.call(
                         redis::cmd("PUBLISH")
                             .arg(&channel)
                             .arg(message)
@@ -651,12 +652,8 @@ impl Bus for RedisBackend {
                 Some(s) => bounded(s.subscribe(&name)).await,
                 None => Err(unavailable("Pub/Sub connection to Redis is down")),
             };
-            drop(sink);
-            if result.is_err() {
-                // Keep the count consistent for the caller's undo; the reconnect loop
-                // subscribes every wanted channel anyway.
-                self.unwatch_name(&name, false);
-            }
+            // On failure the channel stays wanted: the reconnect loop subscribes every
+            // wanted channel, and the caller balances with `unwatch` if it gives up.
             result
         }
         .boxed()
@@ -664,7 +661,7 @@ impl Bus for RedisBackend {
 
     fn unwatch(&self, channel: Channel) {
         let name = self.names.channel(&channel);
-        self.unwatch_name(&name, true);
+        self.unwatch_name(&name);
     }
 
     fn is_ready(&self) -> bool {
@@ -673,7 +670,19 @@ impl Bus for RedisBackend {
 }
 
 impl RedisBackend {
-    fn unwatch_name(&self, name: &str, unsubscribe: bool) {
+    /// A bounded call that fails at once while the health check says Redis is gone, so
+    /// clients hear `unavailable` immediately instead of after a timeout each.
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        if !self.is_healthy() {
+            return Err(unavailable("Redis is unreachable"));
+        }
+        bounded(fut).await
+    }
+
+    fn unwatch_name(&self, name: &str) {
         let last = {
             let mut wanted = self.pubsub.wanted.lock();
             match wanted.get_mut(name) {
@@ -688,7 +697,7 @@ impl RedisBackend {
                 None => false,
             }
         };
-        if last && unsubscribe {
+        if last {
             let pubsub = self.pubsub.clone();
             let name = name.to_string();
             tokio::spawn(async move {

@@ -139,7 +139,7 @@ impl Membership {
         let router = self.engine.router();
         let mut conn = self.backend.connection();
         let mut pipe = redis::pipe();
-        for (id, user, rooms) in router.snapshot() {
+        for crate::engine::router::ConnSnapshot { id, user, rooms } in router.snapshot() {
             pipe.hset(
                 self.names().node_conns(&self.info.id),
                 &*id,

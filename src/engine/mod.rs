@@ -452,6 +452,7 @@ impl Engine {
                 RoomChange::FirstLocal(_) => {
                     if let Err(e) = self.bus.watch(Channel::Room(room.clone())).await {
                         self.router.leave(conn, room);
+                        self.bus.unwatch(Channel::Room(room.clone()));
                         self.undo_memberships(conn, applied).await;
                         return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
                     }
@@ -599,16 +600,21 @@ impl Engine {
     ) -> Outcome {
         self.router
             .register(conn.id.clone(), conn.user.clone(), link);
-        self.store
+        // Neither failure refuses the connection: during a Redis outage the node keeps
+        // serving what needs no shared state, and on recovery it writes its presence
+        // again and resubscribes every wanted channel.
+        if let Err(e) = self
+            .store
             .register_conn(&conn.id, conn.user.as_deref())
             .await
-            .map_err(|e| Failure::new(ErrorCode::Unavailable, e.to_string()))?;
+        {
+            tracing::warn!(conn = %conn.id, error = %e, "could not register connection cluster-wide");
+        }
         if let Some(user) = &conn.user {
-            if let Err(e) = self.bus.watch(Channel::User(user.to_string())).await {
-                conn.watching_user = false;
-                return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
-            }
             conn.watching_user = true;
+            if let Err(e) = self.bus.watch(Channel::User(user.to_string())).await {
+                tracing::warn!(conn = %conn.id, error = %e, "user channel not subscribed yet");
+            }
         }
         let hook = self.pack.on_connect.clone();
         self.run_hook(conn, &hook).await

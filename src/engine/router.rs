@@ -79,6 +79,13 @@ pub enum RoomChange {
     LastLocal(Arc<str>),
 }
 
+/// One local connection as `Router::snapshot` reports it.
+pub struct ConnSnapshot {
+    pub id: ConnId,
+    pub user: Option<Arc<str>>,
+    pub rooms: Vec<Arc<str>>,
+}
+
 #[derive(Default)]
 pub struct Router {
     /// Reads (deliveries) vastly outnumber writes (joins, connects); an RwLock lets
@@ -191,17 +198,15 @@ impl Router {
     }
 
     /// Every local connection with its user and rooms (to write presence again).
-    pub fn snapshot(&self) -> Vec<(ConnId, Option<Arc<str>>, Vec<Arc<str>>)> {
+    pub fn snapshot(&self) -> Vec<ConnSnapshot> {
         self.inner
             .read()
             .conns
             .iter()
-            .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.user.clone(),
-                    e.rooms.iter().cloned().collect(),
-                )
+            .map(|(id, e)| ConnSnapshot {
+                id: id.clone(),
+                user: e.user.clone(),
+                rooms: e.rooms.iter().cloned().collect(),
             })
             .collect()
     }

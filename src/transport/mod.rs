@@ -132,9 +132,17 @@ async fn upgrade(
         .on_upgrade(move |socket| serve_socket(socket, state, identity))
 }
 
+/// How long closing may take: our close frame plus the client's reply (RFC 6455
+/// §7.1.1). Bounded because a client that stopped reading never replies.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+const SLOW_REASON: &str = "slow consumer: outbound queue full";
+
 enum Exit {
-    /// The client went away (close frame, error, EOF): nothing more to send.
+    /// The client went away (error, EOF): nothing more to send.
     Gone,
+    /// The client sent a close frame: our reply is queued and still has to be flushed.
+    ClosedByClient,
     Close(u16, &'static str),
 }
 
@@ -168,18 +176,32 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
     }
     .await;
 
-    if let Exit::Close(code, reason) = exit {
-        // Do not let a client that stopped reading hold the task on the close frame.
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            socket.send(Message::Close(Some(frame))),
-        )
-        .await;
-        tracing::debug!(conn = %id, code, reason, "closed by server");
+    match exit {
+        Exit::Gone => {}
+        Exit::ClosedByClient => {
+            // tungstenite queued the reply to the client's close frame; it goes out on
+            // the next read. Dropping the socket instead leaves the client with "reset
+            // without closing handshake".
+            let _ = tokio::time::timeout(CLOSE_GRACE, drain_until_closed(&mut socket)).await;
+        }
+        Exit::Close(code, reason) => {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            // Wait (bounded: a client that stopped reading holds nothing) for the
+            // client's reply before dropping TCP. Dropping right after our close frame
+            // makes any late client write (a pong) draw an RST, and an RST can destroy
+            // the close frame still unread in the client's receive buffer, so the
+            // client would never learn the code and reason.
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                    drain_until_closed(&mut socket).await;
+                }
+            })
+            .await;
+            tracing::debug!(conn = %id, code, reason, "closed by server");
+        }
     }
     drop(socket);
     engine.disconnect(&mut conn).await;
@@ -212,7 +234,8 @@ async fn run_loop(
                         continue;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => return Exit::Gone,
+                    Some(Ok(Message::Close(_))) => return Exit::ClosedByClient,
+                    None => return Exit::Gone,
                     Some(Err(e)) => {
                         let message = e.to_string();
                         if message.contains("too long") || message.contains("too big") || message.contains("Space limit") {
@@ -226,22 +249,25 @@ async fn run_loop(
                 handle_text(engine, conn, link, &text, state.limits.max_frame_bytes).await;
             }
             Some(frame) = outbound.recv() => {
-                if write_batch(socket, frame, outbound).await.is_err() {
-                    return Exit::Gone;
+                let stall = state.limits.idle_timeout;
+                if let Err(exit) = guarded(link, stall, write_batch(socket, frame, outbound)).await {
+                    tracing::info!(conn = %conn.id, "closing a client that does not read");
+                    return exit;
                 }
             }
             _ = link.wake.notified() => {
                 if link.slow.load(Ordering::Relaxed) {
                     tracing::info!(conn = %conn.id, "closing slow consumer");
-                    return Exit::Close(close::TRY_AGAIN_LATER, "slow consumer: outbound queue full");
+                    return Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON);
                 }
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() >= state.limits.idle_timeout {
                     return Exit::Close(close::GOING_AWAY, "idle timeout");
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    return Exit::Gone;
+                let stall = state.limits.idle_timeout;
+                if let Err(exit) = guarded(link, stall, socket.send(Message::Ping(Default::default()))).await {
+                    return exit;
                 }
             }
             _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
@@ -256,6 +282,41 @@ async fn run_loop(
             }
         }
     }
+}
+
+/// Run one socket write, giving up when it cannot finish.
+///
+/// A write only waits when the client's receive window and our socket buffer are full,
+/// i.e. the client is not reading. Waiting inside a `select!` branch blocks every other
+/// branch, so without this a non-reading client would pin its task (and its rooms and
+/// memory) forever: the slow-consumer flag, the idle check and the pings are all
+/// behind the stuck write. So a write ends early when the outbound queue overflows (the
+/// slow-consumer policy) or when it makes no progress for `stall`.
+async fn guarded<T>(
+    link: &ConnLink,
+    stall: Duration,
+    write: impl std::future::Future<Output = Result<T, axum::Error>>,
+) -> Result<T, Exit> {
+    let slow = async {
+        // `notify_one` stores a permit, so a flag set between the check and the
+        // `notified()` still wakes us.
+        while !link.slow.load(Ordering::Relaxed) {
+            link.wake.notified().await;
+        }
+    };
+    tokio::select! {
+        written = write => written.map_err(|_| Exit::Gone),
+        _ = slow => Err(Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON)),
+        _ = tokio::time::sleep(stall) => Err(Exit::Close(
+            close::TRY_AGAIN_LATER,
+            "slow consumer: not reading",
+        )),
+    }
+}
+
+/// Read and discard until the closing handshake completes (or the stream ends).
+async fn drain_until_closed(socket: &mut WebSocket) {
+    while let Some(Ok(_)) = socket.recv().await {}
 }
 
 /// Write one frame and whatever else is already queued, then flush once.
@@ -297,7 +358,10 @@ async fn handle_text(
             let outcome = engine.handle(conn, &request.event, request.data).await;
             (request.id, outcome)
         }
-        Err((id, failure)) => (id, Err(failure)),
+        Err(rejected) => {
+            let (id, failure) = *rejected;
+            (id, Err(failure))
+        }
     };
     // Acks go through the same queue as deliveries, so a client sees an event's
     // deliveries before the ack that confirms it.

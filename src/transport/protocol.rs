@@ -25,46 +25,49 @@ pub struct Request {
 
 /// Parse a text frame. On failure the id (if one could be read) comes back with it, so
 /// the error can be an ack rather than a `$error`.
-pub fn parse(text: &str) -> Result<Request, (Option<Value>, Failure)> {
+/// A frame that could not become a request: its id (if readable) and why.
+pub type Rejected = Box<(Option<Value>, Failure)>;
+
+fn rejected(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Rejected {
+    Box::new((id, Failure::new(code, message)))
+}
+
+pub fn parse(text: &str) -> Result<Request, Rejected> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        (
+        rejected(
             None,
-            Failure::new(ErrorCode::BadJson, format!("frame is not valid JSON: {e}")),
+            ErrorCode::BadJson,
+            format!("frame is not valid JSON: {e}"),
         )
     })?;
     let Value::Object(mut map) = value else {
-        return Err((
+        return Err(rejected(
             None,
-            Failure::new(
-                ErrorCode::BadFrame,
-                "a frame is a JSON object with `event` and `data`",
-            ),
+            ErrorCode::BadFrame,
+            "a frame is a JSON object with `event` and `data`",
         ));
     };
     let id = match map.remove("id") {
         None | Some(Value::Null) => None,
         Some(id @ (Value::String(_) | Value::Number(_))) => Some(id),
         Some(_) => {
-            return Err((
+            return Err(rejected(
                 None,
-                Failure::new(ErrorCode::BadFrame, "`id` must be a string or a number"),
+                ErrorCode::BadFrame,
+                "`id` must be a string or a number",
             ))
         }
     };
     let event = match map.remove("event") {
         Some(Value::String(event)) => event,
         Some(_) => {
-            return Err((
+            return Err(rejected(
                 id,
-                Failure::new(ErrorCode::BadFrame, "`event` must be a string"),
+                ErrorCode::BadFrame,
+                "`event` must be a string",
             ))
         }
-        None => {
-            return Err((
-                id,
-                Failure::new(ErrorCode::BadFrame, "frame has no `event`"),
-            ))
-        }
+        None => return Err(rejected(id, ErrorCode::BadFrame, "frame has no `event`")),
     };
     let data = map.remove("data").unwrap_or(Value::Null);
     Ok(Request { id, event, data })
@@ -137,7 +140,7 @@ mod tests {
     fn parse_classifies_bad_frames() {
         assert_eq!(parse("{").unwrap_err().1.code, ErrorCode::BadJson);
         assert_eq!(parse("[1]").unwrap_err().1.code, ErrorCode::BadFrame);
-        let (id, f) = parse(r#"{"id":"x","data":1}"#).unwrap_err();
+        let (id, f) = *parse(r#"{"id":"x","data":1}"#).unwrap_err();
         assert_eq!((id, f.code), (Some(Value::from("x")), ErrorCode::BadFrame));
         let ok = parse(r#"{"event":"a","id":7}"#).unwrap();
         assert_eq!(
