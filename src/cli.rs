@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// HS256 secret for verifying client JWTs.
     #[arg(long, env = "WSS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// RS256 or ES256 public key (PEM file) for verifying client JWTs.
+    #[arg(long, env = "WSS_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

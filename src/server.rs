@@ -206,8 +206,13 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(pack = %args.config.display(), events = pack.events.len(), fingerprint = %pack.fingerprint, "pack loaded");
-    if args.auth_required && args.jwt_secret.is_none() {
-        anyhow::bail!("--auth-required needs --jwt-secret to verify tokens");
+    if args.auth_required && args.jwt_secret.is_none() && args.jwt_public_key.is_none() {
+        anyhow::bail!("--auth-required needs --jwt-secret or --jwt-public-key to verify tokens");
+    }
+    let mut auth = Auth::new(args.jwt_secret.as_deref(), args.auth_required);
+    if let Some(path) = &args.jwt_public_key {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        auth = auth.with_public_key(&pem)?;
     }
     if args.unsafe_skip_version_check {
         tracing::warn!(
@@ -234,7 +239,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         },
         script_limits,
         script_concurrency: args.script_concurrency,
-        auth: Auth::new(args.jwt_secret.as_deref(), args.auth_required),
+        auth,
         shutdown_timeout: args.shutdown_timeout,
     };
     run(listener, config, shutdown_signal()).await

@@ -22,6 +22,15 @@ pub enum AuthError {
     NoKey,
 }
 
+/// `exp` is checked when present; a token without one does not expire.
+fn validation(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = true;
+    validation.leeway = 5;
+    validation
+}
+
 pub struct Auth {
     key: Option<(DecodingKey, Validation)>,
     required: bool,
@@ -30,12 +39,29 @@ pub struct Auth {
 impl Auth {
     pub fn new(hs256_secret: Option<&str>, required: bool) -> Self {
         let key = hs256_secret.map(|secret| {
-            let mut validation = Validation::new(Algorithm::HS256);
-            validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
-            validation.validate_exp = true;
-            (DecodingKey::from_secret(secret.as_bytes()), validation)
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256),
+            )
         });
         Self { key, required }
+    }
+
+    /// Verify tokens with an RS256 or ES256 public key (PEM) instead of a shared secret.
+    pub fn with_public_key(mut self, pem: &[u8]) -> Result<Self, AuthError> {
+        let key = match DecodingKey::from_rsa_pem(pem) {
+            Ok(key) => (key, validation(Algorithm::RS256)),
+            Err(_) => match DecodingKey::from_ec_pem(pem) {
+                Ok(key) => (key, validation(Algorithm::ES256)),
+                Err(e) => {
+                    return Err(AuthError::Invalid(format!(
+                        "the public key is neither an RSA nor an EC PEM key: {e}"
+                    )))
+                }
+            },
+        };
+        self.key = Some(key);
+        Ok(self)
     }
 
     pub fn disabled() -> Self {
