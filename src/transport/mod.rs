@@ -271,13 +271,18 @@ async fn run_loop(
                 }
             }
             _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
-                // Flush what is already queued so nothing acknowledged is lost.
-                while let Ok(frame) = outbound.try_recv() {
-                    if socket.feed(Message::Text(frame)).await.is_err() {
-                        return Exit::Gone;
+                // Flush what is already queued so nothing acknowledged is lost; bounded,
+                // or one client that stopped reading would hold up the whole shutdown.
+                let drained = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Ok(frame) = outbound.try_recv() {
+                        socket.feed(Message::Text(frame)).await?;
                     }
+                    socket.flush().await
+                })
+                .await;
+                if let Ok(Err(_)) = drained {
+                    return Exit::Gone;
                 }
-                let _ = socket.flush().await;
                 return Exit::Close(close::GOING_AWAY, "server shutting down");
             }
         }
