@@ -14,7 +14,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -415,6 +415,11 @@ impl Node {
         self.child.id()
     }
 
+    /// Whether the process is still the one we started and has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn sigterm(&self) {
         signal(self.pid(), "TERM");
     }
@@ -550,6 +555,50 @@ impl Cluster {
             .query(&mut self.redis.conn())
             .expect("GET a state key");
         raw.map(|s| serde_json::from_str(&s).expect("state values are JSON"))
+    }
+}
+
+/// The output of one CLI run.
+#[derive(Debug)]
+pub struct CliRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `wss-engine ARGS…` to completion, bounded by `within`.
+pub fn run_cli(args: &[&str], within: Duration) -> CliRun {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss-engine"));
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in ENGINE_ENV {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd.spawn().expect("spawn the wss-engine binary");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped stderr")));
+    let Some(status) = wait_child(&mut child, within) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "`wss-engine {}` did not finish within {within:?}",
+            args.join(" ")
+        );
+    };
+    CliRun {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
 }
 
