@@ -508,7 +508,10 @@ pub fn spawn_binary(pack: &Path, args: &[&str]) -> BinaryServer {
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .env("NO_COLOR", "1")
-        .env_remove("WSS_LOG")
+        .env(
+            "WSS_LOG",
+            std::env::var("WSS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env_remove("REDIS_URL")
         .env_remove("WSS_LISTEN")
         .env_remove("SERVER_PORT")
