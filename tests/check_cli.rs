@@ -243,6 +243,15 @@ const BROKEN: &[(&str, &[Expected])] = &[
             "`to` reads `data.channel`, but the schema allows no property `channel`",
         )],
     ),
+    (
+        "to-missing-property-ref",
+        &[at(
+            "pack.yaml",
+            5,
+            9,
+            "`to` reads `data.rom`, but the schema allows no property `rom`, did you mean `room`?",
+        )],
+    ),
     // --- tests
     (
         "test-missing-expect",
@@ -571,35 +580,92 @@ fn list_of_a_broken_pack_prints_only_its_errors() {
     assert!(stdout.contains(": error: `scope` must be"), "{stdout}");
 }
 
+/// Packs that load, with the warnings `check` must print (and nothing else).
+const WARNINGS: &[(&str, &[Expected])] = &[
+    (
+        "split-keys",
+        &[
+            at(
+                "pack.yaml",
+                5,
+                3,
+                "hook `$connect` has no script and does nothing",
+            ),
+            // The first key outside the first key's hash slot.
+            at(
+                "pack.yaml",
+                13,
+                9,
+                "these keys do not share one `{hash tag}`",
+            ),
+        ],
+    ),
+    (
+        "optional-target-field",
+        &[at(
+            "pack.yaml",
+            10,
+            9,
+            "`to` reads `data.room`, which the schema does not require",
+        )],
+    ),
+    (
+        "pointless-fields",
+        &[
+            at("pack.yaml", 5, 14, "`emit_as` has no effect without `to`"),
+            at(
+                "pack.yaml",
+                10,
+                21,
+                "`to: sender` with `exclude_sender: true` delivers nothing",
+            ),
+        ],
+    ),
+];
+
 #[test]
-fn warnings_do_not_fail_the_check() {
-    let out = run(&["check", "tests/fixtures/warnings/split-keys"]);
+fn warnings_are_printed_but_do_not_fail_the_check() {
+    for (name, expected) in WARNINGS {
+        let dir = format!("tests/fixtures/warnings/{name}");
+        let out = run(&["check", &dir]);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {stdout}{}",
+            text(&out.stderr)
+        );
+        let lines: Vec<Line> = stdout.lines().map(parse_line).collect();
+        assert_eq!(lines.len(), expected.len(), "{name}: {stdout}");
+        for (got, want) in lines.iter().zip(expected.iter()) {
+            assert_eq!(
+                (got.file.as_str(), got.line, got.col, got.severity.as_str()),
+                (
+                    format!("{dir}/{}", want.file).as_str(),
+                    want.line,
+                    want.col,
+                    "warning"
+                ),
+                "{name}: {stdout}"
+            );
+            assert!(got.message.contains(want.message), "{name}: {stdout}");
+        }
+        let summary = format!("{} warning(s)", expected.len());
+        assert!(
+            text(&out.stderr).contains(&summary),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+        let json = run(&["check", &dir, "--format", "json"]);
+        assert_eq!(json_lines(&text(&json.stdout)), lines, "{name}");
+    }
+}
+
+#[test]
+fn a_target_field_set_by_the_script_is_not_a_mistake() {
+    let out = run(&["check", "tests/fixtures/valid/script-sets-target"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let lines: Vec<Line> = text(&out.stdout).lines().map(parse_line).collect();
-    assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert_eq!(
-        (
-            lines[0].file.as_str(),
-            lines[0].line,
-            lines[0].col,
-            lines[0].severity.as_str()
-        ),
-        (
-            "tests/fixtures/warnings/split-keys/pack.yaml",
-            5,
-            3,
-            "warning"
-        ),
-        "the hook without a script"
-    );
-    assert!(lines[0].message.contains("hook `$connect` has no script"));
-    assert_eq!(
-        (lines[1].line, lines[1].col, lines[1].severity.as_str()),
-        (13, 9, "warning"),
-        "the first key outside the first key's hash slot"
-    );
-    assert!(lines[1].message.contains("do not share one `{hash tag}`"));
-    assert!(text(&out.stderr).contains("2 warning(s)"));
+    assert_eq!(text(&out.stdout), "");
 }
 
 #[test]

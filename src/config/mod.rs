@@ -546,7 +546,11 @@ impl Loader<'_> {
             .get("keys")
             .map(|n| self.keys(file, n))
             .unwrap_or_default();
-        let script = def.get("script").and_then(|n| self.script(file, text, n));
+        let (script, script_source) =
+            match def.get("script").and_then(|n| self.script(file, text, n)) {
+                Some((script, source)) => (Some(script), Some(source)),
+                None => (None, None),
+            };
         if is_hook
             && script.is_none()
             && def.get("script").is_none()
@@ -562,9 +566,10 @@ impl Loader<'_> {
             .get("tests")
             .map(|n| self.tests(file, n))
             .unwrap_or_default();
-        if let (Some(node), Some(schema)) = (def.get("schema"), &schema) {
-            self.cross_check_targets(file, def, node, &to, schema);
+        if let (Some(node), Some(_)) = (def.get("schema"), &schema) {
+            self.cross_check_targets(file, def, node, &to, script_source.as_deref());
         }
+        self.check_pointless_fields(file, def, &to, exclude_sender);
 
         let errors_after = self.diags.0.iter().filter(|d| d.is_error()).count();
         if errors_after > errors_before {
@@ -626,15 +631,20 @@ impl Loader<'_> {
         suggested
     }
 
-    /// `{{data.x}}` in `to` must name a property the schema can let through.
+    /// `{{data.x}}` in `to` must name a property the schema lets through, and should
+    /// name one it requires: a payload without it cannot be routed. Fields the script may
+    /// set itself (`data.x = …`) are exempt, as `to` is resolved after the script.
     fn cross_check_targets(
         &mut self,
         file: &Path,
         def: &Node,
         schema: &Node,
         to: &TargetSpec,
-        _v: &Validator,
+        script: Option<&str>,
     ) {
+        // A `{ $ref: file }` schema is checked through the file it names.
+        let referenced = self.schemas.referenced_root(file, schema);
+        let schema = referenced.as_deref().unwrap_or(schema);
         let Some(props) = schema.get("properties").and_then(Node::as_map) else {
             return;
         };
@@ -645,15 +655,49 @@ impl Loader<'_> {
                 ..
             })
         );
-        if !closed {
-            return;
-        }
+        let required: Vec<&str> = match schema.get("required").map(|n| &n.kind) {
+            Some(NodeKind::Seq(items)) => items.iter().filter_map(Node::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let pos = def.get("to").map_or(def.pos, |n| n.pos);
         for path in to.data_paths() {
-            if let Some(first) = path.first() {
-                if !props.iter().any(|(k, _)| &k.name == first) {
-                    let pos = def.get("to").map_or(def.pos, |n| n.pos);
-                    self.diags.error(file, pos, format!("`to` reads `data.{first}`, but the schema allows no property `{first}`"));
+            let Some(first) = path.first() else { continue };
+            if script.is_some_and(|source| script_may_set(source, first)) {
+                continue;
+            }
+            if !props.iter().any(|(k, _)| &k.name == first) {
+                if closed {
+                    let hint = suggest(first, props.iter().map(|(k, _)| k.name.as_str()))
+                        .map(|s| format!(", did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    self.diags.error(file, pos, format!("`to` reads `data.{first}`, but the schema allows no property `{first}`{hint}"));
                 }
+            } else if !required.contains(&first.as_str()) {
+                self.diags.warning(file, pos, format!("`to` reads `data.{first}`, which the schema does not require: a payload without it cannot be routed and is refused; add `{first}` to `required`"));
+            }
+        }
+    }
+
+    /// Fields that are valid but have no effect: almost always a mistake.
+    fn check_pointless_fields(
+        &mut self,
+        file: &Path,
+        def: &Node,
+        to: &TargetSpec,
+        exclude_sender: bool,
+    ) {
+        if *to == TargetSpec::None {
+            if let Some(node) = def.get("emit_as") {
+                self.diags.warning(file, node.pos, "`emit_as` has no effect without `to`: nothing is delivered under this event's name");
+            }
+        }
+        if *to == TargetSpec::Sender && exclude_sender {
+            if let Some(node) = def.get("exclude_sender") {
+                self.diags.warning(
+                    file,
+                    node.pos,
+                    "`to: sender` with `exclude_sender: true` delivers nothing",
+                );
             }
         }
     }
@@ -744,7 +788,8 @@ impl Loader<'_> {
         keys
     }
 
-    fn script(&mut self, file: &Path, text: &str, node: &Node) -> Option<ScriptDef> {
+    /// Compile a script; returns it with its source text.
+    fn script(&mut self, file: &Path, text: &str, node: &Node) -> Option<(ScriptDef, String)> {
         let (source, script_file, first_line, col_offset) = match &node.kind {
             NodeKind::Str(source) => {
                 let (line, col) = inline_script_origin(text, source, node.pos);
@@ -790,11 +835,14 @@ impl Loader<'_> {
             }
         };
         match self.runtime.compile(&source) {
-            Ok(ast) => Some(ScriptDef {
-                ast,
-                file: script_file,
-                first_line,
-            }),
+            Ok(ast) => Some((
+                ScriptDef {
+                    ast,
+                    file: script_file,
+                    first_line,
+                },
+                source,
+            )),
             Err(errors) => {
                 for e in errors {
                     let hint = if e.message.starts_with("Undefined variable") {
@@ -983,6 +1031,21 @@ impl Loader<'_> {
                 .unwrap_or_default(),
         })
     }
+}
+
+/// Whether a script may give `data` the field `field`: `data.field = …`, or `data = …`
+/// / `data[…] = …` which may set anything. A text scan, so it errs towards "may".
+fn script_may_set(source: &str, field: &str) -> bool {
+    let assigns = |lhs: &str| {
+        source.match_indices(lhs).any(|(i, _)| {
+            let before = source[..i].chars().next_back();
+            let after = source[i + lhs.len()..].trim_start();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                && after.starts_with('=')
+                && !after.starts_with("==")
+        })
+    };
+    assigns(&format!("data.{field}")) || assigns("data") || source.contains("data[")
 }
 
 fn valid_event_name(name: &str) -> bool {

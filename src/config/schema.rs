@@ -98,6 +98,21 @@ impl SchemaFiles {
         doc
     }
 
+    /// The loaded document a schema that is only `{ $ref: file }` stands for.
+    pub fn referenced_root(&self, file: &Path, node: &Node) -> Option<Arc<Node>> {
+        if node.as_map()?.len() != 1 {
+            return None;
+        }
+        let reference = node.get("$ref")?.as_str()?;
+        let (target, fragment) = reference.split_once('#').unwrap_or((reference, ""));
+        if target.is_empty() || !fragment.is_empty() {
+            return None;
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let canonical = base.join(target).canonicalize().ok()?;
+        self.docs.get(&canonical)?.clone()
+    }
+
     /// Compile one event's schema. `node` is the `schema:` value, found in `file`.
     pub fn compile(
         &mut self,
