@@ -212,6 +212,17 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: Redis keeps its data and its sockets but answers nothing, like a
+    /// stalled or partitioned server. Its clock (and so key expiry) keeps running.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
     /// Start again, empty, on the same port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart needs a stopped redis-server");
