@@ -397,10 +397,22 @@ impl Client {
             };
             match msg {
                 Some(Ok(Message::Text(_) | Message::Binary(_))) => frames += 1,
-                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
-                    return (Closed::Frame(u16::from(code), reason.to_string()), frames)
+                Some(Ok(Message::Close(frame))) => {
+                    // tungstenite queued our reply; it is only written while the stream
+                    // is polled, so finish the handshake instead of making the server
+                    // wait out its close grace period.
+                    let _ = tokio::time::timeout_at(deadline, async {
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    })
+                    .await;
+                    let how = match frame {
+                        Some(CloseFrame { code, reason }) => {
+                            Closed::Frame(u16::from(code), reason.to_string())
+                        }
+                        None => Closed::NoCode,
+                    };
+                    return (how, frames);
                 }
-                Some(Ok(Message::Close(None))) => return (Closed::NoCode, frames),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return (Closed::Dropped(e.to_string()), frames),
                 None => return (Closed::Dropped("end of stream".into()), frames),
