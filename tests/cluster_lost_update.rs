@@ -48,7 +48,7 @@ struct Figures {
     server_retries: f64,
 }
 
-async fn run_workload(cluster: &Cluster, label: &str) -> Figures {
+async fn run_workload(cluster: &Cluster, event: &'static str, key: &str, label: &str) -> Figures {
     let clients_per_node = size("WSS_LOST_UPDATE_CLIENTS", CLIENTS_PER_NODE);
     let increments = size("WSS_LOST_UPDATE_INCREMENTS", INCREMENTS_PER_CLIENT);
     let mut clients = Vec::new();
@@ -66,7 +66,7 @@ async fn run_workload(cluster: &Cluster, label: &str) -> Figures {
             let mut replies = Vec::with_capacity(increments);
             for _ in 0..increments {
                 loop {
-                    let ack = client.call("counter.bump", json!({})).await;
+                    let ack = client.call(event, json!({})).await;
                     if ack["ok"] == true {
                         let n = ack["data"]
                             .as_u64()
@@ -97,7 +97,7 @@ async fn run_workload(cluster: &Cluster, label: &str) -> Figures {
     }
     replies.sort_unstable();
     let final_value = cluster
-        .state_json("n")
+        .state_json(key)
         .and_then(|v| v.as_u64())
         .expect("the counter exists and is a number");
     let mut server_retries = 0.0;
@@ -133,8 +133,30 @@ async fn concurrent_read_modify_write_loses_no_update() {
     let expected = (NODES
         * size("WSS_LOST_UPDATE_CLIENTS", CLIENTS_PER_NODE)
         * size("WSS_LOST_UPDATE_INCREMENTS", INCREMENTS_PER_CLIENT)) as u64;
-    let figures = run_workload(&cluster, "version-checked").await;
+    let figures = run_workload(&cluster, "counter.bump", "n", "version-checked").await;
+    check_exact(&cluster, &figures, "n", expected);
+}
 
+/// The same with the key declared (`keys: [m]`): prefetched in one round trip and
+/// locked node-locally before the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_keys_lose_no_update_either() {
+    let _serial = serial();
+    let cluster = Cluster::start(NODES, &[]).await;
+    let expected = (NODES
+        * size("WSS_LOST_UPDATE_CLIENTS", CLIENTS_PER_NODE)
+        * size("WSS_LOST_UPDATE_INCREMENTS", INCREMENTS_PER_CLIENT)) as u64;
+    let figures = run_workload(
+        &cluster,
+        "counter.bump.declared",
+        "m",
+        "version-checked, declared keys",
+    )
+    .await;
+    check_exact(&cluster, &figures, "m", expected);
+}
+
+fn check_exact(cluster: &Cluster, figures: &Figures, key: &str, expected: u64) {
     assert_eq!(
         figures.committed, expected,
         "every increment eventually succeeds"
@@ -156,7 +178,7 @@ async fn concurrent_read_modify_write_loses_no_update() {
     );
     // The version of `n` counts every committed write.
     let version: u64 = redis::cmd("GET")
-        .arg(cluster.key("v:n"))
+        .arg(cluster.key(&format!("v:{key}")))
         .query(&mut cluster.redis.conn())
         .expect("read the version key");
     assert_eq!(version, expected, "one version bump per committed write");
@@ -166,7 +188,7 @@ async fn concurrent_read_modify_write_loses_no_update() {
 async fn without_the_version_check_the_same_test_detects_lost_updates() {
     let _serial = serial();
     let cluster = Cluster::start(NODES, &["--unsafe-skip-version-check"]).await;
-    let figures = run_workload(&cluster, "unsafe-skip-version-check").await;
+    let figures = run_workload(&cluster, "counter.bump", "n", "unsafe-skip-version-check").await;
     let duplicates = figures.replies.windows(2).filter(|w| w[0] == w[1]).count();
     println!(
         "lost-update [unsafe-skip-version-check]: {} updates lost, {duplicates} duplicate replies",
