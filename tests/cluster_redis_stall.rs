@@ -2,6 +2,8 @@
 //! every heartbeat key expired meanwhile, yet every node is alive and kept its
 //! connections. No node may then treat the others as dead: no live connection's
 //! `$disconnect` hook runs, nobody is told a live member left, presence stays whole.
+//! While it is stalled (bytes accepted, nothing answered) `/readyz` turns non-200 and a
+//! state event answers `unavailable` within the bound, with `/healthz` still 200.
 //!
 //! (A node that really died during the stall is still cleaned up: that is covered by
 //! `cluster_node_crash`; this test is about the nodes that did not.)
@@ -14,6 +16,10 @@ use cluster_support::{serial, Cluster};
 use serde_json::json;
 
 const NODE_TTL_SECS: u64 = 3;
+/// Health pings time out after 1 s, Pub/Sub pings every 3 s after 2 s.
+const NOTICE_LIMIT: Duration = Duration::from_secs(6);
+/// "An event needing state answers `unavailable` within ~3 s" (2 s Redis timeout).
+const UNAVAILABLE_LIMIT: Duration = Duration::from_millis(3500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_stall_longer_than_the_node_ttl_disconnects_no_live_connection() {
@@ -27,16 +33,50 @@ async fn a_redis_stall_longer_than_the_node_ttl_disconnects_no_live_connection()
     let mut both = vec![a.conn.clone(), b.conn.clone()];
     both.sort();
 
+    let paused = Instant::now();
     cluster.redis.pause();
-    tokio::time::sleep(Duration::from_secs(2 * NODE_TTL_SECS + 1)).await;
+    // A stalled Redis accepts bytes and answers nothing: the bounded timeouts, not a
+    // closed socket, must notice it.
+    let mut not_ready = Vec::new();
+    for node in &cluster.nodes {
+        loop {
+            if node.status("/readyz").await != Some(200) {
+                not_ready.push(paused.elapsed());
+                break;
+            }
+            assert!(
+                paused.elapsed() < NOTICE_LIMIT,
+                "/readyz of {} still 200 {NOTICE_LIMIT:?} into the stall",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(node.status("/healthz").await, Some(200));
+    }
+    let asked = Instant::now();
+    let ack = a
+        .call_within("state.read", json!({ "key": "k" }), Duration::from_secs(10))
+        .await;
+    let took = asked.elapsed();
+    assert_eq!(ack["error"]["code"], "unavailable", "{ack}");
+    assert!(
+        took <= UNAVAILABLE_LIMIT,
+        "`unavailable` took {took:?} during a stall"
+    );
+    let stall = Duration::from_secs(2 * NODE_TTL_SECS + 1);
+    tokio::time::sleep(stall.saturating_sub(paused.elapsed())).await;
     let resumed = Instant::now();
     cluster.redis.resume();
     for node in &cluster.nodes {
         node.wait_ready(Duration::from_secs(15)).await;
     }
     println!(
-        "redis stall of {} s: both nodes ready {:.2} s after SIGCONT",
-        2 * NODE_TTL_SECS + 1,
+        "redis stall (SIGSTOP) of {:.1} s: /readyz non-200 after {:.2} s / {:.2} s, \
+         state read answered `unavailable` in {:.2} s, both nodes ready {:.2} s after SIGCONT",
+        stall.as_secs_f64(),
+        not_ready[0].as_secs_f64(),
+        not_ready[1].as_secs_f64(),
+        took.as_secs_f64(),
         resumed.elapsed().as_secs_f64()
     );
     // Give every node several heartbeat and dead-node scan periods after the return.
@@ -64,6 +104,10 @@ async fn a_redis_stall_longer_than_the_node_ttl_disconnects_no_live_connection()
         .collect();
     ids.sort();
     assert_eq!(ids, both, "presence after the stall");
+    // State works and is shared (no reply of the stalled era is handed to a new call).
+    a.ok("state.put", json!({ "key": "k", "value": "after" }))
+        .await;
+    assert_eq!(b.ok("state.read", json!({ "key": "k" })).await, "after");
     // And delivery still works both ways.
     a.ok("say.room", json!({ "room": "r", "text": "after stall" }))
         .await;
