@@ -481,7 +481,6 @@ fn the_corpus_is_complete_and_every_fixture_is_asserted() {
 /// used as a statement (`Stmt::FnCall`) or a method call on `state` slips through `check`
 /// and fails only at run time.
 #[test]
-#[ignore = "engine gap: ScriptRuntime::compile misses statement and method calls"]
 fn unknown_functions_are_found_in_every_position() {
     let failures: Vec<String> = KNOWN_GAPS
         .iter()

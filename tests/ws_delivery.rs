@@ -321,3 +321,20 @@ async fn a_failing_connect_hook_refuses_the_connection() {
     let mut ok = server.connect().await;
     assert_eq!(ok.ok("hello", json!({})).await, "hello");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_target_of_an_anonymous_sender_is_unauthorized() {
+    let server = start(
+        r#"events:
+  note.self:
+    scope: cluster
+    schema: { type: object }
+    to: "user:{{conn.user}}"
+"#,
+    )
+    .await;
+    let mut c = server.connect().await;
+    let err = c.fail("note.self", json!({})).await;
+    assert_eq!(err["code"], "unauthorized", "{err}");
+    c.expect_silence().await;
+}

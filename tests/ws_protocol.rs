@@ -208,13 +208,25 @@ async fn too_large_is_an_error_and_the_connection_stays() {
         (json!("ok"), json!(true))
     );
 
-    // One byte more is too large, and being oversized wins over having an id.
+    // One byte more is too large; its id still gets a failed ack.
     let over = format!(r#"{{"event":"answer","data":{{"p":"{pad}x"}},"id":"big"}}"#);
     c.send_text(over).await;
-    let data = c.recv_error("too_large").await;
+    let ack = c.recv().await;
+    assert_eq!(
+        (
+            ack["ack"].clone(),
+            ack["ok"].clone(),
+            ack["error"]["code"].clone()
+        ),
+        (json!("big"), json!(false), json!("too_large")),
+        "{ack}"
+    );
     assert!(
-        data["message"].as_str().unwrap_or("").contains("1024"),
-        "{data}"
+        ack["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1024"),
+        "{ack}"
     );
 
     // Well past the soft limit but under the hard cap: still just an error.

@@ -540,10 +540,13 @@ impl Engine {
                 conn_user: user,
             };
             let target = def.to.resolve(&cx).map_err(|e| {
-                let mut f = Failure::new(
-                    ErrorCode::InvalidPayload,
-                    format!("cannot resolve `to: {}`: {e}", def.to),
-                );
+                // An anonymous sender cannot be addressed by user: that is an auth
+                // problem, not a payload problem.
+                let code = match e {
+                    crate::config::TargetError::NoUser => ErrorCode::Unauthorized,
+                    _ => ErrorCode::InvalidPayload,
+                };
+                let mut f = Failure::new(code, format!("cannot resolve `to: {}`: {e}", def.to));
                 if let crate::config::TargetError::MissingData { path } = &e {
                     f.details.push(Detail {
                         path: format!("/{}", path.trim_start_matches("data.").replace('.', "/")),

@@ -241,10 +241,12 @@ impl ScriptRuntime {
 
     fn scope_template() -> Scope<'static> {
         let mut scope = Scope::new();
+        // Plain variables, not constants: Rhai's optimizer would otherwise fold the
+        // placeholder values into the compiled script. At run time they are constants.
         scope.push("data", Dynamic::UNIT);
-        scope.push_constant("conn", Dynamic::UNIT);
-        scope.push_constant("event", Dynamic::UNIT);
-        scope.push_constant("state", StateApi);
+        scope.push("conn", Dynamic::UNIT);
+        scope.push("event", Dynamic::UNIT);
+        scope.push("state", StateApi);
         scope
     }
 
@@ -266,7 +268,15 @@ impl ScriptRuntime {
             ast.iter_functions().map(|f| f.name.to_string()).collect();
         let mut errors = Vec::new();
         ast.walk(&mut |path| {
-            if let Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos))) = path.last() {
+            // Calls appear as expressions (`let x = f()`), statements (`f();`) and
+            // method calls (`state.get(k)`); all three must name a known function.
+            let call = match path.last() {
+                Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos)))
+                | Some(rhai::ASTNode::Expr(rhai::Expr::MethodCall(call, pos)))
+                | Some(rhai::ASTNode::Stmt(rhai::Stmt::FnCall(call, pos))) => Some((call, pos)),
+                _ => None,
+            };
+            if let Some((call, pos)) = call {
                 let name = call.name.as_str();
                 if call.op_token.is_none()
                     && !self.known_functions.contains(name)

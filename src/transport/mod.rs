@@ -355,7 +355,15 @@ async fn handle_text(
                 text.len()
             ),
         );
-        link.push(protocol::error_event(&failure));
+        // Still answer with an ack when the frame carries an id (the frame is bounded by
+        // the hard cap, so reading it once more is bounded too).
+        let frame = match protocol::read_id(text) {
+            Some(id) => protocol::answer(Some(&id), &Err(failure)),
+            None => Some(protocol::error_event(&failure)),
+        };
+        if let Some(frame) = frame {
+            link.push(frame);
+        }
         return;
     }
     let (id, outcome) = match protocol::parse(text) {

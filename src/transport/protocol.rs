@@ -73,6 +73,18 @@ pub fn parse(text: &str) -> Result<Request, Rejected> {
     Ok(Request { id, event, data })
 }
 
+/// Only the `id` of a frame, skipping everything else (for frames too large to handle).
+pub fn read_id(text: &str) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    match serde_json::from_str::<IdOnly>(text).ok()?.id? {
+        id @ (Value::String(_) | Value::Number(_)) => Some(id),
+        _ => None,
+    }
+}
+
 #[derive(Serialize)]
 struct Ack<'a> {
     ack: &'a Value,
