@@ -48,7 +48,10 @@ fn passing_pack_exits_zero_with_summary() {
     std::fs::write(dir.path().join("p.yaml"), PACK).unwrap();
     let (code, stdout) = run_test(dir.path());
     assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.lines().any(|l| l == "2 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "2 passed, 0 failed"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -61,9 +64,18 @@ fn failing_case_names_its_file_and_line() {
     std::fs::write(&file, failing).unwrap();
     let (code, stdout) = run_test(dir.path());
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.lines().any(|l| l == "2 passed, 1 failed"), "{stdout}");
-    let expected = format!("FAIL  {}:25: count › wrong on purpose: reply: expected 7, got 2", file.display());
-    assert!(stdout.contains(&expected), "missing `{expected}` in:\n{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "2 passed, 1 failed"),
+        "{stdout}"
+    );
+    let expected = format!(
+        "FAIL  {}:25: count › wrong on purpose: reply: expected 7, got 2",
+        file.display()
+    );
+    assert!(
+        stdout.contains(&expected),
+        "missing `{expected}` in:\n{stdout}"
+    );
 }
 
 #[test]
@@ -76,13 +88,20 @@ fn deliveries_must_match_exactly() {
     std::fs::write(dir.path().join("p.yaml"), pack).unwrap();
     let (code, stdout) = run_test(dir.path());
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("delivery 0: expected room:x count"), "{stdout}");
+    assert!(
+        stdout.contains("delivery 0: expected room:x count"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn broken_pack_is_reported_not_tested() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.yaml"), "events:\n  x:\n    scpoe: local\n").unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "events:\n  x:\n    scpoe: local\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
         .arg("test")
         .arg(dir.path())
