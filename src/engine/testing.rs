@@ -64,14 +64,60 @@ pub async fn run_pack_tests(dir: &Path) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
-/// A mapping in a case's `state` seeds a hash, a list seeds a list, anything else a value.
+/// A mapping in a case's `state` seeds a hash, a list seeds a list, anything else a
+/// value. `{ $value: … }`, `{ $hash: {…} }`, `{ $set: […] }` and `{ $list: […] }` say the
+/// shape explicitly (a JSON object stored as one value, a set).
 fn seed_value(value: &Value) -> StoredValue {
+    if let Value::Object(map) = value {
+        if map.len() == 1 {
+            let (tag, inner) = map
+                .iter()
+                .next()
+                .map(|(k, v)| (k.as_str(), v))
+                .unwrap_or(("", value));
+            match (tag, inner) {
+                ("$value", v) => return StoredValue::Json(v.clone()),
+                ("$set", Value::Array(items)) => {
+                    return StoredValue::Set(items.iter().map(Value::to_string).collect())
+                }
+                ("$list", Value::Array(items)) => {
+                    return StoredValue::List(items.iter().cloned().collect())
+                }
+                ("$hash", Value::Object(h)) => {
+                    return StoredValue::Hash(
+                        h.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
     match value {
         Value::Object(map) => {
             StoredValue::Hash(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         }
         Value::Array(items) => StoredValue::List(items.iter().cloned().collect()),
         other => StoredValue::Json(other.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seeds_infer_or_declare_their_shape() {
+        assert!(matches!(seed_value(&json!({"a": 1})), StoredValue::Hash(_)));
+        assert!(matches!(seed_value(&json!([1])), StoredValue::List(_)));
+        assert_eq!(
+            seed_value(&json!({"$value": {"a": 1}})),
+            StoredValue::Json(json!({"a": 1}))
+        );
+        match seed_value(&json!({"$set": ["x", "x", 2]})) {
+            StoredValue::Set(s) => assert_eq!(s.len(), 2),
+            other => panic!("{other:?}"),
+        }
     }
 }
 
