@@ -101,26 +101,6 @@ fn seed_value(value: &Value) -> StoredValue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn seeds_infer_or_declare_their_shape() {
-        assert!(matches!(seed_value(&json!({"a": 1})), StoredValue::Hash(_)));
-        assert!(matches!(seed_value(&json!([1])), StoredValue::List(_)));
-        assert_eq!(
-            seed_value(&json!({"$value": {"a": 1}})),
-            StoredValue::Json(json!({"a": 1}))
-        );
-        match seed_value(&json!({"$set": ["x", "x", 2]})) {
-            StoredValue::Set(s) => assert_eq!(s.len(), 2),
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
 async fn run_case(
     pack: &Arc<Pack>,
     runtime: &Arc<ScriptRuntime>,
@@ -262,4 +242,24 @@ async fn run_case(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seeds_infer_or_declare_their_shape() {
+        assert!(matches!(seed_value(&json!({"a": 1})), StoredValue::Hash(_)));
+        assert!(matches!(seed_value(&json!([1])), StoredValue::List(_)));
+        assert_eq!(
+            seed_value(&json!({"$value": {"a": 1}})),
+            StoredValue::Json(json!({"a": 1}))
+        );
+        match seed_value(&json!({"$set": ["x", "x", 2]})) {
+            StoredValue::Set(s) => assert_eq!(s.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
 }
