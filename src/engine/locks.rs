@@ -8,18 +8,42 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
+use std::collections::HashMap;
+
 use parking_lot::{Mutex, MutexGuard};
+
+/// Hot keys remembered per event; a handful is enough to catch a counter or a room.
+const HOT_KEYS_PER_EVENT: usize = 8;
 
 /// A fixed set of stripes: a key maps to one; unrelated keys rarely share one.
 pub struct KeyLocks {
     stripes: Vec<Mutex<()>>,
+    /// Keys each event last conflicted on. Later runs of the event lock them before
+    /// their first attempt, so a hot key is contended across nodes only, not within one.
+    hot: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl KeyLocks {
     pub fn new(stripes: usize) -> Self {
         Self {
             stripes: (0..stripes.max(1)).map(|_| Mutex::new(())).collect(),
+            hot: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn hot_keys(&self, event: &str) -> Vec<String> {
+        self.hot.lock().get(event).cloned().unwrap_or_default()
+    }
+
+    /// Remember keys an event conflicted on, newest first, at most a handful.
+    pub fn remember_hot(&self, event: &str, keys: &[String]) {
+        let mut hot = self.hot.lock();
+        let list = hot.entry(event.to_string()).or_default();
+        for key in keys {
+            list.retain(|k| k != key);
+            list.insert(0, key.clone());
+        }
+        list.truncate(HOT_KEYS_PER_EVENT);
     }
 
     /// Lock the stripes of `keys` in ascending order (so two runs never deadlock).

@@ -37,7 +37,7 @@ use script::{LogLevel, ScriptFailure, ScriptHost, ScriptInput, ScriptRuntime, St
 use txn::{Txn, TxnError};
 
 /// Attempts of one script under contention before the client gets `conflict`.
-const MAX_ATTEMPTS: u32 = 10;
+const MAX_ATTEMPTS: u32 = 16;
 /// Schema errors listed in one `invalid_payload`; the rest would only bloat the frame.
 const MAX_DETAILS: usize = 20;
 /// Emits one script run may make: bounds the memory one message can claim.
@@ -323,21 +323,28 @@ impl Engine {
         // Keys whose node-local lock this run holds. Declared keys are locked up front;
         // after a conflict, the keys the failed attempt read are locked too, so local
         // contenders queue here instead of colliding again in Redis.
-        let mut lock_keys: Vec<String> = Vec::new();
+        let mut declared: Vec<String> = Vec::new();
         if !def.keys.is_empty() {
             let cx = TemplateContext {
                 data: &data,
                 conn_id: &conn.id,
                 conn_user: conn.user.as_deref(),
             };
-            lock_keys = def.keys.iter().filter_map(|k| k.render(&cx).ok()).collect();
+            declared = def.keys.iter().filter_map(|k| k.render(&cx).ok()).collect();
+        }
+        let mut lock_keys = declared.clone();
+        // Keys this event conflicted on recently: lock them up front too.
+        for key in self.key_locks.hot_keys(&def.name) {
+            if !lock_keys.contains(&key) {
+                lock_keys.push(key);
+            }
         }
         for attempt in 0..MAX_ATTEMPTS {
             let _guards = self.key_locks.lock(&lock_keys);
             let started = Instant::now();
             let mut txn = Txn::new(self.store.clone(), runtime.clone());
-            if !def.keys.is_empty() {
-                txn.prefetch(lock_keys.clone()).map_err(txn_failure)?;
+            if !declared.is_empty() {
+                txn.prefetch(declared.clone()).map_err(txn_failure)?;
             }
             let mut host = Host {
                 engine: self,
@@ -391,6 +398,7 @@ impl Engine {
                     runtime.block_on(self.undo_memberships(&conn.id, applied));
                     metrics::counter!("wss_script_retries_total", "event" => def.name.clone())
                         .increment(1);
+                    self.key_locks.remember_hot(&def.name, &touched);
                     for key in touched {
                         if !lock_keys.contains(&key) {
                             lock_keys.push(key);
