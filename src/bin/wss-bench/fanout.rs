@@ -64,6 +64,10 @@ pub struct FanoutArgs {
     /// Bytes of padding in every message (the rest of the payload is ~90 bytes).
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
+    /// Server pids (comma-separated) whose CPU time each step reports, with this
+    /// generator's own: shows who used the cores.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 }
 
 /// What the coordinator asks a publisher to do.
@@ -222,6 +226,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
             }
         }
         let step_started = Instant::now();
+        let cpu_before = cpu_snapshot(&args.server_pids);
         for done in dones {
             let _ = tokio::time::timeout(duration + Duration::from_secs(30), done).await;
         }
@@ -231,6 +236,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         while stats::load(&step.received) < expected && Instant::now() < drain_deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let cpu_after = cpu_snapshot(&args.server_pids);
+        let cpu: Vec<f64> = cpu_before
+            .iter()
+            .zip(&cpu_after)
+            .map(|(a, b)| ((b - a) * 100.0).round() / 100.0)
+            .collect();
         let received = stats::load(&step.received);
         let sent = stats::load(&step.sent);
         let errors = stats::load(&step.errors);
@@ -259,6 +270,9 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
             "closed_subscribers": closed,
             "deliveries_per_s": deliveries_per_s.round(),
             "latency": stats::summary(&latency),
+            // CPU seconds over the step (send + drain): generator first, then each
+            // --server-pids entry.
+            "cpu_s": cpu,
             "pass": pass,
         });
         eprintln!(
@@ -306,6 +320,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         // not a broken harness.)
         "ok": received_total > 0,
     }))
+}
+
+/// CPU seconds used so far by this generator and by each given server process.
+fn cpu_snapshot(pids: &[u32]) -> Vec<f64> {
+    std::iter::once(std::process::id())
+        .chain(pids.iter().copied())
+        .map(|pid| stats::cpu_seconds(pid).unwrap_or(0.0))
+        .collect()
 }
 
 fn plan_rates(args: &FanoutArgs) -> Vec<f64> {

@@ -143,6 +143,23 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Kernel clock ticks per second for /proc times (USER_HZ, 100 on Linux in practice).
+fn clock_ticks() -> f64 {
+    100.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +173,16 @@ mod tests {
         let h = l.merged();
         assert_eq!(h.len(), 1000);
         assert!(h.value_at_quantile(0.5) >= 499 && h.value_at_quantile(0.5) <= 501);
+    }
+
+    #[test]
+    fn reads_own_cpu() {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
 
     #[test]
