@@ -65,30 +65,53 @@ pub enum TargetError {
     NoUser,
 }
 
+/// The kind of a target and its name (empty for the kinds that take none).
+enum Kind {
+    None,
+    Sender,
+    All,
+    Room,
+    User,
+    Conn,
+}
+
+/// The grammar shared by pack targets and script targets: `none`, `sender`, `all`, or
+/// `room:`/`user:`/`conn:` followed by a non-empty name.
+fn split(text: &str) -> Result<(Kind, &str), TargetError> {
+    let (kind, name) = match text.split_once(':') {
+        None => {
+            return match text {
+                "none" => Ok((Kind::None, "")),
+                "sender" => Ok((Kind::Sender, "")),
+                "all" => Ok((Kind::All, "")),
+                "room" | "user" | "conn" => Err(TargetError::EmptyName(text.into())),
+                _ => Err(TargetError::UnknownKind(text.into())),
+            };
+        }
+        Some(split) => split,
+    };
+    let kind = match kind {
+        "room" => Kind::Room,
+        "user" => Kind::User,
+        "conn" => Kind::Conn,
+        _ => return Err(TargetError::UnknownKind(text.into())),
+    };
+    if name.is_empty() {
+        return Err(TargetError::EmptyName(text.into()));
+    }
+    Ok((kind, name))
+}
+
 impl TargetSpec {
     pub fn parse(text: &str) -> Result<Self, TargetError> {
-        let (kind, name) = match text.split_once(':') {
-            None => {
-                return match text {
-                    "none" => Ok(Self::None),
-                    "sender" => Ok(Self::Sender),
-                    "all" => Ok(Self::All),
-                    "room" | "user" | "conn" => Err(TargetError::EmptyName(text.into())),
-                    _ => Err(TargetError::UnknownKind(text.into())),
-                };
-            }
-            Some(split) => split,
-        };
-        let make: fn(Template) -> Self = match kind {
-            "room" => Self::Room,
-            "user" => Self::User,
-            "conn" => Self::Conn,
-            _ => return Err(TargetError::UnknownKind(text.into())),
-        };
-        if name.is_empty() {
-            return Err(TargetError::EmptyName(text.into()));
-        }
-        Ok(make(Template::parse(name)?))
+        Ok(match split(text)? {
+            (Kind::None, _) => Self::None,
+            (Kind::Sender, _) => Self::Sender,
+            (Kind::All, _) => Self::All,
+            (Kind::Room, name) => Self::Room(Template::parse(name)?),
+            (Kind::User, name) => Self::User(Template::parse(name)?),
+            (Kind::Conn, name) => Self::Conn(Template::parse(name)?),
+        })
     }
 
     pub fn resolve(&self, cx: &TemplateContext<'_>) -> Result<Target, TargetError> {
@@ -114,26 +137,14 @@ impl TargetSpec {
 impl Target {
     /// A target computed by a script (`emit("room:" + r, …)`): no templates, just a name.
     pub fn parse(text: &str) -> Result<Self, TargetError> {
-        let (kind, name) = match text.split_once(':') {
-            None => {
-                return match text {
-                    "none" => Ok(Self::None),
-                    "sender" => Ok(Self::Sender),
-                    "all" => Ok(Self::All),
-                    _ => Err(TargetError::UnknownKind(text.into())),
-                }
-            }
-            Some(split) => split,
-        };
-        if name.is_empty() {
-            return Err(TargetError::EmptyName(text.into()));
-        }
-        match kind {
-            "room" => Ok(Self::Room(name.into())),
-            "user" => Ok(Self::User(name.into())),
-            "conn" => Ok(Self::Conn(name.into())),
-            _ => Err(TargetError::UnknownKind(text.into())),
-        }
+        Ok(match split(text)? {
+            (Kind::None, _) => Self::None,
+            (Kind::Sender, _) => Self::Sender,
+            (Kind::All, _) => Self::All,
+            (Kind::Room, name) => Self::Room(name.into()),
+            (Kind::User, name) => Self::User(name.into()),
+            (Kind::Conn, name) => Self::Conn(name.into()),
+        })
     }
 }
 
