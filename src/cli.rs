@@ -121,6 +121,15 @@ pub struct ServeArgs {
     /// Wall-clock budget of one script run, in milliseconds.
     #[arg(long, env = "WSS_SCRIPT_TIMEOUT_MS", default_value_t = 250)]
     pub script_timeout_ms: u64,
+    /// Nested function calls one script run may make.
+    #[arg(long, env = "WSS_SCRIPT_MAX_CALL_DEPTH", default_value_t = 32)]
+    pub script_max_call_depth: usize,
+    /// Longest string a script may build, in bytes.
+    #[arg(long, env = "WSS_SCRIPT_MAX_STRING_BYTES", default_value_t = 256 * 1024)]
+    pub script_max_string_bytes: usize,
+    /// Most elements of one array or map a script may build.
+    #[arg(long, env = "WSS_SCRIPT_MAX_COLLECTION_LEN", default_value_t = 10_000)]
+    pub script_max_collection_len: usize,
     /// Reject connections without a valid token (needs a JWT key).
     #[arg(long, env = "WSS_AUTH_REQUIRED")]
     pub auth_required: bool,

@@ -184,6 +184,10 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
     let script_limits = ScriptLimits {
         max_operations: args.script_max_operations,
         timeout: Duration::from_millis(args.script_timeout_ms),
+        max_call_levels: args.script_max_call_depth,
+        max_string_size: args.script_max_string_bytes,
+        max_array_size: args.script_max_collection_len,
+        max_map_size: args.script_max_collection_len,
         ..ScriptLimits::default()
     };
     let runtime = ScriptRuntime::new(&script_limits);
