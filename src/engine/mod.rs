@@ -11,6 +11,7 @@
 //! transaction committed, so a retried script never delivers twice.
 
 pub mod error;
+mod host;
 pub mod locks;
 pub mod router;
 pub mod script;
@@ -27,14 +28,13 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::backend::{
-    Bus, Channel, CommitOutcome, ConnId, Envelope, Sink, StateStore, MAX_NAME_LEN,
-};
+use crate::backend::{Bus, Channel, CommitOutcome, ConnId, Envelope, Sink, StateStore};
 use crate::config::{EventDef, Pack, RateLimit, Scope, Target, TemplateContext};
 pub use error::{Detail, ErrorCode, Failure};
+use host::{txn_failure, ConnView, Host};
 use router::{RoomChange, Router};
-use script::{LogLevel, ScriptFailure, ScriptHost, ScriptInput, ScriptRuntime, StateOp};
-use txn::{Txn, TxnError};
+use script::{ScriptFailure, ScriptInput, ScriptRuntime};
+use txn::Txn;
 
 /// Attempts of one script under contention before the client gets `conflict`.
 const MAX_ATTEMPTS: u32 = 16;
@@ -665,143 +665,4 @@ struct ScriptRun {
     published: bool,
     /// Joins and leaves already applied to the router (before a commit), if any.
     memberships_applied: Option<Vec<(bool, String)>>,
-}
-
-/// The connection as a script sees it; `Send`, for the blocking pool.
-struct ConnView {
-    id: ConnId,
-    user: Option<Arc<str>>,
-    claims: Value,
-    rooms: Vec<String>,
-    node: Arc<str>,
-}
-
-impl ConnView {
-    fn of(conn: &Conn, router: &Router, node: &Arc<str>) -> Self {
-        Self {
-            id: conn.id.clone(),
-            user: conn.user.clone(),
-            claims: conn.claims.clone(),
-            rooms: conn
-                .orphan_rooms
-                .clone()
-                .unwrap_or_else(|| router.rooms_of(&conn.id)),
-            node: node.clone(),
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::json!({
-            "id": &*self.id,
-            "user": self.user.as_deref(),
-            "claims": self.claims,
-            "rooms": self.rooms,
-            "node": &*self.node,
-        })
-    }
-}
-
-fn txn_failure(e: TxnError) -> Failure {
-    match e {
-        TxnError::Backend(crate::backend::BackendError::Unavailable(m)) => {
-            Failure::new(ErrorCode::Unavailable, m)
-        }
-        other => Failure::new(ErrorCode::ScriptError, other.to_string()),
-    }
-}
-
-struct Host<'a> {
-    engine: &'a Engine,
-    runtime: &'a tokio::runtime::Handle,
-    txn: Txn,
-    effects: Effects,
-    conn: &'a ConnView,
-    event: &'a str,
-}
-
-fn check_name(kind: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "{kind} names must be 1 to {MAX_NAME_LEN} bytes long"
-        ));
-    }
-    Ok(())
-}
-
-impl ScriptHost for Host<'_> {
-    fn emit(&mut self, target: &str, event: &str, data: Value) -> Result<(), String> {
-        let target = Target::parse(target).map_err(|e| format!("emit: {e}"))?;
-        check_name("event", event)?;
-        if self.effects.emits.len() >= MAX_EMITS {
-            return Err(format!(
-                "emit: more than {MAX_EMITS} deliveries from one message"
-            ));
-        }
-        self.effects.emits.push(Emit {
-            target,
-            event: event.to_string(),
-            data,
-            exclude: None,
-        });
-        Ok(())
-    }
-
-    fn reply(&mut self, value: Value) {
-        self.effects.reply = Some(value);
-    }
-
-    fn join(&mut self, room: &str) -> Result<(), String> {
-        check_name("room", room)?;
-        self.effects.memberships.push((true, room.to_string()));
-        Ok(())
-    }
-
-    fn leave(&mut self, room: &str) -> Result<(), String> {
-        check_name("room", room)?;
-        self.effects.memberships.push((false, room.to_string()));
-        Ok(())
-    }
-
-    fn presence(&mut self, room: &str) -> Result<Vec<String>, String> {
-        let mut members = self
-            .runtime
-            .block_on(self.engine.store.members(room))
-            .map_err(|e| script::unavailable_message(&e.to_string()))?;
-        // The script's own joins and leaves count, though they apply after the commit.
-        let me = self.conn.id.to_string();
-        for (join, r) in &self.effects.memberships {
-            if r == room {
-                members.retain(|m| m != &me);
-                if *join {
-                    members.push(me.clone());
-                }
-            }
-        }
-        members.sort();
-        Ok(members)
-    }
-
-    fn drop_delivery(&mut self) {
-        self.effects.dropped = true;
-    }
-
-    fn state(&mut self, op: StateOp) -> Result<Value, String> {
-        self.txn.apply(op).map_err(|e| match e {
-            TxnError::Backend(crate::backend::BackendError::Unavailable(m)) => {
-                script::unavailable_message(&m)
-            }
-            other => other.to_string(),
-        })
-    }
-
-    fn log(&mut self, level: LogLevel, message: &str) {
-        match level {
-            LogLevel::Print => {
-                tracing::info!(event = self.event, conn = %self.conn.id, "script: {message}")
-            }
-            LogLevel::Debug => {
-                tracing::debug!(event = self.event, conn = %self.conn.id, "script: {message}")
-            }
-        }
-    }
 }
