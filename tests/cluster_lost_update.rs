@@ -176,12 +176,18 @@ fn check_exact(cluster: &Cluster, figures: &Figures, key: &str, expected: u64) {
         figures.server_retries > 0.0,
         "no server-side retry under cross-node contention: is the version check on?"
     );
-    // The version of `n` counts every committed write.
+    // The version of `n` counts commits. Runs queued on one node's key lock share a
+    // commit (group commit), so there are at most as many commits as increments, and
+    // at least one.
     let version: u64 = redis::cmd("GET")
         .arg(cluster.key(&format!("v:{key}")))
         .query(&mut cluster.redis.conn())
         .expect("read the version key");
-    assert_eq!(version, expected, "one version bump per committed write");
+    assert!(
+        (1..=expected).contains(&version),
+        "version {version} outside 1..={expected}: commits and versions disagree"
+    );
+    println!("lost-update: {expected} increments in {version} commits");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,9 +46,9 @@ impl KeyLocks {
         list.truncate(HOT_KEYS_PER_EVENT);
     }
 
-    /// Lock the stripes of `keys` in ascending order (so two runs never deadlock).
-    /// Called on blocking threads only: it may wait.
-    pub fn lock(&self, keys: &[String]) -> Vec<MutexGuard<'_, ()>> {
+    /// The stripes of `keys`, sorted and distinct: the order every locker takes them in,
+    /// so two runs never deadlock.
+    pub fn stripes(&self, keys: &[String]) -> Vec<usize> {
         let mut indexes: Vec<usize> = keys
             .iter()
             .map(|k| {
@@ -60,8 +60,15 @@ impl KeyLocks {
         indexes.sort_unstable();
         indexes.dedup();
         indexes
-            .into_iter()
-            .map(|i| self.stripes[i].lock())
+    }
+
+    /// Lock stripes as returned by [`Self::stripes`]. Called on blocking threads only:
+    /// it may wait.
+    pub fn lock(&self, stripes: &[usize]) -> Vec<MutexGuard<'_, ()>> {
+        stripes
+            .iter()
+            .filter_map(|i| self.stripes.get(*i))
+            .map(|m| m.lock())
             .collect()
     }
 }

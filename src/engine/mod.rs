@@ -11,6 +11,7 @@
 //! transaction committed, so a retried script never delivers twice.
 
 pub mod error;
+mod execute;
 mod host;
 pub mod locks;
 pub mod router;
@@ -21,20 +22,19 @@ pub mod txn;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::backend::{Bus, Channel, CommitOutcome, ConnId, Envelope, Sink, StateStore};
+use crate::backend::{Bus, Channel, ConnId, Envelope, Sink, StateStore};
 use crate::config::{EventDef, Pack, RateLimit, Scope, Target, TemplateContext};
 pub use error::{Detail, ErrorCode, Failure};
-use host::{txn_failure, ConnView, Host};
+use host::ConnView;
 use router::{RoomChange, Router};
-use script::{ScriptFailure, ScriptInput, ScriptRuntime};
-use txn::Txn;
+use script::{ScriptFailure, ScriptRuntime};
 
 /// Attempts of one script under contention before the client gets `conflict`.
 const MAX_ATTEMPTS: u32 = 16;
@@ -139,6 +139,9 @@ pub struct Engine {
     sink: Arc<dyn Sink>,
     permits: Arc<Semaphore>,
     key_locks: locks::KeyLocks,
+    /// Script runs waiting for the same node-local key locks; whoever gets the locks
+    /// runs them all in one transaction (see `execute`).
+    batches: execute::Batches,
     conn_seq: AtomicU64,
 }
 
@@ -165,6 +168,7 @@ impl Engine {
             sink: parts.sink,
             permits: Arc::new(Semaphore::new(parts.script_concurrency.max(1))),
             key_locks: locks::KeyLocks::new(256),
+            batches: execute::Batches::default(),
             conn_seq: AtomicU64::new(0),
         })
     }
@@ -281,7 +285,7 @@ impl Engine {
                 let runtime = tokio::runtime::Handle::current();
                 let result = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    engine.run_script(&task_def, conn_view, data, runtime)
+                    engine.run_script(task_def, conn_view, data, runtime)
                 })
                 .await;
                 match result {
@@ -300,131 +304,6 @@ impl Engine {
                 }
             };
         self.apply(conn, &def, run).await
-    }
-
-    /// The blocking half: run the script, commit, retry on conflict.
-    fn run_script(
-        &self,
-        def: &EventDef,
-        conn: ConnView,
-        data: Value,
-        runtime: tokio::runtime::Handle,
-    ) -> Result<ScriptRun, Failure> {
-        let Some(script) = &def.script else {
-            return Ok(ScriptRun {
-                effects: Effects::default(),
-                data,
-                published: false,
-                memberships_applied: None,
-            });
-        };
-        let conn_json = conn.to_json();
-        let mut rng_delay = rand::rng();
-        // Keys whose node-local lock this run holds. Declared keys are locked up front;
-        // after a conflict, the keys the failed attempt read are locked too, so local
-        // contenders queue here instead of colliding again in Redis.
-        let mut declared: Vec<String> = Vec::new();
-        if !def.keys.is_empty() {
-            let cx = TemplateContext {
-                data: &data,
-                conn_id: &conn.id,
-                conn_user: conn.user.as_deref(),
-            };
-            declared = def.keys.iter().filter_map(|k| k.render(&cx).ok()).collect();
-        }
-        let mut lock_keys = declared.clone();
-        // Keys this event conflicted on recently: lock them up front too.
-        for key in self.key_locks.hot_keys(&def.name) {
-            if !lock_keys.contains(&key) {
-                lock_keys.push(key);
-            }
-        }
-        for attempt in 0..MAX_ATTEMPTS {
-            let _guards = self.key_locks.lock(&lock_keys);
-            let started = Instant::now();
-            let mut txn = Txn::new(self.store.clone(), runtime.clone());
-            if !declared.is_empty() {
-                txn.prefetch(declared.clone()).map_err(txn_failure)?;
-            }
-            let mut host = Host {
-                engine: self,
-                runtime: &runtime,
-                txn,
-                effects: Effects::default(),
-                conn: &conn,
-                event: &def.name,
-            };
-            let result = self.scripts.run(
-                &script.ast,
-                ScriptInput {
-                    event: &def.name,
-                    conn: conn_json.clone(),
-                    data: data.clone(),
-                },
-                &mut host,
-            );
-            metrics::histogram!("wss_script_seconds").record(started.elapsed().as_secs_f64());
-            let new_data = result.map_err(|f| self.script_failure(def, &conn, f))?;
-            let Host { txn, effects, .. } = host;
-            if txn.is_empty() {
-                return Ok(ScriptRun {
-                    effects,
-                    data: new_data,
-                    published: false,
-                    memberships_applied: None,
-                });
-            }
-            // Membership changes must be in place before deliveries published by the
-            // commit reach this node; undone if the commit does not land.
-            let applied =
-                runtime.block_on(self.apply_memberships(&conn.id, &effects.memberships))?;
-            let touched = txn.keys();
-            let mut commit = txn.into_commit();
-            let publish_now = def.scope == Scope::Cluster;
-            if publish_now {
-                commit.publish =
-                    self.envelopes(def, &conn.id, conn.user.as_deref(), &new_data, &effects)?;
-            }
-            match runtime.block_on(self.store.commit(commit)) {
-                Ok(CommitOutcome::Committed) => {
-                    return Ok(ScriptRun {
-                        effects,
-                        data: new_data,
-                        published: publish_now,
-                        memberships_applied: Some(applied),
-                    });
-                }
-                Ok(CommitOutcome::Conflict) => {
-                    runtime.block_on(self.undo_memberships(&conn.id, applied));
-                    metrics::counter!("wss_script_retries_total", "event" => def.name.clone())
-                        .increment(1);
-                    self.key_locks.remember_hot(&def.name, &touched);
-                    for key in touched {
-                        if !lock_keys.contains(&key) {
-                            lock_keys.push(key);
-                        }
-                    }
-                    // Jittered backoff so contenders on other nodes stop colliding in
-                    // lockstep.
-                    let ceiling = 1 + u64::from(attempt) * 2;
-                    std::thread::sleep(Duration::from_micros(rand::Rng::random_range(
-                        &mut rng_delay,
-                        0..=ceiling * 200,
-                    )));
-                }
-                Err(e) => {
-                    runtime.block_on(self.undo_memberships(&conn.id, applied));
-                    return Err(Failure::new(ErrorCode::Unavailable, e.to_string()));
-                }
-            }
-        }
-        Err(Failure::new(
-            ErrorCode::Conflict,
-            format!(
-                "`{}` kept conflicting with concurrent updates; try again",
-                def.name
-            ),
-        ))
     }
 
     fn script_failure(&self, def: &EventDef, conn: &ConnView, failure: ScriptFailure) -> Failure {

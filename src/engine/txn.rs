@@ -15,11 +15,18 @@ use crate::backend::{
 
 use super::script::StateOp;
 
+#[derive(Clone)]
 struct Slot {
     read_version: Option<u64>,
     value: Option<StoredValue>,
     dirty: bool,
     ttl: Option<Duration>,
+}
+
+/// The state of a transaction at one point, to return to (see [`Txn::savepoint`]).
+pub struct Savepoint {
+    slots: HashMap<String, Slot>,
+    write_order: Vec<String>,
 }
 
 pub struct Txn {
@@ -266,6 +273,22 @@ impl Txn {
     /// Whether the script touched state at all (a script that did not needs no commit).
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Mark the current writes, to take back those of a script that then fails.
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            slots: self.slots.clone(),
+            write_order: self.write_order.clone(),
+        }
+    }
+
+    /// Forget everything since `savepoint`: the writes of a script that failed, and its
+    /// reads (a failed script has no effects, so like a lone failed run its answer
+    /// reflects the state it read, not the state at commit).
+    pub fn rollback_to(&mut self, savepoint: Savepoint) {
+        self.slots = savepoint.slots;
+        self.write_order = savepoint.write_order;
     }
 
     /// Every key this transaction read or wrote.
