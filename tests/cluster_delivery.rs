@@ -299,3 +299,46 @@ async fn a_join_is_effective_when_its_ack_arrives() {
         assert_eq!(sender.recv_event("say.room").await["text"], "b");
     }
 }
+
+/// A steady stream across nodes for longer than the Pub/Sub liveness check period:
+/// nothing may be lost, and an idle-but-healthy subscription must never be torn down
+/// (it once was, every 3 s, because PING in subscribed mode answers an array).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_across_nodes_loses_nothing_over_several_liveness_checks() {
+    let _serial = serial();
+    let cluster = Cluster::start(2, &[]).await;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut a = n1.connect().await;
+    let mut b = n2.connect().await;
+    join(&mut a, "steady").await;
+    join(&mut b, "steady").await;
+
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < std::time::Duration::from_secs(8) {
+        a.ok(
+            "say.room",
+            json!({ "room": "steady", "text": format!("m{sent}") }),
+        )
+        .await;
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    for i in 0..sent {
+        let data = b.recv_event("say.room").await;
+        assert_eq!(
+            data["text"],
+            format!("m{i}"),
+            "message {i} of {sent} lost or reordered"
+        );
+    }
+    b.expect_silence().await;
+    for node in &cluster.nodes {
+        let log = node.log_text();
+        assert!(
+            !log.contains("Pub/Sub connection lost"),
+            "a healthy Pub/Sub connection was dropped:\n{}",
+            node.log_tail(20)
+        );
+    }
+}

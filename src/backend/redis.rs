@@ -770,8 +770,10 @@ async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<RedisBacken
                 }
                 _ = ping.tick() => {
                     let mut sink = state.sink.lock().await;
+                    // In subscribed mode PING answers `["pong", ""]`, not a string: any
+                    // answer proves the connection alive; only errors and timeouts don't.
                     let alive = match sink.as_mut() {
-                        Some(s) => matches!(tokio::time::timeout(OP_TIMEOUT, s.ping::<String>()).await, Ok(Ok(_))),
+                        Some(s) => matches!(tokio::time::timeout(OP_TIMEOUT, s.ping::<RedisValue>()).await, Ok(Ok(_))),
                         None => false,
                     };
                     if !alive {
