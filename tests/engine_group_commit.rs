@@ -92,7 +92,7 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
             let id: Arc<str> = Arc::from(format!("n1-{i}"));
-            let (link, _rx) = ConnLink::new(16);
+            let link = ConnLink::new(16);
             engine.router().register(id.clone(), None, link);
             let mut conn = Conn::new(id, None, json!({}));
             engine

@@ -57,7 +57,7 @@ async fn hammer(engine: Arc<Engine>, backend: Arc<MemoryBackend>) -> (usize, i64
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
             let id: Arc<str> = Arc::from(format!("n1-{t}"));
-            let (link, _rx) = ConnLink::new(16);
+            let link = ConnLink::new(16);
             engine.router().register(id.clone(), None, link);
             let mut conn = Conn::new(id, None, json!({}));
             let mut acked = 0;

@@ -4,52 +4,87 @@
 //! payload once and hands every recipient a clone of the same bytes (a reference-count
 //! bump), so a room of 10k members costs 10k queue pushes and no copies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use parking_lot::RwLock;
-use tokio::sync::{mpsc, Notify};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
 
 use crate::backend::{ConnId, Envelope, Sink};
 use crate::config::Target;
 
-/// How the router reaches one connection's writer.
+/// How the router reaches one connection's writer: a bounded queue of frames.
+///
+/// A plain deque under a mutex rather than an mpsc channel: an idle connection's queue
+/// allocates nothing (a channel preallocates a block of slots per connection), and the
+/// writer takes everything queued in one lock.
 pub struct ConnLink {
-    pub tx: mpsc::Sender<Utf8Bytes>,
-    /// Set when the outbound queue overflowed; the connection closes itself.
-    pub slow: AtomicBool,
-    pub wake: Notify,
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    capacity: usize,
+    /// Set when the queue overflowed: the connection closes itself as a slow consumer.
+    slow: AtomicBool,
+    /// Frames were queued on an empty queue.
+    ready: Notify,
+    /// `slow` was set.
+    alarm: Notify,
 }
 
 impl ConnLink {
-    pub fn new(capacity: usize) -> (Arc<Self>, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (
-            Arc::new(Self {
-                tx,
-                slow: AtomicBool::new(false),
-                wake: Notify::new(),
-            }),
-            rx,
-        )
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            slow: AtomicBool::new(false),
+            ready: Notify::new(),
+            alarm: Notify::new(),
+        })
     }
 
-    /// Queue a frame; a full queue marks the connection as a slow consumer.
+    /// Queue a frame; a full queue marks the connection as a slow consumer and drops it.
     pub fn push(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.slow.swap(true, Ordering::Relaxed) {
-                    metrics::counter!("wss_slow_consumers_total").increment(1);
-                    self.wake.notify_one();
-                }
-                metrics::counter!("wss_deliveries_dropped_total").increment(1);
-                false
+        let mut queue = self.queue.lock();
+        if queue.len() >= self.capacity {
+            drop(queue);
+            if !self.slow.swap(true, Ordering::Relaxed) {
+                metrics::counter!("wss_slow_consumers_total").increment(1);
+                self.alarm.notify_one();
             }
-            // The connection is closing; nothing to do.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            metrics::counter!("wss_deliveries_dropped_total").increment(1);
+            return false;
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(frame);
+        drop(queue);
+        // The writer empties the queue on every wake, so only the push that finds it
+        // empty needs to wake it (a stored permit covers a writer not yet waiting).
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Everything queued, oldest first.
+    pub fn take_all(&self) -> VecDeque<Utf8Bytes> {
+        std::mem::take(&mut *self.queue.lock())
+    }
+
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when frames were queued on an empty queue.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Resolves once the connection has been marked a slow consumer.
+    pub async fn overflowed(&self) {
+        // `notify_one` stores a permit, so a flag set between the check and the wait
+        // still wakes us.
+        while !self.is_slow() {
+            self.alarm.notified().await;
         }
     }
 }
@@ -60,11 +95,15 @@ struct Entry {
     rooms: HashSet<Arc<str>>,
 }
 
+type Members = HashMap<ConnId, Arc<ConnLink>>;
+
 #[derive(Default)]
 struct Inner {
     conns: HashMap<ConnId, Entry>,
-    rooms: HashMap<Arc<str>, HashSet<ConnId>>,
-    users: HashMap<Arc<str>, HashSet<ConnId>>,
+    /// Members hold their link, so a delivery walks one map instead of looking every
+    /// recipient up in `conns` again.
+    rooms: HashMap<Arc<str>, Members>,
+    users: HashMap<Arc<str>, Members>,
 }
 
 /// What a join or leave changed. The bus cares about rooms that gained their first or
@@ -105,7 +144,7 @@ impl Router {
                 .users
                 .entry(user.clone())
                 .or_default()
-                .insert(id.clone());
+                .insert(id.clone(), link.clone());
         }
         inner.conns.insert(
             id,
@@ -147,8 +186,9 @@ impl Router {
         if !entry.rooms.insert(room.clone()) {
             return RoomChange::Unchanged;
         }
+        let link = entry.link.clone();
         let members = inner.rooms.entry(room.clone()).or_default();
-        members.insert(id.clone());
+        members.insert(id.clone(), link);
         if members.len() == 1 {
             RoomChange::FirstLocal(room)
         } else {
@@ -222,11 +262,7 @@ impl Router {
     }
 }
 
-fn remove_member(
-    rooms: &mut HashMap<Arc<str>, HashSet<ConnId>>,
-    room: &str,
-    id: &ConnId,
-) -> RoomChange {
+fn remove_member(rooms: &mut HashMap<Arc<str>, Members>, room: &str, id: &ConnId) -> RoomChange {
     let Some((key, members)) = rooms.get_key_value(room).map(|(k, m)| (k.clone(), m.len())) else {
         return RoomChange::Unchanged;
     };
@@ -249,7 +285,8 @@ impl Sink for Router {
             return;
         };
         let inner = self.inner.read();
-        let excluded = |id: &ConnId| envelope.exclude.as_ref() == Some(id);
+        // Compared only when there is someone to exclude: most deliveries have none.
+        let excluded = |id: &ConnId| envelope.exclude.as_ref().is_some_and(|x| x == id);
         let mut sent = 0u64;
         let mut send = |id: &ConnId, link: &ConnLink| {
             if !excluded(id) && link.push(frame.clone()) {
@@ -264,17 +301,13 @@ impl Sink for Router {
                 }
             }
             Target::Room(room) => {
-                for id in inner.rooms.get(room.as_str()).into_iter().flatten() {
-                    if let Some(entry) = inner.conns.get(id) {
-                        send(id, &entry.link);
-                    }
+                for (id, link) in inner.rooms.get(room.as_str()).into_iter().flatten() {
+                    send(id, link);
                 }
             }
             Target::User(user) => {
-                for id in inner.users.get(user.as_str()).into_iter().flatten() {
-                    if let Some(entry) = inner.conns.get(id) {
-                        send(id, &entry.link);
-                    }
+                for (id, link) in inner.users.get(user.as_str()).into_iter().flatten() {
+                    send(id, link);
                 }
             }
             Target::Conn(conn) => {

@@ -140,7 +140,7 @@ async fn run_case(
 
     let id: ConnId = Arc::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
     let user = case.conn.user.as_deref().map(Arc::from);
-    let (link, _outbound) = ConnLink::new(1024);
+    let link = ConnLink::new(1024);
     router.register(id.clone(), user.clone(), link);
     for room in &case.conn.rooms {
         router.join(&id, room);

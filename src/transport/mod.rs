@@ -7,7 +7,6 @@
 pub mod auth;
 pub mod protocol;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,11 +119,13 @@ async fn upgrade(
         Ok(identity) => identity,
         Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     };
-    // tungstenite's defaults (128 KiB read buffer, zero-filled on every read) dominate
-    // per-connection memory and CPU; small buffers are plenty for JSON frames. The hard
-    // cap sits above the soft limit so an oversized frame can still get `too_large`.
+    // tungstenite's read buffer is allocated per connection and zero-filled on every
+    // read attempt (one per wake of the connection task), so it dominates idle memory
+    // and shows in fan-out profiles. Client frames are small JSON; a larger one just
+    // takes a few more reads. The hard cap sits above the soft limit so an oversized
+    // frame can still get `too_large`.
     let hard_cap = (state.limits.max_frame_bytes * 4).max(1 << 20);
-    ws.read_buffer_size(4 * 1024)
+    ws.read_buffer_size(1024)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(1 << 20)
         .max_message_size(hard_cap)
@@ -149,10 +150,7 @@ enum Exit {
 async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Identity) {
     let engine = state.engine.clone();
     let id = engine.next_conn_id();
-    let (link, mut outbound) = ConnLink::new(state.limits.outbound_queue);
-    engine
-        .router()
-        .register(id.clone(), identity.user.clone(), link.clone());
+    let link = ConnLink::new(state.limits.outbound_queue);
     let mut conn = Conn::new(id.clone(), identity.user, identity.claims);
     metrics::counter!("wss_connections_total").increment(1);
     metrics::gauge!("wss_connections").increment(1.0);
@@ -172,7 +170,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
                 .await;
             return Exit::Close(close::POLICY, "connection refused by $connect");
         }
-        run_loop(&mut socket, &state, &mut conn, &link, &mut outbound).await
+        run_loop(&mut socket, &state, &mut conn, &link).await
     }
     .await;
 
@@ -214,7 +212,6 @@ async fn run_loop(
     state: &AppState,
     conn: &mut Conn,
     link: &Arc<ConnLink>,
-    outbound: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
 ) -> Exit {
     let engine = &state.engine;
     let mut shutdown = state.shutdown.clone();
@@ -248,18 +245,16 @@ async fn run_loop(
                 metrics::counter!("wss_frames_in_total").increment(1);
                 handle_text(engine, conn, link, &text, state.limits.max_frame_bytes).await;
             }
-            Some(frame) = outbound.recv() => {
+            _ = link.ready() => {
                 let stall = state.limits.idle_timeout;
-                if let Err(exit) = guarded(link, stall, write_batch(socket, frame, outbound)).await {
+                if let Err(exit) = guarded(link, stall, write_queued(socket, link)).await {
                     tracing::info!(conn = %conn.id, "closing a client that does not read");
                     return exit;
                 }
             }
-            _ = link.wake.notified() => {
-                if link.slow.load(Ordering::Relaxed) {
-                    tracing::info!(conn = %conn.id, "closing slow consumer");
-                    return Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON);
-                }
+            _ = link.overflowed() => {
+                tracing::info!(conn = %conn.id, "closing slow consumer");
+                return Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON);
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() >= state.limits.idle_timeout {
@@ -273,13 +268,7 @@ async fn run_loop(
             _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
                 // Flush what is already queued so nothing acknowledged is lost; bounded,
                 // or one client that stopped reading would hold up the whole shutdown.
-                let drained = tokio::time::timeout(CLOSE_GRACE, async {
-                    while let Ok(frame) = outbound.try_recv() {
-                        socket.feed(Message::Text(frame)).await?;
-                    }
-                    socket.flush().await
-                })
-                .await;
+                let drained = tokio::time::timeout(CLOSE_GRACE, write_queued(socket, link)).await;
                 if let Ok(Err(_)) = drained {
                     return Exit::Gone;
                 }
@@ -302,16 +291,9 @@ async fn guarded<T>(
     stall: Duration,
     write: impl std::future::Future<Output = Result<T, axum::Error>>,
 ) -> Result<T, Exit> {
-    let slow = async {
-        // `notify_one` stores a permit, so a flag set between the check and the
-        // `notified()` still wakes us.
-        while !link.slow.load(Ordering::Relaxed) {
-            link.wake.notified().await;
-        }
-    };
     tokio::select! {
         written = write => written.map_err(|_| Exit::Gone),
-        _ = slow => Err(Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON)),
+        _ = link.overflowed() => Err(Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON)),
         _ = tokio::time::sleep(stall) => Err(Exit::Close(
             close::TRY_AGAIN_LATER,
             "slow consumer: not reading",
@@ -324,20 +306,22 @@ async fn drain_until_closed(socket: &mut WebSocket) {
     while let Some(Ok(_)) = socket.recv().await {}
 }
 
-/// Write one frame and whatever else is already queued, then flush once.
-async fn write_batch(
-    socket: &mut WebSocket,
-    first: Utf8Bytes,
-    outbound: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
-) -> Result<(), axum::Error> {
-    socket.feed(Message::Text(first)).await?;
-    for _ in 1..WRITE_BATCH {
-        match outbound.try_recv() {
-            Ok(frame) => socket.feed(Message::Text(frame)).await?,
-            Err(_) => break,
+/// Write everything queued (and what arrives meanwhile), flushing every few frames so a
+/// backlog leaves in a few large writes rather than one syscall per frame.
+async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<(), axum::Error> {
+    loop {
+        let frames = link.take_all();
+        if frames.is_empty() {
+            return Ok(());
         }
+        for (i, frame) in frames.into_iter().enumerate() {
+            socket.feed(Message::Text(frame)).await?;
+            if (i + 1) % WRITE_BATCH == 0 {
+                socket.flush().await?;
+            }
+        }
+        socket.flush().await?;
     }
-    socket.flush().await
 }
 
 async fn handle_text(

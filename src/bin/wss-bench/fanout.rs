@@ -25,6 +25,8 @@ const DELIVERY_EVENT: &str = "bench.msg";
 const MAX_BURST: u64 = 256;
 /// Steps one run may take, whatever the arguments say.
 const MAX_STEPS: usize = 64;
+/// Retries of one failing step, whatever the arguments say.
+const MAX_RETRIES: usize = 3;
 
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
@@ -61,6 +63,10 @@ pub struct FanoutArgs {
     /// Run every step even after one failed.
     #[arg(long)]
     pub keep_going: bool,
+    /// Times a failing step is run again before the run stops: on a shared machine one
+    /// bad second (another process taking the cores) should not end the search.
+    #[arg(long, default_value_t = 1)]
+    pub retries: usize,
     /// Bytes of padding in every message (the rest of the payload is ~90 bytes).
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
@@ -110,7 +116,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
     }
     let shared = Arc::new(Shared {
         protocol: common.protocol,
-        steps: Steps::new(rates.len()),
+        // Every planned step may be retried.
+        steps: Steps::new(rates.len() * (args.retries.min(MAX_RETRIES) + 1)),
         members,
         rooms,
         closed_subscribers: AtomicU64::new(0),
@@ -207,11 +214,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
     let mut results = Vec::new();
     let mut best: Option<Value> = None;
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
-    for (k, &rate) in rates.iter().enumerate() {
-        let step = shared
-            .steps
-            .get(k)
-            .ok_or_else(|| anyhow!("step {k} out of range"))?;
+    // (rate, attempt) in the order they run; a failed step is queued again right away.
+    let mut plan: std::collections::VecDeque<(f64, usize)> =
+        rates.iter().map(|&r| (r, 0)).collect();
+    let mut k = 0usize;
+    while let Some((rate, attempt)) = plan.pop_front() {
+        let Some(step) = shared.steps.get(k) else {
+            break;
+        };
         let mut dones = Vec::new();
         for p in &publishers {
             let (done_tx, done_rx) = oneshot::channel();
@@ -258,6 +268,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
             && send_secs <= args.duration * 1.1 + 0.5;
         let result = json!({
             "step": k,
+            "attempt": attempt,
             "offered_msgs_per_s": rate,
             "offered_deliveries_per_s": rate * args.subscribers as f64 / args.rooms as f64,
             "sent": sent,
@@ -288,8 +299,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
             }));
         }
         results.push(result);
-        if !pass && !args.keep_going {
-            break;
+        k += 1;
+        if !pass {
+            if attempt < args.retries.min(MAX_RETRIES) {
+                eprintln!("fanout: step failed; running it again");
+                plan.push_front((rate, attempt + 1));
+            } else if !args.keep_going {
+                break;
+            }
         }
     }
 
