@@ -27,7 +27,7 @@ pub struct ConnLink {
     slow: AtomicBool,
     /// Frames were queued on an empty queue.
     ready: Notify,
-    /// `slow` was set.
+    /// `slow` was set (every waiter is woken).
     alarm: Notify,
 }
 
@@ -49,7 +49,7 @@ impl ConnLink {
             drop(queue);
             if !self.slow.swap(true, Ordering::Relaxed) {
                 metrics::counter!("wss_slow_consumers_total").increment(1);
-                self.alarm.notify_one();
+                self.alarm.notify_waiters();
             }
             metrics::counter!("wss_deliveries_dropped_total").increment(1);
             return false;
@@ -79,12 +79,19 @@ impl ConnLink {
         self.ready.notified().await
     }
 
-    /// Resolves once the connection has been marked a slow consumer.
+    /// Resolves once the connection has been marked a slow consumer. Any number of
+    /// waiters may wait at once (the connection loop and a stuck write both do).
     pub async fn overflowed(&self) {
-        // `notify_one` stores a permit, so a flag set between the check and the wait
-        // still wakes us.
-        while !self.is_slow() {
-            self.alarm.notified().await;
+        loop {
+            let notified = self.alarm.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is checked, so a flag set in between still
+            // wakes this waiter.
+            notified.as_mut().enable();
+            if self.is_slow() {
+                return;
+            }
+            notified.await;
         }
     }
 }

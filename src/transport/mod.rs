@@ -219,6 +219,13 @@ async fn run_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
     let mut last_seen = Instant::now();
+    // Built once, not per loop turn: the task wakes once per delivery, and recreating
+    // (and re-registering) these futures on every wake showed in fan-out profiles.
+    let overflowed = link.overflowed();
+    let shut_down = async {
+        let _ = shutdown.wait_for(|down| *down).await;
+    };
+    tokio::pin!(overflowed, shut_down);
     loop {
         tokio::select! {
             inbound = socket.recv() => {
@@ -252,7 +259,7 @@ async fn run_loop(
                     return exit;
                 }
             }
-            _ = link.overflowed() => {
+            _ = &mut overflowed => {
                 tracing::info!(conn = %conn.id, "closing slow consumer");
                 return Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON);
             }
@@ -265,7 +272,7 @@ async fn run_loop(
                     return exit;
                 }
             }
-            _ = async { let _ = shutdown.wait_for(|down| *down).await; } => {
+            _ = &mut shut_down => {
                 // Flush what is already queued so nothing acknowledged is lost; bounded,
                 // or one client that stopped reading would hold up the whole shutdown.
                 let drained = tokio::time::timeout(CLOSE_GRACE, write_queued(socket, link)).await;
