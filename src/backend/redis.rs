@@ -39,7 +39,7 @@
 //! channel; the bus reports ready only while that is done.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,7 +242,6 @@ pub struct RedisBackend {
     healthy: Arc<AtomicBool>,
     /// Bumped each time Redis comes back after being unreachable.
     recoveries: watch::Sender<u64>,
-    published: AtomicU64,
 }
 
 impl RedisBackend {
@@ -289,7 +288,6 @@ impl RedisBackend {
             commit_script: Script::new(COMMIT_LUA),
             healthy: Arc::new(AtomicBool::new(true)),
             recoveries: watch::channel(0).0,
-            published: AtomicU64::new(0),
         });
         tokio::spawn(pubsub_task(client, Arc::downgrade(&backend)));
         tokio::spawn(health_task(Arc::downgrade(&backend)));
@@ -440,8 +438,7 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let applied: i64 = self.call(invocation.invoke_async(&mut conn)).await?;
         if applied == 1 {
-            self.published
-                .fetch_add(publish.len() as u64, Ordering::Relaxed);
+            metrics::counter!("wss_bus_published_total").increment(publish.len() as u64);
             for envelope in &commit.publish {
                 self.deliver_locally(envelope);
             }
@@ -625,7 +622,7 @@ impl Bus for RedisBackend {
                             .query_async::<i64>(&mut c),
                     )
                     .await?;
-                    self.published.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("wss_bus_published_total").increment(1);
                 }
             }
             // Local recipients are served directly; this node drops its own echo.

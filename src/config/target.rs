@@ -266,10 +266,6 @@ impl Template {
             })
             .collect()
     }
-
-    pub fn source(&self) -> &str {
-        &self.source
-    }
 }
 
 fn parse_field(expr: &str) -> Result<Part, TargetError> {

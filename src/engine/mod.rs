@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! frame ─► event lookup ─► auth ─► rate limit ─► schema ─► script (blocking pool)
-//!        ─► commit (optimistic, retried) ─► memberships ─► deliveries ─► ack
+//!        ─► commit (optimistic, retried, batched per key lock) ─► memberships
+//!        ─► deliveries ─► ack
 //! ```
 //!
 //! Scripts run on blocking threads (Rhai is synchronous), bounded by a semaphore; they

@@ -225,23 +225,8 @@ impl Router {
         rooms
     }
 
-    pub fn is_member(&self, id: &ConnId, room: &str) -> bool {
-        self.inner
-            .read()
-            .conns
-            .get(id)
-            .is_some_and(|e| e.rooms.contains(room))
-    }
-
     pub fn connection_count(&self) -> usize {
         self.inner.read().conns.len()
-    }
-
-    /// Queue a frame for one local connection (acks and errors take this path too, so
-    /// they stay in order with deliveries).
-    pub fn send_to(&self, id: &ConnId, frame: Utf8Bytes) -> bool {
-        let link = self.inner.read().conns.get(id).map(|e| e.link.clone());
-        link.is_some_and(|l| l.push(frame))
     }
 
     /// Every local connection with its user and rooms (to write presence again).
@@ -255,16 +240,6 @@ impl Router {
                 user: e.user.clone(),
                 rooms: e.rooms.iter().cloned().collect(),
             })
-            .collect()
-    }
-
-    /// Every local connection, for shutdown.
-    pub fn links(&self) -> Vec<Arc<ConnLink>> {
-        self.inner
-            .read()
-            .conns
-            .values()
-            .map(|e| e.link.clone())
             .collect()
     }
 }

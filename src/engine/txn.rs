@@ -296,10 +296,6 @@ impl Txn {
         self.slots.keys().cloned().collect()
     }
 
-    pub fn has_writes(&self) -> bool {
-        !self.write_order.is_empty()
-    }
-
     pub fn into_commit(mut self) -> Commit {
         let reads = self
             .slots
