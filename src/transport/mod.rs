@@ -164,7 +164,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
         {
             return Exit::Gone;
         }
-        if let Err(failure) = engine.connect(&mut conn, link.clone()).await {
+        if let Err(failure) = Box::pin(engine.connect(&mut conn, link.clone())).await {
             let _ = socket
                 .send(Message::Text(protocol::error_event(&failure)))
                 .await;
@@ -202,7 +202,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
         }
     }
     drop(socket);
-    engine.disconnect(&mut conn).await;
+    Box::pin(engine.disconnect(&mut conn)).await;
     metrics::gauge!("wss_connections").decrement(1.0);
     tracing::debug!(conn = %id, "disconnected");
 }
@@ -359,7 +359,9 @@ async fn handle_text(
     }
     let (id, outcome) = match protocol::parse(text) {
         Ok(request) => {
-            let outcome = engine.handle(conn, &request.event, request.data).await;
+            // Boxed: the dispatch future (script, commit, publish) is large and inlining
+            // it would make every idle connection's task carry its size.
+            let outcome = Box::pin(engine.handle(conn, &request.event, request.data)).await;
             (request.id, outcome)
         }
         Err(rejected) => {
