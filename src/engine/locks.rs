@@ -9,18 +9,23 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
 /// Hot keys remembered per event; a handful is enough to catch a counter or a room.
 const HOT_KEYS_PER_EVENT: usize = 8;
+/// How long a conflict keeps an event's keys hot. Contention that lasts keeps renewing
+/// it; once it stops, runs of the event go back to lock-free optimistic attempts instead
+/// of queueing on keys they may not even touch.
+const HOT_FOR: Duration = Duration::from_secs(1);
 
 /// A fixed set of stripes: a key maps to one; unrelated keys rarely share one.
 pub struct KeyLocks {
     stripes: Vec<Mutex<()>>,
     /// Keys each event last conflicted on. Later runs of the event lock them before
     /// their first attempt, so a hot key is contended across nodes only, not within one.
-    hot: Mutex<HashMap<String, Vec<String>>>,
+    hot: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
 
 impl KeyLocks {
@@ -31,14 +36,24 @@ impl KeyLocks {
         }
     }
 
+    /// Keys this event conflicted on within the last [`HOT_FOR`].
     pub fn hot_keys(&self, event: &str) -> Vec<String> {
-        self.hot.lock().get(event).cloned().unwrap_or_default()
+        match self.hot.lock().get(event) {
+            Some((at, keys)) if at.elapsed() < HOT_FOR => keys.clone(),
+            _ => Vec::new(),
+        }
     }
 
     /// Remember keys an event conflicted on, newest first, at most a handful.
     pub fn remember_hot(&self, event: &str, keys: &[String]) {
         let mut hot = self.hot.lock();
-        let list = hot.entry(event.to_string()).or_default();
+        let (at, list) = hot
+            .entry(event.to_string())
+            .or_insert_with(|| (Instant::now(), Vec::new()));
+        if at.elapsed() >= HOT_FOR {
+            list.clear();
+        }
+        *at = Instant::now();
         for key in keys {
             list.retain(|k| k != key);
             list.insert(0, key.clone());
@@ -70,5 +85,23 @@ impl KeyLocks {
             .filter_map(|i| self.stripes.get(*i))
             .map(|m| m.lock())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_keys_cool_down() {
+        let locks = KeyLocks::new(8);
+        locks.remember_hot("e", &["k".to_string()]);
+        assert_eq!(locks.hot_keys("e"), vec!["k".to_string()]);
+        assert!(locks.hot_keys("other").is_empty());
+        std::thread::sleep(HOT_FOR + Duration::from_millis(50));
+        assert!(
+            locks.hot_keys("e").is_empty(),
+            "stale contention must not lock later runs"
+        );
     }
 }
