@@ -130,19 +130,19 @@ impl Engine {
         let batch: Vec<Arc<Pending>> = {
             let mut queues = self.batches.0.lock();
             let queue = queues.entry(stripes.clone()).or_default();
-            let taken: Vec<Arc<Pending>> = queue.drain(..queue.len().min(MAX_BATCH)).collect();
+            let mut taken: Vec<Arc<Pending>> = queue.drain(..queue.len().min(MAX_BATCH)).collect();
+            // Ours must be answered by this batch, even if it sits further down an
+            // over-full queue; taking it out keeps anyone else from running it again.
+            if !taken.iter().any(|p| Arc::ptr_eq(p, &pending)) {
+                queue.retain(|p| !Arc::ptr_eq(p, &pending));
+                taken.push(pending.clone());
+            }
             if queue.is_empty() {
                 queues.remove(&stripes);
             }
             taken
         };
-        if !batch.iter().any(|p| Arc::ptr_eq(p, &pending)) {
-            // Ours is further down an over-full queue: run it alone, still under the locks.
-            self.execute_batch(std::slice::from_ref(&pending), runtime);
-            self.execute_batch(&batch, runtime);
-        } else {
-            self.execute_batch(&batch, runtime);
-        }
+        self.execute_batch(&batch, runtime);
         pending.take().unwrap_or_else(|| Err(lost()))
     }
 
