@@ -254,6 +254,39 @@ async fn a_frame_past_the_hard_cap_closes_with_1009() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_far_past_the_hard_cap_is_read_to_its_end_before_the_close() {
+    // 16 MiB is more than loopback socket buffers hold, so the client is still sending
+    // when the server refuses the frame from its header. Closing the TCP socket then
+    // would reset the connection: the client's send fails and it never sees the 1009.
+    let server = start_with(PACK, |cfg| cfg.limits.max_frame_bytes = 1024).await;
+    let mut c = server.connect().await;
+    c.send_text("z".repeat(16 << 20)).await;
+    match c.recv_close().await {
+        Closed::Frame(code, reason) => assert_eq!(code, 1009, "{reason}"),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = start(PACK).await;
+    let mut c = server.connect().await;
+    let not_utf8 = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(not_utf8))
+        .await
+        .expect("send a raw frame");
+    match c.recv_close().await {
+        Closed::Frame(code, reason) => assert_eq!(code, 1007, "{reason}"),
+        other => panic!("expected close 1007, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_event_as_ack_and_as_error_event() {
     let server = start(PACK).await;
     let mut c = server.connect().await;

@@ -6,18 +6,22 @@
 
 pub mod auth;
 pub mod protocol;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use upgrade::{Socket as WebSocket, Upgrade};
 
 use crate::engine::router::ConnLink;
 use crate::engine::{Conn, Engine, ErrorCode, Failure};
@@ -25,6 +29,8 @@ use crate::engine::{Conn, Engine, ErrorCode, Failure};
 /// Close codes (RFC 6455 §7.4.1) and the reasons sent with them.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     /// Registered by IANA for "try again later": used for slow consumers.
@@ -105,13 +111,17 @@ struct UpgradeQuery {
 async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<UpgradeQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let ws = match Upgrade::from_request(&mut request) {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
+    };
     if *state.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let bearer = headers
+    let bearer = request
+        .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
@@ -125,17 +135,29 @@ async fn upgrade(
     // takes a few more reads. The hard cap sits above the soft limit so an oversized
     // frame can still get `too_large`.
     let hard_cap = (state.limits.max_frame_bytes * 4).max(1 << 20);
-    ws.read_buffer_size(1024)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(1 << 20)
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| serve_socket(socket, state, identity))
+        .max_message_size(Some(hard_cap))
+        .max_frame_size(Some(hard_cap));
+    ws.on_upgrade(config, move |socket| serve_socket(socket, state, identity))
 }
 
 /// How long closing may take: our close frame plus the client's reply (RFC 6455
 /// §7.1.1). Bounded because a client that stopped reading never replies.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// After a protocol violation, the client is taken to be done sending once nothing has
+/// arrived for this long.
+const LINGER_QUIET: Duration = Duration::from_millis(250);
+
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
 
 const SLOW_REASON: &str = "slow consumer: outbound queue full";
 
@@ -145,6 +167,9 @@ enum Exit {
     /// The client sent a close frame: our reply is queued and still has to be flushed.
     ClosedByClient,
     Close(u16, &'static str),
+    /// The client broke the protocol (a frame past the hard cap, invalid UTF-8, a bad
+    /// opcode): tungstenite reads nothing more, but the client may still be sending.
+    Violation(u16, &'static str),
 }
 
 async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Identity) {
@@ -183,22 +208,27 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
             let _ = tokio::time::timeout(CLOSE_GRACE, drain_until_closed(&mut socket)).await;
         }
         Exit::Close(code, reason) => {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
             // Wait (bounded: a client that stopped reading holds nothing) for the
             // client's reply before dropping TCP. Dropping right after our close frame
             // makes any late client write (a pong) draw an RST, and an RST can destroy
             // the close frame still unread in the client's receive buffer, so the
             // client would never learn the code and reason.
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                if socket.send(close_frame(code, reason)).await.is_ok() {
                     drain_until_closed(&mut socket).await;
                 }
             })
             .await;
             tracing::debug!(conn = %id, code, reason, "closed by server");
+        }
+        Exit::Violation(code, reason) => {
+            // Same reason to wait as above, but tungstenite reads no more frames after
+            // an error, so the rest of what the client sends is discarded raw.
+            let sent = tokio::time::timeout(CLOSE_GRACE, socket.send(close_frame(code, reason)));
+            if let Ok(Ok(())) = sent.await {
+                upgrade::linger(&mut socket, LINGER_QUIET, CLOSE_GRACE).await;
+            }
+            tracing::info!(conn = %id, code, reason, "closed a client that broke the protocol");
         }
     }
     drop(socket);
@@ -228,7 +258,7 @@ async fn run_loop(
     tokio::pin!(overflowed, shut_down);
     loop {
         tokio::select! {
-            inbound = socket.recv() => {
+            inbound = socket.next() => {
                 last_seen = Instant::now();
                 let text = match inbound {
                     Some(Ok(Message::Text(text))) => text,
@@ -237,16 +267,13 @@ async fn run_loop(
                         link.push(protocol::error_event(&failure));
                         continue;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    // `Frame` is never returned by a read; pings are answered by tungstenite.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) => return Exit::ClosedByClient,
                     None => return Exit::Gone,
                     Some(Err(e)) => {
-                        let message = e.to_string();
-                        if message.contains("too long") || message.contains("too big") || message.contains("Space limit") {
-                            return Exit::Close(close::TOO_BIG, "frame exceeds the hard size limit");
-                        }
-                        tracing::debug!(conn = %conn.id, error = %message, "socket error");
-                        return Exit::Gone;
+                        tracing::debug!(conn = %conn.id, error = %e, "socket error");
+                        return violation(&e).unwrap_or(Exit::Gone);
                     }
                 };
                 metrics::counter!("wss_frames_in_total").increment(1);
@@ -285,6 +312,27 @@ async fn run_loop(
     }
 }
 
+/// The close a read error calls for, if the client is still there to receive one.
+fn violation(error: &WsError) -> Option<Exit> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match error {
+        WsError::Capacity(_) => Some(Exit::Violation(
+            close::TOO_BIG,
+            "frame exceeds the hard size limit",
+        )),
+        WsError::Utf8(_) => Some(Exit::Violation(
+            close::INVALID_DATA,
+            "text frame is not valid UTF-8",
+        )),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(Exit::Violation(
+            close::PROTOCOL_ERROR,
+            "WebSocket protocol violation",
+        )),
+        _ => None,
+    }
+}
+
 /// Run one socket write, giving up when it cannot finish.
 ///
 /// A write only waits when the client's receive window and our socket buffer are full,
@@ -296,7 +344,7 @@ async fn run_loop(
 async fn guarded<T>(
     link: &ConnLink,
     stall: Duration,
-    write: impl std::future::Future<Output = Result<T, axum::Error>>,
+    write: impl std::future::Future<Output = Result<T, WsError>>,
 ) -> Result<T, Exit> {
     tokio::select! {
         written = write => written.map_err(|_| Exit::Gone),
@@ -310,12 +358,12 @@ async fn guarded<T>(
 
 /// Read and discard until the closing handshake completes (or the stream ends).
 async fn drain_until_closed(socket: &mut WebSocket) {
-    while let Some(Ok(_)) = socket.recv().await {}
+    while let Some(Ok(_)) = socket.next().await {}
 }
 
 /// Write everything queued (and what arrives meanwhile), flushing every few frames so a
 /// backlog leaves in a few large writes rather than one syscall per frame.
-async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<(), axum::Error> {
+async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<(), WsError> {
     loop {
         let frames = link.take_all();
         if frames.is_empty() {

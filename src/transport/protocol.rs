@@ -9,9 +9,9 @@
 //! server → client  {"event": "$welcome", "data": {"conn", "node"}}
 //! ```
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::engine::{ErrorCode, Failure, Outcome};
 
