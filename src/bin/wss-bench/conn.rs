@@ -93,7 +93,7 @@ impl Sources {
 /// cost more CPU than the whole JSON handling of a benchmark frame.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(1 << 20))

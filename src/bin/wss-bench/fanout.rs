@@ -397,12 +397,18 @@ async fn subscriber(
 ) {
     // Last sequence number seen from each publisher, to spot duplicates and reordering.
     let mut last_seq = vec![0u64; publishers];
-    let deadline = tokio::time::Instant::from_std(deadline);
+    // Built once: the loop turns once per delivery, and a fresh timer and watch future
+    // per turn cost more than the frame handling itself.
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let expired = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+    tokio::pin!(stopped, expired);
     loop {
         let frame = tokio::select! {
             frame = ws.next() => frame,
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = &mut stopped => break,
+            _ = &mut expired => break,
         };
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
