@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -147,7 +148,18 @@ pub async fn run(
     tracing::info!(%addr, node = %node_id, "listening: ws://{addr}/ws");
 
     let app = transport::router(state);
-    let server = tokio::spawn(serve_http(listener, app, shutdown_tx.subscribe()));
+    let mut stop = shutdown_tx.subscribe();
+    // Deliveries are small frames written as they come: Nagle's algorithm would hold
+    // each behind the previous one's ACK (tens of ms with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|down| *down).await;
+    });
+    let server = tokio::spawn(async move { server.await });
 
     shutdown.await;
     tracing::info!("shutting down: closing connections with 1001");
@@ -168,50 +180,12 @@ pub async fn run(
         Membership::deregister(backend, &node_id).await;
     }
     match tokio::time::timeout_at(deadline + Duration::from_secs(1), server).await {
-        Ok(Ok(())) | Err(_) => {}
+        Ok(Ok(Ok(()))) | Err(_) => {}
+        Ok(Ok(Err(e))) => return Err(e).context("HTTP server failed"),
         Ok(Err(e)) => return Err(e).context("HTTP server task failed"),
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Accepts TCP connections and serves HTTP/1.1 on each until `stop`.
-///
-/// Not `axum::serve`: it hands upgraded connections over wrapped in a private type, and
-/// WebSocket fan-out writes straight to the `TcpStream` (see `transport::upgrade`).
-async fn serve_http(listener: TcpListener, app: axum::Router, mut stop: watch::Receiver<bool>) {
-    let service = hyper_util::service::TowerToHyperService::new(app);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|down| *down) => return,
-        };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                // Out of file descriptors, usually: wait instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Deliveries are small frames written as they come: Nagle's algorithm would
-        // hold each behind the previous one's ACK (tens of ms with delayed ACKs).
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-        let service = service.clone();
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .with_upgrades();
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
-            }
-        });
-    }
 }
 
 pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {

@@ -1,106 +1,27 @@
 //! This node's connections and who is in which room: the local end of every delivery.
 //!
-//! A delivery arrives as one serialized payload; the router frames it as a WebSocket
-//! text frame once and writes the same bytes to every recipient's socket, so a room of
-//! 10k members costs 10k `write` calls and no copies.
+//! A delivery arrives as one serialized frame; the router turns it into a WebSocket text
+//! payload once and hands every recipient a clone of the same bytes (a reference-count
+//! bump), so a room of 10k members costs 10k queue pushes and no copies.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::backend::{ConnId, Envelope, Sink};
 use crate::config::Target;
 
-/// One server-to-client WebSocket frame, header included, encoded once.
-///
-/// Server frames are never masked (RFC 6455 §5.1), so the very same bytes are correct
-/// on every connection: a delivery is framed once per node and every recipient gets a
-/// reference-count bump, not a copy.
-#[derive(Clone, Debug)]
-pub struct WireFrame(Bytes);
-
-impl WireFrame {
-    /// A text frame; `payload` must be UTF-8 (the caller's serializer guarantees it).
-    pub fn text(payload: &[u8]) -> Self {
-        const FIN_TEXT: u8 = 0x81;
-        let len = payload.len();
-        let mut frame = BytesMut::with_capacity(len + 10);
-        frame.put_u8(FIN_TEXT);
-        match len {
-            0..=125 => frame.put_u8(len as u8),
-            126..=0xffff => {
-                frame.put_u8(126);
-                frame.put_u16(len as u16);
-            }
-            _ => {
-                frame.put_u8(127);
-                frame.put_u64(len as u64);
-            }
-        }
-        frame.put_slice(payload);
-        Self(frame.freeze())
-    }
-
-    /// An empty ping (keepalive).
-    pub fn ping() -> Self {
-        Self(Bytes::from_static(&[0x89, 0x00]))
-    }
-
-    /// The text after the header.
-    #[cfg(test)]
-    pub fn as_str(&self) -> &str {
-        let header = match self.0[1] {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        std::str::from_utf8(&self.0[header..]).unwrap_or("")
-    }
-}
-
-#[cfg(test)]
-mod wire_frame_tests {
-    use super::WireFrame;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-
-    #[test]
-    fn text_frames_match_tungstenite_at_every_length_boundary() {
-        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
-            let payload = "x".repeat(len);
-            let ours = WireFrame::text(payload.as_bytes());
-            let mut theirs = Vec::new();
-            Frame::message(payload.clone(), OpCode::Data(Data::Text), true)
-                .format(&mut theirs)
-                .unwrap_or_else(|e| panic!("tungstenite cannot format {len}: {e}"));
-            assert_eq!(&ours.0[..], &theirs[..], "length {len}");
-            assert_eq!(ours.as_str(), payload);
-        }
-    }
-}
-
-/// How the router reaches one connection: its socket, and a bounded queue for what the
-/// socket could not take at once.
-///
-/// The common case costs one `write` syscall: a frame that finds the queue empty is
-/// written straight to the socket by whoever delivers it, without waking the
-/// connection's task. Only what the kernel does not accept (the client reads slower
-/// than we send) is queued, and the connection's task writes that when the socket is
-/// writable again. Every write happens under the queue's lock, so frames never
-/// interleave and leave in order.
+/// How the router reaches one connection's writer: a bounded queue of frames.
 ///
 /// A plain deque under a mutex rather than an mpsc channel: an idle connection's queue
-/// allocates nothing.
+/// allocates nothing (a channel preallocates a block of slots per connection), and the
+/// writer takes everything queued in one lock.
 pub struct ConnLink {
-    queue: Mutex<VecDeque<Bytes>>,
-    /// `None` for in-process connections (`wss-engine test`): frames only queue.
-    socket: Option<Arc<TcpStream>>,
+    queue: Mutex<VecDeque<Utf8Bytes>>,
     capacity: usize,
     /// Set when the queue overflowed: the connection closes itself as a slow consumer.
     slow: AtomicBool,
@@ -110,24 +31,10 @@ pub struct ConnLink {
     alarm: Notify,
 }
 
-/// Queued frames handed to the kernel in one `writev`.
-const WRITE_BATCH: usize = 64;
-
 impl ConnLink {
-    /// A link whose frames only queue (nothing reads them): in-process connections.
     pub fn new(capacity: usize) -> Arc<Self> {
-        Self::build(capacity, None)
-    }
-
-    /// A link that writes to `socket`.
-    pub fn with_socket(capacity: usize, socket: Arc<TcpStream>) -> Arc<Self> {
-        Self::build(capacity, Some(socket))
-    }
-
-    fn build(capacity: usize, socket: Option<Arc<TcpStream>>) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
-            socket,
             capacity: capacity.max(1),
             slow: AtomicBool::new(false),
             ready: Notify::new(),
@@ -135,31 +42,10 @@ impl ConnLink {
         })
     }
 
-    /// Send or queue a frame; a full queue marks the connection as a slow consumer and
-    /// drops the frame.
-    pub fn push(&self, frame: &WireFrame) -> bool {
-        self.enqueue(frame.0.clone(), true)
-    }
-
-    /// Bytes tungstenite writes itself (pong replies, the close handshake): never
-    /// dropped, they are a few bytes each.
-    pub fn push_control(&self, bytes: Bytes) {
-        self.enqueue(bytes, false);
-    }
-
-    fn enqueue(&self, mut bytes: Bytes, bounded: bool) -> bool {
+    /// Queue a frame; a full queue marks the connection as a slow consumer and drops it.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
         let mut queue = self.queue.lock();
-        if queue.is_empty() {
-            if let Some(socket) = &self.socket {
-                match socket.try_write(&bytes) {
-                    Ok(n) if n == bytes.len() => return true,
-                    Ok(n) => bytes.advance(n),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    // The connection's task learns of a dead socket from its read side.
-                    Err(_) => return false,
-                }
-            }
-        } else if bounded && queue.len() >= self.capacity {
+        if queue.len() >= self.capacity {
             drop(queue);
             if !self.slow.swap(true, Ordering::Relaxed) {
                 metrics::counter!("wss_slow_consumers_total").increment(1);
@@ -169,57 +55,19 @@ impl ConnLink {
             return false;
         }
         let was_empty = queue.is_empty();
-        queue.push_back(bytes);
+        queue.push_back(frame);
         drop(queue);
-        // The writer empties the queue before it waits again, so only the push that
-        // finds it empty needs to wake it (a stored permit covers a writer not yet
-        // waiting).
+        // The writer empties the queue on every wake, so only the push that finds it
+        // empty needs to wake it (a stored permit covers a writer not yet waiting).
         if was_empty {
             self.ready.notify_one();
         }
         true
     }
 
-    /// Write everything queued, waiting for the socket as needed (the connection's task
-    /// calls this when woken by [`ready`](Self::ready)).
-    pub async fn flush(&self) -> std::io::Result<()> {
-        let Some(socket) = &self.socket else {
-            return Ok(());
-        };
-        loop {
-            {
-                let mut queue = self.queue.lock();
-                if queue.is_empty() {
-                    return Ok(());
-                }
-                let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-                let mut count = 0;
-                for (slot, bytes) in slices.iter_mut().zip(queue.iter()) {
-                    *slot = IoSlice::new(bytes);
-                    count += 1;
-                }
-                match socket.try_write_vectored(&slices[..count]) {
-                    Ok(mut written) => {
-                        while written > 0 {
-                            let Some(front) = queue.front_mut() else {
-                                break;
-                            };
-                            if written >= front.len() {
-                                written -= front.len();
-                                queue.pop_front();
-                            } else {
-                                front.advance(written);
-                                written = 0;
-                            }
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            socket.writable().await?;
-        }
+    /// Everything queued, oldest first.
+    pub fn take_all(&self) -> VecDeque<Utf8Bytes> {
+        std::mem::take(&mut *self.queue.lock())
     }
 
     pub fn is_slow(&self) -> bool {
@@ -413,19 +261,17 @@ fn remove_member(rooms: &mut HashMap<Arc<str>, Members>, room: &str, id: &ConnId
 
 impl Sink for Router {
     fn deliver(&self, envelope: &Envelope) {
-        // One UTF-8 check and one framing per delivery per node; every recipient
-        // shares the result.
-        if std::str::from_utf8(&envelope.frame).is_err() {
+        // One UTF-8 check per delivery per node; every recipient shares the result.
+        let Ok(frame) = Utf8Bytes::try_from(envelope.frame.clone()) else {
             tracing::warn!("dropping a delivery that is not UTF-8");
             return;
-        }
-        let frame = WireFrame::text(&envelope.frame);
+        };
         let inner = self.inner.read();
         // Compared only when there is someone to exclude: most deliveries have none.
         let excluded = |id: &ConnId| envelope.exclude.as_ref().is_some_and(|x| x == id);
         let mut sent = 0u64;
         let mut send = |id: &ConnId, link: &ConnLink| {
-            if !excluded(id) && link.push(&frame) {
+            if !excluded(id) && link.push(frame.clone()) {
                 sent += 1;
             }
         };

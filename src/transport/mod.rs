@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use upgrade::{Socket as WebSocket, Upgrade};
 
-use crate::engine::router::{ConnLink, WireFrame};
+use crate::engine::router::ConnLink;
 use crate::engine::{Conn, Engine, ErrorCode, Failure};
 
 /// Close codes (RFC 6455 §7.4.1) and the reasons sent with them.
@@ -36,6 +36,9 @@ pub mod close {
     /// Registered by IANA for "try again later": used for slow consumers.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
+
+/// Frames written to the socket in one flush when the queue has a backlog.
+const WRITE_BATCH: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -138,7 +141,7 @@ async fn upgrade(
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(hard_cap))
         .max_frame_size(Some(hard_cap));
-    ws.on_upgrade(move |raw| serve_socket(raw, config, state, identity))
+    ws.on_upgrade(config, move |socket| serve_socket(socket, state, identity))
 }
 
 /// How long closing may take: our close frame plus the client's reply (RFC 6455
@@ -169,27 +172,27 @@ enum Exit {
     Violation(u16, &'static str),
 }
 
-async fn serve_socket(
-    raw: upgrade::Raw,
-    config: WebSocketConfig,
-    state: AppState,
-    identity: auth::Identity,
-) {
+async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Identity) {
     let engine = state.engine.clone();
     let id = engine.next_conn_id();
-    let link = ConnLink::with_socket(state.limits.outbound_queue, raw.tcp.clone());
-    let mut socket = raw.into_socket(link.clone(), config).await;
+    let link = ConnLink::new(state.limits.outbound_queue);
     let mut conn = Conn::new(id.clone(), identity.user, identity.claims);
     metrics::counter!("wss_connections_total").increment(1);
     metrics::gauge!("wss_connections").increment(1.0);
     tracing::debug!(conn = %id, "connected");
 
     let exit = async {
-        if !link.push(&protocol::welcome(&id, &engine.node_id)) {
+        if socket
+            .send(Message::Text(protocol::welcome(&id, &engine.node_id)))
+            .await
+            .is_err()
+        {
             return Exit::Gone;
         }
         if let Err(failure) = Box::pin(engine.connect(&mut conn, link.clone())).await {
-            link.push(&protocol::error_event(&failure));
+            let _ = socket
+                .send(Message::Text(protocol::error_event(&failure)))
+                .await;
             return Exit::Close(close::POLICY, "connection refused by $connect");
         }
         run_loop(&mut socket, &state, &mut conn, &link).await
@@ -202,11 +205,7 @@ async fn serve_socket(
             // tungstenite queued the reply to the client's close frame; it goes out on
             // the next read. Dropping the socket instead leaves the client with "reset
             // without closing handshake".
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                drain_until_closed(&mut socket).await;
-                let _ = link.flush().await;
-            })
-            .await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, drain_until_closed(&mut socket)).await;
         }
         Exit::Close(code, reason) => {
             // Wait (bounded: a client that stopped reading holds nothing) for the
@@ -215,9 +214,7 @@ async fn serve_socket(
             // the close frame still unread in the client's receive buffer, so the
             // client would never learn the code and reason.
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                if socket.send(close_frame(code, reason)).await.is_ok()
-                    && link.flush().await.is_ok()
-                {
+                if socket.send(close_frame(code, reason)).await.is_ok() {
                     drain_until_closed(&mut socket).await;
                 }
             })
@@ -227,10 +224,7 @@ async fn serve_socket(
         Exit::Violation(code, reason) => {
             // Same reason to wait as above, but tungstenite reads no more frames after
             // an error, so the rest of what the client sends is discarded raw.
-            let sent = tokio::time::timeout(CLOSE_GRACE, async {
-                socket.send(close_frame(code, reason)).await?;
-                link.flush().await.map_err(WsError::Io)
-            });
+            let sent = tokio::time::timeout(CLOSE_GRACE, socket.send(close_frame(code, reason)));
             if let Ok(Ok(())) = sent.await {
                 upgrade::linger(&mut socket, LINGER_QUIET, CLOSE_GRACE).await;
             }
@@ -270,7 +264,7 @@ async fn run_loop(
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
                         let failure = Failure::new(ErrorCode::BadFrame, "binary frames are not supported: send JSON text");
-                        link.push(&protocol::error_event(&failure));
+                        link.push(protocol::error_event(&failure));
                         continue;
                     }
                     // `Frame` is never returned by a read; pings are answered by tungstenite.
@@ -287,7 +281,7 @@ async fn run_loop(
             }
             _ = link.ready() => {
                 let stall = state.limits.idle_timeout;
-                if let Err(exit) = guarded(link, stall, link.flush()).await {
+                if let Err(exit) = guarded(link, stall, write_queued(socket, link)).await {
                     tracing::info!(conn = %conn.id, "closing a client that does not read");
                     return exit;
                 }
@@ -300,12 +294,15 @@ async fn run_loop(
                 if last_seen.elapsed() >= state.limits.idle_timeout {
                     return Exit::Close(close::GOING_AWAY, "idle timeout");
                 }
-                link.push(&WireFrame::ping());
+                let stall = state.limits.idle_timeout;
+                if let Err(exit) = guarded(link, stall, socket.send(Message::Ping(Default::default()))).await {
+                    return exit;
+                }
             }
             _ = &mut shut_down => {
                 // Flush what is already queued so nothing acknowledged is lost; bounded,
                 // or one client that stopped reading would hold up the whole shutdown.
-                let drained = tokio::time::timeout(CLOSE_GRACE, link.flush()).await;
+                let drained = tokio::time::timeout(CLOSE_GRACE, write_queued(socket, link)).await;
                 if let Ok(Err(_)) = drained {
                     return Exit::Gone;
                 }
@@ -347,7 +344,7 @@ fn violation(error: &WsError) -> Option<Exit> {
 async fn guarded<T>(
     link: &ConnLink,
     stall: Duration,
-    write: impl std::future::Future<Output = std::io::Result<T>>,
+    write: impl std::future::Future<Output = Result<T, WsError>>,
 ) -> Result<T, Exit> {
     tokio::select! {
         written = write => written.map_err(|_| Exit::Gone),
@@ -362,6 +359,24 @@ async fn guarded<T>(
 /// Read and discard until the closing handshake completes (or the stream ends).
 async fn drain_until_closed(socket: &mut WebSocket) {
     while let Some(Ok(_)) = socket.next().await {}
+}
+
+/// Write everything queued (and what arrives meanwhile), flushing every few frames so a
+/// backlog leaves in a few large writes rather than one syscall per frame.
+async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<(), WsError> {
+    loop {
+        let frames = link.take_all();
+        if frames.is_empty() {
+            return Ok(());
+        }
+        for (i, frame) in frames.into_iter().enumerate() {
+            socket.feed(Message::Text(frame)).await?;
+            if (i + 1) % WRITE_BATCH == 0 {
+                socket.flush().await?;
+            }
+        }
+        socket.flush().await?;
+    }
 }
 
 async fn handle_text(
@@ -386,7 +401,7 @@ async fn handle_text(
             None => Some(protocol::error_event(&failure)),
         };
         if let Some(frame) = frame {
-            link.push(&frame);
+            link.push(frame);
         }
         return;
     }
@@ -405,6 +420,6 @@ async fn handle_text(
     // Acks go through the same queue as deliveries, so a client sees an event's
     // deliveries before the ack that confirms it.
     if let Some(frame) = protocol::answer(id.as_ref(), &outcome) {
-        link.push(&frame);
+        link.push(frame);
     }
 }

@@ -9,9 +9,9 @@
 //! server → client  {"event": "$welcome", "data": {"conn", "node"}}
 //! ```
 
-use crate::engine::router::WireFrame;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::engine::{ErrorCode, Failure, Outcome};
 
@@ -101,16 +101,17 @@ struct Event<'a, T: Serialize> {
     data: T,
 }
 
-fn to_frame(value: &impl Serialize) -> WireFrame {
-    let json = serde_json::to_vec(value).unwrap_or_else(|_| {
-        br#"{"event":"$error","data":{"code":"bad_frame","message":"unserializable"}}"#.to_vec()
-    });
-    WireFrame::text(&json)
+fn to_frame(value: &impl Serialize) -> Utf8Bytes {
+    serde_json::to_string(value)
+        .unwrap_or_else(|_| {
+            r#"{"event":"$error","data":{"code":"bad_frame","message":"unserializable"}}"#.into()
+        })
+        .into()
 }
 
 /// The answer to a request: an ack when it had an id, a `$error` event when it failed
 /// without one, nothing when it succeeded without one.
-pub fn answer(id: Option<&Value>, outcome: &Outcome) -> Option<WireFrame> {
+pub fn answer(id: Option<&Value>, outcome: &Outcome) -> Option<Utf8Bytes> {
     match (id, outcome) {
         (Some(id), Ok(reply)) => Some(to_frame(&Ack {
             ack: id,
@@ -129,14 +130,14 @@ pub fn answer(id: Option<&Value>, outcome: &Outcome) -> Option<WireFrame> {
     }
 }
 
-pub fn error_event(failure: &Failure) -> WireFrame {
+pub fn error_event(failure: &Failure) -> Utf8Bytes {
     to_frame(&Event {
         event: "$error",
         data: failure,
     })
 }
 
-pub fn welcome(conn: &str, node: &str) -> WireFrame {
+pub fn welcome(conn: &str, node: &str) -> Utf8Bytes {
     to_frame(&Event {
         event: "$welcome",
         data: serde_json::json!({ "conn": conn, "node": node }),
