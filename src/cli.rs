@@ -97,6 +97,10 @@ pub struct ServeArgs {
     pub node_ttl: Duration,
     #[arg(long, env = "WSS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Runtime worker threads; default: the CPUs available to the process (cgroup
+    /// quotas included). Set it to the node's CPU share when several nodes share a host.
+    #[arg(long, env = "WSS_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     /// Largest accepted text frame; larger ones get `too_large` (the connection stays).
     #[arg(long, env = "WSS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,

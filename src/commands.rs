@@ -114,10 +114,18 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     crate::server::init_tracing(args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(usize::from(workers));
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    tracing::info!(
+        workers = runtime.metrics().num_workers(),
+        "async runtime started"
+    );
     runtime.block_on(crate::server::run_from_args(args))?;
     Ok(ExitCode::SUCCESS)
 }

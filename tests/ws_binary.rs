@@ -137,3 +137,25 @@ events:
     assert!(stderr.contains("scpoe"), "{stderr}");
     assert!(stderr.contains("pack.yaml"), "names the file: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sets_the_runtime_threads() {
+    let pack = write_pack(PACK);
+    let server = spawn_binary(pack.path(), &["--workers", "1"]);
+    let mut c = Client::connect(&server.url()).await;
+    assert_eq!(c.ok("hello", json!({ "name": "one" })).await, "hello one");
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("async runtime started") && l.contains("workers=1")),
+        "the log names the worker count:\n{log}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wss-engine"))
+        .args(["--workers", "0", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success(), "zero workers is refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--workers"), "{stderr}");
+}
