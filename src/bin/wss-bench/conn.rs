@@ -298,18 +298,64 @@ pub fn classify<'a>(protocol: Protocol, text: &'a str, delivery_event: &str) -> 
     }
 }
 
-/// The unsigned integer after `pattern` (`"key":`, quotes and colon included) in a flat
-/// JSON object, without parsing the rest. Benchmark payloads are written by this
-/// generator, so their keys are known and unique.
-pub fn field_u64(json: &str, pattern: &str) -> Option<u64> {
-    let at = json.find(pattern)? + pattern.len();
-    let digits = json[at..].bytes().take_while(u8::is_ascii_digit).count();
-    json[at..at + digits].parse().ok()
+/// The unsigned integers under `keys` in a flat JSON object, in one pass and without
+/// parsing the rest (four separate searches showed as ~8% of the generator's CPU).
+/// String values are skipped whole, so a key's name inside one does not match.
+/// Benchmark payloads are written by this generator: no escaped quotes in keys.
+pub fn fields_u64<const N: usize>(json: &str, keys: [&str; N]) -> [Option<u64>; N] {
+    let mut found = [None; N];
+    let bytes = json.as_bytes();
+    let mut at = 0;
+    while let Some(open) = json[at..].find('"') {
+        let start = at + open + 1;
+        let Some(close) = closing_quote(&bytes[start..]) else {
+            break;
+        };
+        let end = start + close;
+        at = end + 1;
+        if bytes.get(at) != Some(&b':') {
+            continue; // a string value
+        }
+        at += 1;
+        if let Some(slot) = keys.iter().position(|k| *k == &json[start..end]) {
+            let digits = bytes[at..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            found[slot] = json[at..at + digits].parse().ok();
+            at += digits;
+        }
+    }
+    found
+}
+
+/// Index of the quote that ends a string starting at `bytes[0]` (escapes skipped).
+fn closing_quote(bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_read_in_one_pass_and_not_from_inside_strings() {
+        let data = r#"{"room":"\"p\":9","k":3,"p":1,"seq":17,"ts":1234567,"pad":"\"seq\":5"}"#;
+        assert_eq!(
+            fields_u64(data, ["k", "p", "seq", "ts"]),
+            [Some(3), Some(1), Some(17), Some(1234567)]
+        );
+        assert_eq!(fields_u64(r#"{"p":"x"}"#, ["p", "ts"]), [None, None]);
+        assert_eq!(fields_u64(r#"{"p":4"#, ["p"]), [Some(4)]);
+    }
 
     #[test]
     fn classifies_both_protocols() {
@@ -355,10 +401,9 @@ mod tests {
     #[test]
     fn reads_fields() {
         let data = r#"{"room":"r","p":3,"seq":12,"ts":1700000000123456,"pad":"xx"}"#;
-        assert_eq!(field_u64(data, r#""p":"#), Some(3));
-        assert_eq!(field_u64(data, r#""seq":"#), Some(12));
-        assert_eq!(field_u64(data, r#""ts":"#), Some(1_700_000_000_123_456));
-        assert_eq!(field_u64(data, r#""nope":"#), None);
-        assert_eq!(field_u64(r#"{"p":"x"}"#, r#""p":"#), None);
+        assert_eq!(
+            fields_u64(data, ["p", "seq", "ts", "nope"]),
+            [Some(3), Some(12), Some(1_700_000_000_123_456), None]
+        );
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::conn::{self, classify, event_frame, field_u64, Inbound, Protocol, Ws};
+use crate::conn::{self, classify, event_frame, fields_u64, Inbound, Protocol, Ws};
 use crate::stats::{self, now_us, Steps};
 use crate::Common;
 
@@ -421,12 +421,9 @@ async fn subscriber(
         match classify(shared.protocol, &text, DELIVERY_EVENT) {
             Inbound::Delivery(data) => {
                 let now = now_us();
-                let (Some(k), Some(p), Some(seq), Some(ts)) = (
-                    field_u64(data, r#""k":"#),
-                    field_u64(data, r#""p":"#),
-                    field_u64(data, r#""seq":"#),
-                    field_u64(data, r#""ts":"#),
-                ) else {
+                let [Some(k), Some(p), Some(seq), Some(ts)] =
+                    fields_u64(data, ["k", "p", "seq", "ts"])
+                else {
                     stats::add(&shared.other_frames, 1);
                     continue;
                 };
