@@ -226,7 +226,8 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
             // an error, so the rest of what the client sends is discarded raw.
             let sent = tokio::time::timeout(CLOSE_GRACE, socket.send(close_frame(code, reason)));
             if let Ok(Ok(())) = sent.await {
-                upgrade::linger(&mut socket, LINGER_QUIET, CLOSE_GRACE).await;
+                // Boxed: its read buffer would otherwise sit in every connection's task.
+                Box::pin(upgrade::linger(&mut socket, LINGER_QUIET, CLOSE_GRACE)).await;
             }
             tracing::info!(conn = %id, code, reason, "closed a client that broke the protocol");
         }
