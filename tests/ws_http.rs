@@ -38,6 +38,54 @@ async fn healthz_and_readyz_answer_200() {
     assert!((400..500).contains(&status), "{status}");
 }
 
+/// Sends `request` raw and returns the status line and the body.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut head))
+        .await
+        .expect("an answer within 5 s")
+        .expect("read the answer");
+    String::from_utf8_lossy(&head[..n]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_checks_version_and_key_and_accepts_token_lists() {
+    let server = start(PACK).await;
+    let addr = server.addr;
+    let upgrade = |connection: &str, extra: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n\
+             Upgrade: websocket\r\n{extra}\r\n"
+        )
+    };
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    let answer = raw_exchange(addr, &upgrade("Upgrade", "Sec-WebSocket-Version: 8\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Sec-WebSocket-Version"), "{answer}");
+
+    let answer = raw_exchange(addr, &upgrade("Upgrade", "Sec-WebSocket-Version: 13\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
+
+    // `Connection` may list several tokens; RFC 6455's sample key gives its sample accept.
+    let both = format!("Sec-WebSocket-Version: 13\r\n{key}");
+    let answer = raw_exchange(addr, &upgrade("keep-alive, Upgrade", &both)).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text_named_wss() {
     let server = start(PACK).await;

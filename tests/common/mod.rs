@@ -424,6 +424,14 @@ impl Client {
         self.recv_close_within(WAIT).await.0
     }
 
+    /// Waits for a close frame with `code` and returns its reason.
+    pub async fn recv_close_code(&mut self, code: u16) -> String {
+        match self.recv_close().await {
+            Closed::Frame(got, reason) if got == code => reason,
+            other => panic!("{}: expected close {code}, got {other:?}", self.conn),
+        }
+    }
+
     /// Close from the client side with 1000 and wait (bounded) for the server's reply.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(
