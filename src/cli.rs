@@ -107,6 +107,13 @@ pub struct ServeArgs {
     /// Deliveries queued for one connection before it is cut off as a slow consumer.
     #[arg(long, env = "WSS_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Shortest time between two socket writes of one connection, in milliseconds.
+    /// Frames that arrive sooner wait and leave together in one write: a connection
+    /// fed faster than this gets batches, one fed slower gets every frame at once.
+    /// 0 writes every frame as soon as it is queued.
+    #[arg(long, env = "WSS_WRITE_COALESCE_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub write_coalesce_ms: u64,
     /// Seconds between server pings.
     #[arg(long, env = "WSS_PING_INTERVAL", default_value = "20", value_parser = parse_secs)]
     pub ping_interval: Duration,

@@ -246,6 +246,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
             outbound_queue: args.outbound_queue,
+            write_coalesce: Duration::from_millis(args.write_coalesce_ms),
             ping_interval: args.ping_interval,
             idle_timeout: args.idle_timeout,
         },

@@ -338,3 +338,41 @@ async fn user_target_of_an_anonymous_sender_is_unauthorized() {
     assert_eq!(err["code"], "unauthorized", "{err}");
     c.expect_silence().await;
 }
+
+/// Write coalescing: a frame that follows the connection's last write by less than the
+/// window waits for the window's end and leaves with whatever queued meanwhile; a frame
+/// after a quiet spell leaves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_inside_the_write_window_leave_together_at_its_end() {
+    let window = Duration::from_secs(1);
+    let server = start_with(PACK, |cfg| cfg.limits.write_coalesce = window).await;
+    let mut member = server.connect().await;
+    member.ok("join", json!({ "room": "r" })).await;
+    let mut sender = server.connect().await;
+    // The join ack was the member's last write: let the window pass.
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+
+    let sent = std::time::Instant::now();
+    sender.emit("to.room", json!({ "room": "r", "n": 1 })).await;
+    assert_eq!(member.recv_event("to.room").await["n"], 1);
+    let first = sent.elapsed();
+    assert!(
+        first < window / 2,
+        "after a quiet spell a frame is not held back: {first:?}"
+    );
+
+    sender.emit("to.room", json!({ "room": "r", "n": 2 })).await;
+    sender.emit("to.room", json!({ "room": "r", "n": 3 })).await;
+    assert_eq!(member.recv_event("to.room").await["n"], 2);
+    let second = sent.elapsed();
+    assert_eq!(member.recv_event("to.room").await["n"], 3);
+    let third = sent.elapsed();
+    assert!(
+        second >= first + window * 8 / 10,
+        "a frame inside the window waits for its end: first {first:?}, second {second:?}"
+    );
+    assert!(
+        third - second < Duration::from_millis(300),
+        "frames queued inside one window leave together: {second:?}, then {third:?}"
+    );
+}

@@ -45,6 +45,8 @@ pub struct Limits {
     /// Frames above this get `too_large`; the connection stays open.
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
+    /// Shortest time between two writes of one connection (see `--write-coalesce-ms`).
+    pub write_coalesce: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
 }
@@ -54,6 +56,7 @@ impl Default for Limits {
         Self {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            write_coalesce: Duration::from_millis(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
         }
@@ -250,6 +253,7 @@ async fn run_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
     let mut last_seen = Instant::now();
+    let mut last_write: Option<Instant> = None;
     // Built once, not per loop turn: the task wakes once per delivery, and recreating
     // (and re-registering) these futures on every wake showed in fan-out profiles.
     let overflowed = link.overflowed();
@@ -281,11 +285,23 @@ async fn run_loop(
                 handle_text(engine, conn, link, &text, state.limits.max_frame_bytes).await;
             }
             _ = link.ready() => {
+                // Most of a delivery's cost is the kernel's, per write call (a loopback
+                // `send` of one small frame costs several microseconds here), so a
+                // connection fed faster than the window gets its frames in batches: one
+                // write per window instead of one per frame. A connection fed slower
+                // than the window never waits.
+                let next_write = last_write.and_then(|at| at.checked_add(state.limits.write_coalesce));
+                if let Some(next_write) = next_write.filter(|at| *at > Instant::now()) {
+                    // Boxed: a timer held in the loop's state would sit in every
+                    // connection, idle ones included.
+                    Box::pin(tokio::time::sleep_until(next_write.into())).await;
+                }
                 let stall = state.limits.idle_timeout;
                 if let Err(exit) = guarded(link, stall, write_queued(socket, link)).await {
                     tracing::info!(conn = %conn.id, "closing a client that does not read");
                     return exit;
                 }
+                last_write = Some(Instant::now());
             }
             _ = &mut overflowed => {
                 tracing::info!(conn = %conn.id, "closing slow consumer");
