@@ -3,12 +3,13 @@
 //! bound). The connections stay open across steps; every message carries its step, so a
 //! late delivery is counted against the step that sent it.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -395,8 +396,12 @@ async fn subscriber(
     mut stop: watch::Receiver<bool>,
     deadline: Instant,
 ) {
-    // Last sequence number seen from each publisher, to spot duplicates and reordering.
-    let mut last_seq = vec![0u64; publishers];
+    let mut tally = Tally {
+        index,
+        // Last sequence number seen from each publisher, to spot duplicates and reordering.
+        last_seq: vec![0u64; publishers],
+        shared,
+    };
     // Built once: the loop turns once per delivery, and a fresh timer and watch future
     // per turn cost more than the frame handling itself.
     let stopped = async move {
@@ -410,13 +415,43 @@ async fn subscriber(
             _ = &mut stopped => break,
             _ = &mut expired => break,
         };
+        if tally.frame(&mut ws, frame).await.is_break() {
+            return;
+        }
+        // A server that batches writes hands over several frames per read: take the
+        // ones already buffered without a turn of the select (and its timer and watch
+        // polls) each.
+        while let Some(frame) = ws.next().now_or_never() {
+            if tally.frame(&mut ws, frame).await.is_break() {
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
+/// What one subscriber counts of the frames it receives.
+struct Tally {
+    index: usize,
+    last_seq: Vec<u64>,
+    shared: Arc<Shared>,
+}
+
+impl Tally {
+    /// Count one frame; `Break` when the connection is gone.
+    async fn frame(
+        &mut self,
+        ws: &mut Ws,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> ControlFlow<()> {
+        let shared = &self.shared;
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                 stats::add(&shared.closed_subscribers, 1);
-                return;
+                return ControlFlow::Break(());
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => return ControlFlow::Continue(()),
         };
         match classify(shared.protocol, &text, DELIVERY_EVENT) {
             Inbound::Delivery(data) => {
@@ -425,15 +460,15 @@ async fn subscriber(
                     fields_u64(data, ["k", "p", "seq", "ts"])
                 else {
                     stats::add(&shared.other_frames, 1);
-                    continue;
+                    return ControlFlow::Continue(());
                 };
                 let Some(step) = shared.steps.get(k as usize) else {
                     stats::add(&shared.other_frames, 1);
-                    continue;
+                    return ControlFlow::Continue(());
                 };
                 stats::add(&step.received, 1);
-                step.latency.record(index, now.saturating_sub(ts));
-                if let Some(last) = last_seq.get_mut(p as usize) {
+                step.latency.record(self.index, now.saturating_sub(ts));
+                if let Some(last) = self.last_seq.get_mut(p as usize) {
                     if seq <= *last {
                         stats::add(&step.reordered, 1);
                     }
@@ -443,13 +478,13 @@ async fn subscriber(
             Inbound::Ping => {
                 if ws.send(Message::text("3")).await.is_err() {
                     stats::add(&shared.closed_subscribers, 1);
-                    return;
+                    return ControlFlow::Break(());
                 }
             }
             _ => stats::add(&shared.other_frames, 1),
         }
+        ControlFlow::Continue(())
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
 }
 
 async fn publisher(
