@@ -376,3 +376,83 @@ async fn frames_inside_the_write_window_leave_together_at_its_end() {
         "frames queued inside one window leave together: {second:?}, then {third:?}"
     );
 }
+
+/// While a connection's deliveries wait for its write window, its frames are still read
+/// and handled: a busy client is not throttled to one request per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_waiting_for_its_write_window_keeps_reading() {
+    let window = Duration::from_secs(1);
+    let server = start_with(PACK, |cfg| cfg.limits.write_coalesce = window).await;
+    let mut sender = server.connect().await;
+    let mut observer = server.connect().await;
+    let mut other = server.connect().await;
+    sender.ok("join", json!({ "room": "w" })).await;
+    observer.ok("join", json!({ "room": "w" })).await;
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+
+    // A delivery to itself opens the sender's window (no ids: no answer is due)...
+    sender.emit("to.sender", json!({ "n": 1 })).await;
+    assert_eq!(sender.recv_event("to.sender").await["n"], 1);
+    // ...so its copy of this one waits, while the quiet observer's leaves at once, which
+    // also says the server has handled it.
+    sender.emit("to.room", json!({ "room": "w", "n": 2 })).await;
+    assert_eq!(observer.recv_event("to.room").await["n"], 2);
+    let sent = std::time::Instant::now();
+    sender
+        .emit("to.conn", json!({ "conn": other.conn, "n": 3 }))
+        .await;
+    assert_eq!(other.recv_event("to.conn").await["n"], 3);
+    let handled = sent.elapsed();
+    assert!(
+        handled < window / 2,
+        "the sender's next frame was handled while its delivery waited: {handled:?}"
+    );
+    assert_eq!(sender.recv_event("to.room").await["n"], 2);
+}
+
+/// An answer is not held for the write window: a client that waits for its ack before
+/// sending again would otherwise make one request per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_leave_at_once_even_inside_the_write_window() {
+    let window = Duration::from_secs(1);
+    let server = start_with(PACK, |cfg| cfg.limits.write_coalesce = window).await;
+    let mut client = server.connect().await;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        client.ok("to.sender", json!({})).await;
+        client.recv_event("to.sender").await;
+    }
+    let took = started.elapsed();
+    assert!(took < window / 2, "five calls took {took:?}");
+}
+
+/// Half a queue (at most 64 frames) does not wait for the write window: a fast reader is
+/// never cut off as a slow consumer for frames the server itself held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_leaves_before_the_write_window_ends() {
+    let window = Duration::from_secs(2);
+    let server = start_with(PACK, |cfg| {
+        cfg.limits.write_coalesce = window;
+        cfg.limits.outbound_queue = 64;
+    })
+    .await;
+    let mut reader = server.connect().await;
+    reader.ok("join", json!({ "room": "r" })).await;
+    let mut producer = server.connect().await;
+    let started = std::time::Instant::now();
+    let send = tokio::spawn(async move {
+        for i in 0..200 {
+            producer.ok("to.room", json!({ "room": "r", "i": i })).await;
+        }
+    });
+    // Every full batch of 32 leaves at once; only the last 8 wait for a window's end.
+    for i in 0..192 {
+        assert_eq!(reader.recv_event("to.room").await["i"], i);
+    }
+    let took = started.elapsed();
+    assert!(took < window / 2, "192 frames took {took:?}");
+    for i in 192..200 {
+        assert_eq!(reader.recv_event("to.room").await["i"], i);
+    }
+    send.await.expect("producer");
+}

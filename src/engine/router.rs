@@ -15,6 +15,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::backend::{ConnId, Envelope, Sink};
 use crate::config::Target;
 
+/// The longest queue a connection's write window may hold back.
+const FLUSH_AT_MOST: usize = 64;
+
 /// How the router reaches one connection's writer: a bounded queue of frames.
 ///
 /// A plain deque under a mutex rather than an mpsc channel: an idle connection's queue
@@ -23,6 +26,9 @@ use crate::config::Target;
 pub struct ConnLink {
     queue: Mutex<VecDeque<Utf8Bytes>>,
     capacity: usize,
+    /// A queue this long is written at once, whatever the write window says: a fast
+    /// reader must never look like a slow consumer because its frames were held.
+    flush_at: usize,
     /// Set when the queue overflowed: the connection closes itself as a slow consumer.
     slow: AtomicBool,
     /// Frames were queued on an empty queue.
@@ -36,6 +42,7 @@ impl ConnLink {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
+            flush_at: (capacity / 2).clamp(1, FLUSH_AT_MOST),
             slow: AtomicBool::new(false),
             ready: Notify::new(),
             alarm: Notify::new(),
@@ -54,15 +61,26 @@ impl ConnLink {
             metrics::counter!("wss_deliveries_dropped_total").increment(1);
             return false;
         }
-        let was_empty = queue.is_empty();
         queue.push_back(frame);
+        let len = queue.len();
         drop(queue);
-        // The writer empties the queue on every wake, so only the push that finds it
-        // empty needs to wake it (a stored permit covers a writer not yet waiting).
-        if was_empty {
+        // The writer empties the queue when it writes, so only the push that finds it
+        // empty needs to wake it (a stored permit covers a writer not yet waiting),
+        // and the one that makes it long enough to write before its window ends.
+        if len == 1 || len == self.flush_at {
             self.ready.notify_one();
         }
         true
+    }
+
+    /// Frames queued now.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    /// A queue this long is written at once, whatever the write window says.
+    pub fn flush_at(&self) -> usize {
+        self.flush_at
     }
 
     /// Everything queued, oldest first.

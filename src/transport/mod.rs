@@ -8,6 +8,7 @@ pub mod auth;
 pub mod protocol;
 mod upgrade;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -253,7 +254,7 @@ async fn run_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
     let mut last_seen = Instant::now();
-    let mut last_write: Option<Instant> = None;
+    let mut write_due = WriteWindow::default();
     // Built once, not per loop turn: the task wakes once per delivery, and recreating
     // (and re-registering) these futures on every wake showed in fan-out profiles.
     let overflowed = link.overflowed();
@@ -265,12 +266,14 @@ async fn run_loop(
         tokio::select! {
             inbound = socket.next() => {
                 last_seen = Instant::now();
-                let text = match inbound {
-                    Some(Ok(Message::Text(text))) => text,
+                let replied = match inbound {
+                    Some(Ok(Message::Text(text))) => {
+                        metrics::counter!("wss_frames_in_total").increment(1);
+                        handle_text(engine, conn, link, &text, state.limits.max_frame_bytes).await
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         let failure = Failure::new(ErrorCode::BadFrame, "binary frames are not supported: send JSON text");
-                        link.push(protocol::error_event(&failure));
-                        continue;
+                        link.push(protocol::error_event(&failure))
                     }
                     // `Frame` is never returned by a read; pings are answered by tungstenite.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
@@ -281,27 +284,38 @@ async fn run_loop(
                         return violation(&e).unwrap_or(Exit::Gone);
                     }
                 };
-                metrics::counter!("wss_frames_in_total").increment(1);
-                handle_text(engine, conn, link, &text, state.limits.max_frame_bytes).await;
+                // A client waiting for an answer is not made to wait for the write
+                // window too: answers (and whatever queued before them) leave now.
+                if replied {
+                    if let Err(exit) = write_now(socket, link, state, &mut write_due, conn).await {
+                        return exit;
+                    }
+                }
             }
             _ = link.ready() => {
                 // Most of a delivery's cost is the kernel's, per write call (a loopback
                 // `send` of one small frame costs several microseconds here), so a
                 // connection fed faster than the window gets its frames in batches: one
                 // write per window instead of one per frame. A connection fed slower
-                // than the window never waits.
-                let next_write = last_write.and_then(|at| at.checked_add(state.limits.write_coalesce));
-                if let Some(next_write) = next_write.filter(|at| *at > Instant::now()) {
-                    // Boxed: a timer held in the loop's state would sit in every
-                    // connection, idle ones included.
-                    Box::pin(tokio::time::sleep_until(next_write.into())).await;
+                // than the window never waits, nor does a full batch. The wait is a
+                // branch of its own, so the client's frames are still read meanwhile.
+                let queued = link.queued();
+                // Zero: an answer's write already took what woke us.
+                if queued == 0 {
+                    continue;
                 }
-                let stall = state.limits.idle_timeout;
-                if let Err(exit) = guarded(link, stall, write_queued(socket, link)).await {
-                    tracing::info!(conn = %conn.id, "closing a client that does not read");
+                let wait = queued < link.flush_at()
+                    && (write_due.armed || write_due.arm(state.limits.write_coalesce));
+                if !wait {
+                    if let Err(exit) = write_now(socket, link, state, &mut write_due, conn).await {
+                        return exit;
+                    }
+                }
+            }
+            _ = write_due.fired(), if write_due.armed => {
+                if let Err(exit) = write_now(socket, link, state, &mut write_due, conn).await {
                     return exit;
                 }
-                last_write = Some(Instant::now());
             }
             _ = &mut overflowed => {
                 tracing::info!(conn = %conn.id, "closing slow consumer");
@@ -325,6 +339,68 @@ async fn run_loop(
                 }
                 return Exit::Close(close::GOING_AWAY, "server shutting down");
             }
+        }
+    }
+}
+
+/// When a connection may write next (`--write-coalesce-ms`).
+#[derive(Default)]
+struct WriteWindow {
+    last_write: Option<Instant>,
+    /// A write is waiting for the window to end.
+    armed: bool,
+    /// Boxed and kept: only connections that ever wait pay for a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteWindow {
+    /// Start waiting if the last write is less than `window` ago; false: write now.
+    fn arm(&mut self, window: Duration) -> bool {
+        let due = self.last_write.and_then(|at| at.checked_add(window));
+        let Some(due) = due.filter(|due| *due > Instant::now()) else {
+            return false;
+        };
+        let due = tokio::time::Instant::from_std(due);
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(due),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+        }
+        self.armed = true;
+        true
+    }
+
+    async fn fired(&mut self) {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn wrote(&mut self, frames: usize) {
+        self.armed = false;
+        if frames > 0 {
+            self.last_write = Some(Instant::now());
+        }
+    }
+}
+
+/// Write what is queued now, closing a client that does not read (see `guarded`).
+async fn write_now(
+    socket: &mut WebSocket,
+    link: &ConnLink,
+    state: &AppState,
+    window: &mut WriteWindow,
+    conn: &Conn,
+) -> Result<(), Exit> {
+    let written = guarded(link, state.limits.idle_timeout, write_queued(socket, link)).await;
+    match written {
+        Ok(frames) => {
+            window.wrote(frames);
+            Ok(())
+        }
+        Err(exit) => {
+            tracing::info!(conn = %conn.id, "closing a client that does not read");
+            Err(exit)
         }
     }
 }
@@ -380,12 +456,15 @@ async fn drain_until_closed(socket: &mut WebSocket) {
 
 /// Write everything queued (and what arrives meanwhile), flushing every few frames so a
 /// backlog leaves in a few large writes rather than one syscall per frame.
-async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<(), WsError> {
+/// Returns how many frames were written.
+async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<usize, WsError> {
+    let mut written = 0;
     loop {
         let frames = link.take_all();
         if frames.is_empty() {
-            return Ok(());
+            return Ok(written);
         }
+        written += frames.len();
         for (i, frame) in frames.into_iter().enumerate() {
             socket.feed(Message::Text(frame)).await?;
             if (i + 1) % WRITE_BATCH == 0 {
@@ -396,13 +475,14 @@ async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<(), WsE
     }
 }
 
+/// Handle one client frame; true when an answer (ack or `$error`) was queued.
 async fn handle_text(
     engine: &Arc<Engine>,
     conn: &mut Conn,
     link: &ConnLink,
     text: &str,
     max_frame_bytes: usize,
-) {
+) -> bool {
     if text.len() > max_frame_bytes {
         let failure = Failure::new(
             ErrorCode::TooLarge,
@@ -417,10 +497,7 @@ async fn handle_text(
             Some(id) => protocol::answer(Some(&id), &Err(failure)),
             None => Some(protocol::error_event(&failure)),
         };
-        if let Some(frame) = frame {
-            link.push(frame);
-        }
-        return;
+        return frame.is_some_and(|frame| link.push(frame));
     }
     let (id, outcome) = match protocol::parse(text) {
         Ok(request) => {
@@ -436,7 +513,5 @@ async fn handle_text(
     };
     // Acks go through the same queue as deliveries, so a client sees an event's
     // deliveries before the ack that confirms it.
-    if let Some(frame) = protocol::answer(id.as_ref(), &outcome) {
-        link.push(frame);
-    }
+    protocol::answer(id.as_ref(), &outcome).is_some_and(|frame| link.push(frame))
 }
