@@ -31,7 +31,7 @@ pub struct ConnLink {
     flush_at: usize,
     /// Set when the queue overflowed: the connection closes itself as a slow consumer.
     slow: AtomicBool,
-    /// Frames were queued on an empty queue.
+    /// Frames were queued on an empty queue, or the queue reached `flush_at`.
     ready: Notify,
     /// `slow` was set (every waiter is woken).
     alarm: Notify,
@@ -92,7 +92,8 @@ impl ConnLink {
         self.slow.load(Ordering::Relaxed)
     }
 
-    /// Resolves when frames were queued on an empty queue.
+    /// Resolves when frames were queued on an empty queue or the queue reached
+    /// `flush_at`.
     pub async fn ready(&self) {
         self.ready.notified().await
     }
