@@ -151,11 +151,39 @@ async fn workers_sets_the_runtime_threads() {
         "the log names the worker count:\n{log}"
     );
 
+    let stderr = refused(&["--workers", "0"]);
+    assert!(stderr.contains("--workers"), "{stderr}");
+}
+
+/// Runs the binary with `args`, asserts it refuses to start, returns its stderr.
+fn refused(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .args(["--workers", "0", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
         .output()
         .expect("run the binary");
-    assert!(!out.status.success(), "zero workers is refused");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--workers"), "{stderr}");
+    assert!(!out.status.success(), "{args:?} is refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_coalesce_ms_reaches_the_connections_and_is_bounded() {
+    let pack = write_pack(PACK);
+    let server = spawn_binary(pack.path(), &["--write-coalesce-ms", "1000"]);
+    let mut c = Client::connect(&server.url()).await;
+    // The welcome was this connection's last write: let its window pass.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.emit("shout", json!({ "n": 1 })).await;
+    assert_eq!(c.recv_event("shout").await["n"], 1);
+    let first = std::time::Instant::now();
+    c.emit("shout", json!({ "n": 2 })).await;
+    assert_eq!(c.recv_event("shout").await["n"], 2);
+    let waited = first.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "the second delivery waited for the 1 s window: {waited:?}"
+    );
+
+    let stderr = refused(&["--write-coalesce-ms", "5000"]);
+    assert!(stderr.contains("--write-coalesce-ms"), "{stderr}");
 }

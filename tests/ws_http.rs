@@ -38,7 +38,7 @@ async fn healthz_and_readyz_answer_200() {
     assert!((400..500).contains(&status), "{status}");
 }
 
-/// Sends `request` raw and returns the status line and the body.
+/// Sends `request` raw and returns the start of the answer (status line, headers, body).
 async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
