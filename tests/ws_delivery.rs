@@ -426,14 +426,14 @@ async fn answers_leave_at_once_even_inside_the_write_window() {
     assert!(took < window / 2, "five calls took {took:?}");
 }
 
-/// Half a queue (at most 64 frames) does not wait for the write window: a fast reader is
+/// A quarter of the queue (at most 64 frames) does not wait for the write window: a fast reader is
 /// never cut off as a slow consumer for frames the server itself held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_batch_leaves_before_the_write_window_ends() {
     let window = Duration::from_secs(2);
     let server = start_with(PACK, |cfg| {
         cfg.limits.write_coalesce = window;
-        cfg.limits.outbound_queue = 64;
+        cfg.limits.outbound_queue = 256;
     })
     .await;
     let mut reader = server.connect().await;
@@ -445,7 +445,7 @@ async fn a_full_batch_leaves_before_the_write_window_ends() {
             producer.ok("to.room", json!({ "room": "r", "i": i })).await;
         }
     });
-    // Every full batch of 32 leaves at once; only the last 8 wait for a window's end.
+    // Every full batch of 64 leaves at once; only the last 8 wait for a window's end.
     for i in 0..192 {
         assert_eq!(reader.recv_event("to.room").await["i"], i);
     }

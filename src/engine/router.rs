@@ -42,7 +42,9 @@ impl ConnLink {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
-            flush_at: (capacity / 2).clamp(1, FLUSH_AT_MOST),
+            // A quarter leaves the rest as headroom for the writer's wake-up to come
+            // round while a fast producer keeps pushing.
+            flush_at: (capacity / 4).clamp(1, FLUSH_AT_MOST),
             slow: AtomicBool::new(false),
             ready: Notify::new(),
             alarm: Notify::new(),
