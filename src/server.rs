@@ -17,7 +17,7 @@ use crate::backend::{Bus, Sink, StateStore};
 use crate::cli::{LogFormat, ServeArgs};
 use crate::cluster::{Membership, NodeInfo};
 use crate::config::{self, Pack};
-use crate::engine::router::Router;
+use crate::engine::router::{Router, WriteWindows};
 use crate::engine::script::{ScriptLimits, ScriptRuntime};
 use crate::engine::{Engine, EngineParts};
 use crate::transport::{self, auth::Auth, AppState, Limits};
@@ -137,6 +137,7 @@ pub async fn run(
         tokio::spawn(task.run(shutdown_rx.clone()))
     });
     let ready_bus = bus.clone();
+    let windows = WriteWindows::start(config.limits.write_coalesce);
     let state = AppState {
         engine,
         limits: config.limits,
@@ -144,6 +145,7 @@ pub async fn run(
         shutdown: shutdown_rx,
         ready: Arc::new(move || ready_bus.is_ready()),
         metrics: metrics_handle(),
+        windows,
     };
     tracing::info!(%addr, node = %node_id, "listening: ws://{addr}/ws");
 

@@ -4,9 +4,11 @@
 //! payload once and hands every recipient a clone of the same bytes (a reference-count
 //! bump), so a room of 10k members costs 10k queue pushes and no copies.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::binary_heap::PeekMut;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
@@ -29,30 +31,72 @@ pub struct ConnLink {
     /// A queue this long is written at once, whatever the write window says: a fast
     /// reader must never look like a slow consumer because its frames were held.
     flush_at: usize,
+    /// `None` when writes are not coalesced (`--write-coalesce-ms 0`).
+    windows: Option<Arc<WriteWindows>>,
+    /// When this connection's write window ends (`WriteWindows` clock).
+    window_ends: AtomicU64,
     /// Set when the queue overflowed: the connection closes itself as a slow consumer.
     slow: AtomicBool,
-    /// Frames were queued on an empty queue, or the queue reached `flush_at`.
+    /// There are frames for the writer to write now.
     ready: Notify,
     /// `slow` was set (every waiter is woken).
     alarm: Notify,
 }
 
 impl ConnLink {
+    /// A link whose writer is woken for every frame queued on an empty queue.
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_windows(capacity, None)
+    }
+
+    /// A link whose deliveries wait for the end of its write window (see `WriteWindows`).
+    pub fn with_windows(capacity: usize, windows: Option<Arc<WriteWindows>>) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             // A quarter leaves the rest as headroom for the writer's wake-up to come
             // round while a fast producer keeps pushing.
             flush_at: (capacity / 4).clamp(1, FLUSH_AT_MOST),
+            windows,
+            window_ends: AtomicU64::new(0),
             slow: AtomicBool::new(false),
             ready: Notify::new(),
             alarm: Notify::new(),
         })
     }
 
-    /// Queue a frame; a full queue marks the connection as a slow consumer and drops it.
-    pub fn push(&self, frame: Utf8Bytes) -> bool {
+    /// Queue a delivery; a full queue marks the connection as a slow consumer and drops it.
+    ///
+    /// The writer empties the queue when it writes, so only the push that finds it empty
+    /// needs to arrange a wake-up: now, or at the end of the write window when the last
+    /// write was recent. The push that makes the queue `flush_at` long wakes it at once.
+    pub fn push(self: &Arc<Self>, frame: Utf8Bytes) -> bool {
+        let Some(len) = self.enqueue(frame) else {
+            return false;
+        };
+        if len == 1 {
+            if let Some(windows) = &self.windows {
+                let ends = self.window_ends.load(Ordering::Relaxed);
+                if ends > windows.now() {
+                    windows.hold(self.clone(), ends);
+                    return true;
+                }
+            }
+            self.ready.notify_one();
+        } else if len == self.flush_at {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Queue an answer to the client's own frame. Nobody is woken: the caller writes the
+    /// queue right away, so a waiting client is not made to wait for the window too.
+    pub fn push_answer(&self, frame: Utf8Bytes) -> bool {
+        self.enqueue(frame).is_some()
+    }
+
+    /// The queue's new length, or `None` when it was full.
+    fn enqueue(&self, frame: Utf8Bytes) -> Option<usize> {
         let mut queue = self.queue.lock();
         if queue.len() >= self.capacity {
             drop(queue);
@@ -61,28 +105,18 @@ impl ConnLink {
                 self.alarm.notify_waiters();
             }
             metrics::counter!("wss_deliveries_dropped_total").increment(1);
-            return false;
+            return None;
         }
         queue.push_back(frame);
-        let len = queue.len();
-        drop(queue);
-        // The writer empties the queue when it writes, so only the push that finds it
-        // empty needs to wake it (a stored permit covers a writer not yet waiting),
-        // and the one that makes it long enough to write before its window ends.
-        if len == 1 || len == self.flush_at {
-            self.ready.notify_one();
+        Some(queue.len())
+    }
+
+    /// The writer wrote: its next write window starts now.
+    pub fn wrote(&self) {
+        if let Some(windows) = &self.windows {
+            self.window_ends
+                .store(windows.now() + windows.window_us, Ordering::Relaxed);
         }
-        true
-    }
-
-    /// Frames queued now.
-    pub fn queued(&self) -> usize {
-        self.queue.lock().len()
-    }
-
-    /// A queue this long is written at once, whatever the write window says.
-    pub fn flush_at(&self) -> usize {
-        self.flush_at
     }
 
     /// Everything queued, oldest first.
@@ -94,8 +128,8 @@ impl ConnLink {
         self.slow.load(Ordering::Relaxed)
     }
 
-    /// Resolves when frames were queued on an empty queue or the queue reached
-    /// `flush_at`.
+    /// Resolves when there are frames to write now. It may also resolve with nothing
+    /// queued (an answer's write took them): the writer then has nothing to do.
     pub async fn ready(&self) {
         self.ready.notified().await
     }
@@ -113,6 +147,128 @@ impl ConnLink {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+/// Write coalescing (`--write-coalesce-ms`): a connection writes at most once per
+/// window, so a connection fed faster than that gets its frames in batches, one write
+/// (and one system call, most of a delivery's cost) per window instead of one per frame.
+///
+/// One node-wide release task instead of a timer per connection: a held connection is
+/// woken once, when its window ends, not once for the frame and again for its timer.
+/// Frames for a connection that has not written for a window go out at once.
+pub struct WriteWindows {
+    window_us: u64,
+    epoch: Instant,
+    /// Connections holding frames, soonest window end first.
+    held: Mutex<BinaryHeap<Held>>,
+    /// A connection was held whose window ends before any other's (or the last handle
+    /// went away): the release task re-reads the heap.
+    sooner: Arc<Notify>,
+}
+
+struct Held {
+    ends: u64,
+    link: Arc<ConnLink>,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.ends == other.ends
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    /// Reversed: `BinaryHeap` is a max-heap and the soonest end comes first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.ends.cmp(&self.ends)
+    }
+}
+
+impl WriteWindows {
+    /// `None` for a zero window: every frame is written as it comes. Starts the release
+    /// task, which ends once the last handle is gone.
+    pub fn start(window: Duration) -> Option<Arc<Self>> {
+        if window.is_zero() {
+            return None;
+        }
+        let windows = Arc::new(Self {
+            window_us: u64::try_from(window.as_micros()).unwrap_or(u64::MAX / 2),
+            epoch: Instant::now(),
+            held: Mutex::new(BinaryHeap::new()),
+            sooner: Arc::new(Notify::new()),
+        });
+        tokio::spawn(release(Arc::downgrade(&windows)));
+        Some(windows)
+    }
+
+    /// Microseconds since this node's windows started.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX / 2)
+    }
+
+    fn hold(&self, link: Arc<ConnLink>, ends: u64) {
+        let mut held = self.held.lock();
+        let sooner = held.peek().is_none_or(|first| ends < first.ends);
+        held.push(Held { ends, link });
+        drop(held);
+        if sooner {
+            self.sooner.notify_one();
+        }
+    }
+}
+
+impl Drop for WriteWindows {
+    fn drop(&mut self) {
+        self.sooner.notify_one();
+    }
+}
+
+/// Wake every held connection whose window has ended; sleep until the next one ends.
+///
+/// A wake-up may find the queue already written (by an answer, or by a full batch):
+/// the writer then writes what came since, or nothing. Either is harmless, and never
+/// skipping a wake-up is what guarantees no queued frame is left behind.
+async fn release(windows: Weak<WriteWindows>) {
+    let mut due = Vec::new();
+    loop {
+        let Some(this) = windows.upgrade() else {
+            return;
+        };
+        let next = {
+            let mut held = this.held.lock();
+            let now = this.now();
+            while let Some(first) = held.peek_mut() {
+                if first.ends > now {
+                    break;
+                }
+                due.push(PeekMut::pop(first).link);
+            }
+            held.peek().map(|first| first.ends)
+        };
+        for link in due.drain(..) {
+            link.ready.notify_one();
+        }
+        let sooner = this.sooner.clone();
+        match next {
+            // Held links keep `this` alive, so waiting with it is bounded by one window.
+            Some(ends) => {
+                let at = this.epoch + Duration::from_micros(ends);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = sooner.notified() => {}
+                }
+            }
+            None => {
+                drop(this);
+                sooner.notified().await;
+            }
         }
     }
 }
@@ -291,7 +447,7 @@ impl Sink for Router {
         // Compared only when there is someone to exclude: most deliveries have none.
         let excluded = |id: &ConnId| envelope.exclude.as_ref().is_some_and(|x| x == id);
         let mut sent = 0u64;
-        let mut send = |id: &ConnId, link: &ConnLink| {
+        let mut send = |id: &ConnId, link: &Arc<ConnLink>| {
             if !excluded(id) && link.push(frame.clone()) {
                 sent += 1;
             }
@@ -322,5 +478,86 @@ impl Sink for Router {
             Target::Sender => {}
         }
         metrics::counter!("wss_frames_out_total").increment(sent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> Utf8Bytes {
+        Utf8Bytes::from_static("{}")
+    }
+
+    /// Resolves when the link's writer would be woken, or fails after `within`.
+    async fn woken_within(link: &ConnLink, within: Duration) -> bool {
+        tokio::time::timeout(within, link.ready()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_link_that_has_not_written_is_woken_at_once() {
+        let windows = WriteWindows::start(Duration::from_millis(200));
+        let link = ConnLink::with_windows(16, windows);
+        assert!(link.push(frame()));
+        assert!(woken_within(&link, Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_link_that_just_wrote_is_woken_when_its_window_ends() {
+        let windows = WriteWindows::start(Duration::from_millis(150));
+        let link = ConnLink::with_windows(16, windows);
+        link.wrote();
+        let pushed = Instant::now();
+        assert!(link.push(frame()));
+        assert!(link.push(frame()), "a second frame joins the held batch");
+        assert!(!woken_within(&link, Duration::from_millis(100)).await);
+        assert!(woken_within(&link, Duration::from_millis(500)).await);
+        assert!(pushed.elapsed() >= Duration::from_millis(140));
+        assert_eq!(link.take_all().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_window_ending_sooner_is_not_kept_waiting_behind_a_later_one() {
+        let windows = WriteWindows::start(Duration::from_millis(400));
+        let late = ConnLink::with_windows(16, windows.clone());
+        late.wrote();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // `soon` wrote long ago as far as its window goes: shift its end forward.
+        let soon = ConnLink::with_windows(16, windows.clone());
+        soon.wrote();
+        soon.window_ends.fetch_sub(300_000, Ordering::Relaxed);
+        assert!(late.push(frame()));
+        assert!(soon.push(frame()));
+        assert!(woken_within(&soon, Duration::from_millis(250)).await);
+        assert!(woken_within(&late, Duration::from_millis(600)).await);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_wakes_the_writer_inside_its_window() {
+        let windows = WriteWindows::start(Duration::from_secs(10));
+        let link = ConnLink::with_windows(8, windows);
+        link.wrote();
+        for _ in 0..link.flush_at {
+            assert!(link.push(frame()));
+        }
+        assert!(woken_within(&link, Duration::from_millis(100)).await);
+    }
+
+    #[tokio::test]
+    async fn the_release_task_ends_with_the_last_handle() {
+        let windows = WriteWindows::start(Duration::from_millis(5));
+        let weak = Arc::downgrade(windows.as_ref().expect("a window"));
+        let link = ConnLink::with_windows(16, windows);
+        link.wrote();
+        assert!(link.push(frame()));
+        assert!(woken_within(&link, Duration::from_millis(500)).await);
+        drop(link);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_zero_window_coalesces_nothing() {
+        assert!(WriteWindows::start(Duration::ZERO).is_none());
     }
 }

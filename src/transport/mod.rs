@@ -8,7 +8,6 @@ pub mod auth;
 pub mod protocol;
 mod upgrade;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use upgrade::{Socket as WebSocket, Upgrade};
 
-use crate::engine::router::ConnLink;
+use crate::engine::router::{ConnLink, WriteWindows};
 use crate::engine::{Conn, Engine, ErrorCode, Failure};
 
 /// Close codes (RFC 6455 §7.4.1) and the reasons sent with them.
@@ -74,6 +73,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Shared by every connection's link; `None` when writes are not coalesced.
+    pub windows: Option<Arc<WriteWindows>>,
 }
 
 pub fn router(state: AppState) -> axum::Router {
@@ -179,7 +180,7 @@ enum Exit {
 async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Identity) {
     let engine = state.engine.clone();
     let id = engine.next_conn_id();
-    let link = ConnLink::new(state.limits.outbound_queue);
+    let link = ConnLink::with_windows(state.limits.outbound_queue, state.windows.clone());
     let mut conn = Conn::new(id.clone(), identity.user, identity.claims);
     metrics::counter!("wss_connections_total").increment(1);
     metrics::gauge!("wss_connections").increment(1.0);
@@ -254,7 +255,6 @@ async fn run_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
     let mut last_seen = Instant::now();
-    let mut write_due = WriteWindow::default();
     // Built once, not per loop turn: the task wakes once per delivery, and recreating
     // (and re-registering) these futures on every wake showed in fan-out profiles.
     let overflowed = link.overflowed();
@@ -273,7 +273,7 @@ async fn run_loop(
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let failure = Failure::new(ErrorCode::BadFrame, "binary frames are not supported: send JSON text");
-                        link.push(protocol::error_event(&failure))
+                        link.push_answer(protocol::error_event(&failure))
                     }
                     // `Frame` is never returned by a read; pings are answered by tungstenite.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
@@ -287,33 +287,14 @@ async fn run_loop(
                 // A client waiting for an answer is not made to wait for the write
                 // window too: answers (and whatever queued before them) leave now.
                 if replied {
-                    if let Err(exit) = write_now(socket, link, state, &mut write_due, conn).await {
+                    if let Err(exit) = write_now(socket, link, state, conn).await {
                         return exit;
                     }
                 }
             }
             _ = link.ready() => {
-                // Most of a delivery's cost is the kernel's, per write call (a loopback
-                // `send` of one small frame costs several microseconds here), so a
-                // connection fed faster than the window gets its frames in batches: one
-                // write per window instead of one per frame. A connection fed slower
-                // than the window never waits, nor does a full batch. The wait is a
-                // branch of its own, so the client's frames are still read meanwhile.
-                let queued = link.queued();
-                // Zero: an answer's write already took what woke us.
-                if queued == 0 {
-                    continue;
-                }
-                let wait = queued < link.flush_at()
-                    && (write_due.armed || write_due.arm(state.limits.write_coalesce));
-                if !wait {
-                    if let Err(exit) = write_now(socket, link, state, &mut write_due, conn).await {
-                        return exit;
-                    }
-                }
-            }
-            _ = write_due.fired(), if write_due.armed => {
-                if let Err(exit) = write_now(socket, link, state, &mut write_due, conn).await {
+                // The link wakes us when its write window allows (see `WriteWindows`).
+                if let Err(exit) = write_now(socket, link, state, conn).await {
                     return exit;
                 }
             }
@@ -343,59 +324,19 @@ async fn run_loop(
     }
 }
 
-/// When a connection may write next (`--write-coalesce-ms`).
-#[derive(Default)]
-struct WriteWindow {
-    last_write: Option<Instant>,
-    /// A write is waiting for the window to end.
-    armed: bool,
-    /// Boxed and kept: only connections that ever wait pay for a timer.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl WriteWindow {
-    /// Start waiting if the last write is less than `window` ago; false: write now.
-    fn arm(&mut self, window: Duration) -> bool {
-        let due = self.last_write.and_then(|at| at.checked_add(window));
-        let Some(due) = due.filter(|due| *due > Instant::now()) else {
-            return false;
-        };
-        let due = tokio::time::Instant::from_std(due);
-        match &mut self.timer {
-            Some(timer) => timer.as_mut().reset(due),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
-        }
-        self.armed = true;
-        true
-    }
-
-    async fn fired(&mut self) {
-        match &mut self.timer {
-            Some(timer) => timer.as_mut().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn wrote(&mut self, frames: usize) {
-        self.armed = false;
-        if frames > 0 {
-            self.last_write = Some(Instant::now());
-        }
-    }
-}
-
 /// Write what is queued now, closing a client that does not read (see `guarded`).
 async fn write_now(
     socket: &mut WebSocket,
     link: &ConnLink,
     state: &AppState,
-    window: &mut WriteWindow,
     conn: &Conn,
 ) -> Result<(), Exit> {
     let written = guarded(link, state.limits.idle_timeout, write_queued(socket, link)).await;
     match written {
         Ok(frames) => {
-            window.wrote(frames);
+            if frames > 0 {
+                link.wrote();
+            }
             Ok(())
         }
         Err(exit) => {
@@ -497,7 +438,7 @@ async fn handle_text(
             Some(id) => protocol::answer(Some(&id), &Err(failure)),
             None => Some(protocol::error_event(&failure)),
         };
-        return frame.is_some_and(|frame| link.push(frame));
+        return frame.is_some_and(|frame| link.push_answer(frame));
     }
     let (id, outcome) = match protocol::parse(text) {
         Ok(request) => {
@@ -513,5 +454,5 @@ async fn handle_text(
     };
     // Acks go through the same queue as deliveries, so a client sees an event's
     // deliveries before the ack that confirms it.
-    protocol::answer(id.as_ref(), &outcome).is_some_and(|frame| link.push(frame))
+    protocol::answer(id.as_ref(), &outcome).is_some_and(|frame| link.push_answer(frame))
 }
