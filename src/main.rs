@@ -3,6 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use wss_engine::cli::{Cli, Command};
 
+// Deliveries allocate and free small buffers across worker threads; mimalloc does that
+// with less CPU than glibc's malloc (figures in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
