@@ -489,6 +489,13 @@ mod tests {
         Utf8Bytes::from_static("{}")
     }
 
+    /// A link on its own windows that has just written: its next frame is held.
+    fn just_wrote(window: Duration, capacity: usize) -> Arc<ConnLink> {
+        let link = ConnLink::with_windows(capacity, WriteWindows::start(window));
+        link.wrote();
+        link
+    }
+
     /// Resolves when the link's writer would be woken, or fails after `within`.
     async fn woken_within(link: &ConnLink, within: Duration) -> bool {
         tokio::time::timeout(within, link.ready()).await.is_ok()
@@ -504,9 +511,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_link_that_just_wrote_is_woken_when_its_window_ends() {
-        let windows = WriteWindows::start(Duration::from_millis(150));
-        let link = ConnLink::with_windows(16, windows);
-        link.wrote();
+        let link = just_wrote(Duration::from_millis(150), 16);
         let pushed = Instant::now();
         assert!(link.push(frame()));
         assert!(link.push(frame()), "a second frame joins the held batch");
@@ -522,7 +527,7 @@ mod tests {
         let late = ConnLink::with_windows(16, windows.clone());
         late.wrote();
         tokio::time::sleep(Duration::from_millis(10)).await;
-        // `soon` wrote long ago as far as its window goes: shift its end forward.
+        // `soon`'s window ends 300 ms before `late`'s, though it is held after it.
         let soon = ConnLink::with_windows(16, windows.clone());
         soon.wrote();
         soon.window_ends.fetch_sub(300_000, Ordering::Relaxed);
@@ -534,9 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_batch_wakes_the_writer_inside_its_window() {
-        let windows = WriteWindows::start(Duration::from_secs(10));
-        let link = ConnLink::with_windows(8, windows);
-        link.wrote();
+        let link = just_wrote(Duration::from_secs(10), 8);
         for _ in 0..link.flush_at {
             assert!(link.push(frame()));
         }
