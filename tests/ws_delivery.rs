@@ -246,7 +246,6 @@ events:
 async fn connect_and_disconnect_hooks() {
     let server = start(HOOKS).await;
     let mut a = server.connect().await;
-    a.sync().await;
     // $connect joined the room, then its emit reached the new member itself.
     assert_eq!(a.recv_event("arrived").await, json!({ "conn": a.conn }));
     let status = a.ok("online", json!({})).await;
@@ -256,7 +255,6 @@ async fn connect_and_disconnect_hooks() {
     );
 
     let mut b = server.connect().await;
-    b.sync().await;
     assert_eq!(a.recv_event("arrived").await, json!({ "conn": b.conn }));
     assert_eq!(b.recv_event("arrived").await, json!({ "conn": b.conn }));
     assert_eq!(a.ok("online", json!({})).await["online"], 2);
@@ -281,6 +279,48 @@ async fn connect_and_disconnect_hooks() {
         }
         assert!(tokio::time::Instant::now() < deadline, "{status}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const SLOW_HOOK: &str = r#"
+events:
+  online:
+    scope: local
+    schema: {}
+    script: |
+      reply(state.get("online"));
+  to.user:
+    scope: local
+    schema: { type: object, required: [user] }
+    to: "user:{{data.user}}"
+  $connect:
+    script: |
+      if conn.user == "slow" {
+        let spin = 0;
+        while spin < 8000 { spin += 1; }
+      }
+      state.incr("online", 1);
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcomed_connection_is_registered_and_its_connect_hook_has_run() {
+    // Without `sync()`: the welcome itself must mean "ready". A slow hook widens the
+    // window in which a welcome sent too early would be visible.
+    const SECRET: &str = "welcome-secret";
+    let server = start_with(SLOW_HOOK, |cfg| cfg.auth = Auth::new(Some(SECRET), false)).await;
+    let mut other = server.connect().await;
+    for round in 0..3 {
+        let url = format!("{}?token={}", server.url(), token(SECRET, "slow", 60));
+        let mut slow = Client::connect(&url).await;
+        assert_eq!(
+            other.ok("online", json!({})).await,
+            json!(round + 2),
+            "the slow connection's $connect has not run yet"
+        );
+        other
+            .ok("to.user", json!({ "user": "slow", "round": round }))
+            .await;
+        assert_eq!(slow.recv_event("to.user").await["round"], round);
     }
 }
 

@@ -187,6 +187,10 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
     tracing::debug!(conn = %id, "connected");
 
     let exit = async {
+        // Registered and `$connect` run before the welcome: a client that has its
+        // welcome can be reached (by conn, user, `all`) and sees the hook's effects.
+        // Deliveries that arrive meanwhile wait in the link and follow the welcome.
+        let connected = Box::pin(engine.connect(&mut conn, link.clone())).await;
         if socket
             .send(Message::Text(protocol::welcome(&id, &engine.node_id)))
             .await
@@ -194,7 +198,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
         {
             return Exit::Gone;
         }
-        if let Err(failure) = Box::pin(engine.connect(&mut conn, link.clone())).await {
+        if let Err(failure) = connected {
             let _ = socket
                 .send(Message::Text(protocol::error_event(&failure)))
                 .await;

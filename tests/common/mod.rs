@@ -289,8 +289,8 @@ impl Client {
         }
     }
 
-    /// A round trip that proves the server has processed everything sent before (and
-    /// finished `$connect`): an unknown event's ack can only come after those.
+    /// A round trip that proves the server has processed everything sent before: an
+    /// unknown event's ack can only come after those.
     pub async fn sync(&mut self) {
         let err = self.fail("zz.sync-probe", Value::Null).await;
         assert_eq!(err["code"], "unknown_event", "sync probe: {err}");
