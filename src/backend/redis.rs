@@ -635,6 +635,9 @@ impl Bus for RedisBackend {
     fn watch(&self, channel: Channel) -> BoxFuture<'_, Result<(), BackendError>> {
         let name = self.names.channel(&channel);
         async move {
+            // Counted under the sink lock, so a second watcher cannot return (and its
+            // client be told "joined") while the first one's SUBSCRIBE is still in flight.
+            let mut sink = self.pubsub.sink.lock().await;
             let first = {
                 let mut wanted = self.pubsub.wanted.lock();
                 let count = wanted.entry(name.clone()).or_insert(0);
@@ -644,7 +647,6 @@ impl Bus for RedisBackend {
             if !first {
                 return Ok(());
             }
-            let mut sink = self.pubsub.sink.lock().await;
             let result = match sink.as_mut() {
                 Some(s) => bounded(s.subscribe(&name)).await,
                 None => Err(unavailable("Pub/Sub connection to Redis is down")),
