@@ -193,8 +193,8 @@ async fn sigterm_closes_with_1001_and_state_survives_on_another_node() {
 
     cluster.nodes[0].sigterm();
     for c in [&mut a, &mut a2] {
-        match c.recv_close(Duration::from_secs(10)).await {
-            Closed::Code(code, _) => assert_eq!(code, 1001, "{}: close code", c.conn),
+        match c.recv_close_within(Duration::from_secs(10)).await.0 {
+            Closed::Frame(code, _) => assert_eq!(code, 1001, "{}: close code", c.conn),
             other => panic!("{}: expected close 1001, got {other:?}", c.conn),
         }
     }

@@ -13,7 +13,6 @@
 // Each `tests/cluster_*.rs` file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,14 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use serde_json::Value;
 
 /// How long one expected frame may take to arrive, across nodes, in a debug build on a
 /// loaded 2-core machine. A passing test never waits this long.
@@ -42,7 +34,9 @@ pub const QUIET: Duration = Duration::from_millis(500);
 /// The HS256 secret nodes started by [`Cluster::start_with_jwt`] verify tokens with.
 pub const JWT_SECRET: &str = "cluster-test-secret";
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+#[path = "../support/client.rs"]
+mod client;
+pub use client::*;
 
 /// A pack under `tests/packs/cluster/`.
 pub fn pack(name: &str) -> PathBuf {
@@ -390,7 +384,7 @@ impl Node {
 
     /// Connect authenticated as `user` (HS256 token with [`JWT_SECRET`]).
     pub async fn connect_as(&self, user: &str) -> Client {
-        Client::connect(&self.url_with_token(&token(JWT_SECRET, user))).await
+        Client::connect(&self.url_with_token(&token(JWT_SECRET, user, 3600))).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
@@ -610,284 +604,5 @@ pub fn run_cli(args: &[&str], within: Duration) -> CliRun {
         status,
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP and JWT
-// ---------------------------------------------------------------------------------------
-
-/// A tiny HTTP/1.1 GET: `(status, body)`, or `None` on any failure or after `within`.
-pub async fn try_http_get(addr: SocketAddr, path: &str, within: Duration) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(within, exchange).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Some((status, body))
-}
-
-/// [`try_http_get`], failing the test if there is no answer within [`WAIT`].
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    try_http_get(addr, path, WAIT)
-        .await
-        .unwrap_or_else(|| panic!("GET http://{addr}{path}: no answer within {WAIT:?}"))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// An HS256 token for `sub`, valid for an hour.
-pub fn token(secret: &str, sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({ "sub": sub, "exp": now + 3600 }),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("encode a test token")
-}
-
-// ---------------------------------------------------------------------------------------
-// WebSocket client
-// ---------------------------------------------------------------------------------------
-
-/// Small buffers on the client too (DESIGN.md: tungstenite's 128 KiB default read buffer
-/// is zero-filled on every read).
-pub fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
-}
-
-/// A protocol client: reads `$welcome` on connect; acks and deliveries on demand.
-pub struct Client {
-    pub ws: Ws,
-    /// This connection's id and node, from `$welcome`.
-    pub conn: String,
-    pub node: String,
-    /// Frames read while waiting for an ack, handed out by `recv` first.
-    backlog: VecDeque<Value>,
-    next_id: u64,
-}
-
-/// How a connection ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Closed {
-    Code(u16, String),
-    NoCode,
-    Dropped(String),
-}
-
-impl Client {
-    pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("WebSocket upgrade to {url} took more than {WAIT:?}"))
-        .unwrap_or_else(|e| panic!("WebSocket upgrade to {url} failed: {e}"));
-        let mut client = Client {
-            ws,
-            conn: String::new(),
-            node: String::new(),
-            backlog: VecDeque::new(),
-            next_id: 0,
-        };
-        let welcome = client.recv().await;
-        assert_eq!(welcome["event"], "$welcome", "first frame: {welcome}");
-        client.conn = welcome["data"]["conn"]
-            .as_str()
-            .expect("$welcome has a conn id")
-            .to_string();
-        client.node = welcome["data"]["node"]
-            .as_str()
-            .expect("$welcome has a node id")
-            .to_string();
-        client
-    }
-
-    pub async fn send_json(&mut self, value: Value) {
-        tokio::time::timeout(WAIT, self.ws.send(Message::text(value.to_string())))
-            .await
-            .expect("send took too long")
-            .expect("send a text frame");
-    }
-
-    /// Send an event with a fresh id and return its ack (bounded). Frames that arrive
-    /// first are kept for `recv`, in order.
-    pub async fn call(&mut self, event: &str, data: Value) -> Value {
-        self.call_within(event, data, WAIT).await
-    }
-
-    pub async fn call_within(&mut self, event: &str, data: Value, within: Duration) -> Value {
-        self.next_id += 1;
-        let id = json!(format!("c{}", self.next_id));
-        self.send_json(json!({ "event": event, "data": data, "id": id }))
-            .await;
-        let deadline = tokio::time::Instant::now() + within;
-        let mut skipped = Vec::new();
-        loop {
-            let frame = self.read_until(deadline).await.unwrap_or_else(|| {
-                panic!(
-                    "{}: no ack for `{event}` within {within:?}; saw {skipped:?}",
-                    self.conn
-                )
-            });
-            if frame.get("ack") == Some(&id) {
-                self.backlog.extend(skipped);
-                return frame;
-            }
-            skipped.push(frame);
-        }
-    }
-
-    /// `call`, asserting success; returns the reply.
-    pub async fn ok(&mut self, event: &str, data: Value) -> Value {
-        let ack = self.call(event, data.clone()).await;
-        assert_eq!(
-            ack["ok"], true,
-            "{}: `{event}` {data} failed: {ack}",
-            self.conn
-        );
-        ack["data"].clone()
-    }
-
-    /// The next frame (backlog first), failing after [`WAIT`].
-    pub async fn recv(&mut self) -> Value {
-        match self.try_recv(WAIT).await {
-            Some(v) => v,
-            None => panic!("{}: no frame within {WAIT:?}", self.conn),
-        }
-    }
-
-    /// The next frame, which must be the delivery `event`; returns its data.
-    pub async fn recv_event(&mut self, event: &str) -> Value {
-        let frame = self.recv().await;
-        assert_eq!(
-            frame["event"], event,
-            "{}: expected `{event}`, got {frame}",
-            self.conn
-        );
-        frame["data"].clone()
-    }
-
-    pub async fn try_recv(&mut self, within: Duration) -> Option<Value> {
-        if let Some(v) = self.backlog.pop_front() {
-            return Some(v);
-        }
-        self.read_until(tokio::time::Instant::now() + within).await
-    }
-
-    /// Nothing arrives for [`QUIET`].
-    pub async fn expect_silence(&mut self) {
-        if let Some(frame) = self.try_recv(QUIET).await {
-            panic!("{}: expected no frame, got {frame}", self.conn);
-        }
-    }
-
-    async fn read_until(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            match msg {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(serde_json::from_str(&text).unwrap_or_else(|e| {
-                        panic!("{}: a text frame that is not JSON ({e}): {text}", self.conn)
-                    }))
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(other)) => panic!("{}: unexpected frame {other:?}", self.conn),
-                Some(Err(e)) => panic!("{}: stream error: {e}", self.conn),
-                None => panic!("{}: stream ended while a frame was expected", self.conn),
-            }
-        }
-    }
-
-    /// Read (discarding data frames) until the server closes, bounded by `within`.
-    pub async fn recv_close(&mut self, within: Duration) -> Closed {
-        let deadline = tokio::time::Instant::now() + within;
-        self.backlog.clear();
-        loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("{} was not closed within {within:?}", self.conn),
-                Ok(msg) => msg,
-            };
-            match msg {
-                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
-                    return Closed::Code(u16::from(code), reason.to_string())
-                }
-                Some(Ok(Message::Close(None))) => return Closed::NoCode,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Closed::Dropped(e.to_string()),
-                None => return Closed::Dropped("end of stream".into()),
-            }
-        }
-    }
-
-    /// Close with 1000 and wait (bounded) for the server to finish.
-    pub async fn close(mut self) {
-        let _ = tokio::time::timeout(
-            WAIT,
-            self.ws.close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "bye".into(),
-            })),
-        )
-        .await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
-    }
-}
-
-/// Poll `check` every 50 ms until it returns `Some`, or panic with `what` after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("{what}: not within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
