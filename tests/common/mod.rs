@@ -34,6 +34,14 @@ pub const QUIET: Duration = Duration::from_millis(300);
 mod client;
 pub use client::*;
 
+/// A port nobody listens on right now (bound and released; the short race is accepted).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
 /// Write a pack (one `pack.yaml` holding `yaml`) to a fresh temporary directory.
 pub fn write_pack(yaml: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("create a temporary pack directory");
