@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -114,6 +115,18 @@ pub struct ServeArgs {
     #[arg(long, env = "WSS_WRITE_COALESCE_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub write_coalesce_ms: u64,
+    /// Largest HTTP request head (request line and headers) in bytes; larger: 431.
+    #[arg(long, env = "WSS_MAX_HEADER_BYTES", default_value_t = 32 * 1024,
+          value_parser = clap::value_parser!(u64).range(8192..=1 << 20).map(|v| v as usize))]
+    pub max_header_bytes: usize,
+    /// Largest single HTTP header (name and value) in bytes; larger: 431.
+    #[arg(long, env = "WSS_MAX_HEADER_LINE_BYTES", default_value_t = 8 * 1024,
+          value_parser = clap::value_parser!(u64).range(256..=1 << 20).map(|v| v as usize))]
+    pub max_header_line_bytes: usize,
+    /// Seconds a client has to send a complete HTTP request head before its
+    /// connection is closed (slowloris protection; also idle keep-alive connections).
+    #[arg(long, env = "WSS_HEADER_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub header_timeout: Duration,
     /// Seconds between server pings.
     #[arg(long, env = "WSS_PING_INTERVAL", default_value = "20", value_parser = parse_secs)]
     pub ping_interval: Duration,

@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,6 +19,7 @@ use crate::config::{self, Pack};
 use crate::engine::router::{Router, WriteWindows};
 use crate::engine::script::{ScriptLimits, ScriptRuntime};
 use crate::engine::{Engine, EngineParts};
+use crate::transport::listener::HttpLimits;
 use crate::transport::{self, auth::Auth, AppState, Limits};
 
 pub fn init_tracing(format: LogFormat) {
@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// `None`: the embedded memory backend (one node).
     pub redis: Option<RedisConfig>,
     pub limits: Limits,
+    /// Bounds on HTTP request heads (size, time), before any handler runs.
+    pub http: HttpLimits,
     pub script_limits: ScriptLimits,
     pub script_concurrency: usize,
     pub auth: Auth,
@@ -70,6 +72,7 @@ impl ServerConfig {
             pack,
             redis: None,
             limits: Limits::default(),
+            http: HttpLimits::default(),
             script_limits: ScriptLimits::default(),
             script_concurrency: 64,
             auth: Auth::disabled(),
@@ -150,18 +153,12 @@ pub async fn run(
     tracing::info!(%addr, node = %node_id, "listening: ws://{addr}/ws");
 
     let app = transport::router(state);
-    let mut stop = shutdown_tx.subscribe();
-    // Deliveries are small frames written as they come: Nagle's algorithm would hold
-    // each behind the previous one's ACK (tens of ms with delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|down| *down).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(transport::listener::serve(
+        listener,
+        app,
+        config.http,
+        shutdown_tx.subscribe(),
+    ));
 
     shutdown.await;
     tracing::info!("shutting down: closing connections with 1001");
@@ -182,9 +179,8 @@ pub async fn run(
         Membership::deregister(backend, &node_id).await;
     }
     match tokio::time::timeout_at(deadline + Duration::from_secs(1), server).await {
-        Ok(Ok(Ok(()))) | Err(_) => {}
-        Ok(Ok(Err(e))) => return Err(e).context("HTTP server failed"),
-        Ok(Err(e)) => return Err(e).context("HTTP server task failed"),
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(e)) => return Err(e).context("HTTP accept loop failed"),
     }
     tracing::info!("stopped");
     Ok(())
@@ -251,6 +247,11 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
             write_coalesce: Duration::from_millis(args.write_coalesce_ms),
             ping_interval: args.ping_interval,
             idle_timeout: args.idle_timeout,
+        },
+        http: HttpLimits {
+            max_head_bytes: args.max_header_bytes,
+            max_header_line_bytes: args.max_header_line_bytes,
+            head_timeout: args.header_timeout,
         },
         script_limits,
         script_concurrency: args.script_concurrency,

@@ -477,7 +477,9 @@ impl Sink for Router {
             // Dispatch turns `sender` into `conn:<id>` before anything is delivered.
             Target::Sender => {}
         }
-        metrics::counter!("wss_frames_out_total").increment(sent);
+        // Frames sent are counted when written (`wss_frames_out_total`); this counts
+        // what was queued for local recipients, dropped ones excluded.
+        metrics::counter!("wss_deliveries_total").increment(sent);
     }
 }
 

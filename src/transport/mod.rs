@@ -5,6 +5,7 @@
 //! per-connection memory small; every branch of the select is cancel-safe.
 
 pub mod auth;
+pub mod listener;
 pub mod protocol;
 mod upgrade;
 
@@ -191,17 +192,14 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: auth::Id
         // welcome can be reached (by conn, user, `all`) and sees the hook's effects.
         // Deliveries that arrive meanwhile wait in the link and follow the welcome.
         let connected = Box::pin(engine.connect(&mut conn, link.clone())).await;
-        if socket
-            .send(Message::Text(protocol::welcome(&id, &engine.node_id)))
+        if send_text(&mut socket, protocol::welcome(&id, &engine.node_id))
             .await
             .is_err()
         {
             return Exit::Gone;
         }
         if let Err(failure) = connected {
-            let _ = socket
-                .send(Message::Text(protocol::error_event(&failure)))
-                .await;
+            let _ = send_text(&mut socket, protocol::error_event(&failure)).await;
             return Exit::Close(close::POLICY, "connection refused by $connect");
         }
         run_loop(&mut socket, &state, &mut conn, &link).await
@@ -394,6 +392,14 @@ async fn guarded<T>(
     }
 }
 
+/// Send one text frame outside the queue (before the connection loop runs).
+async fn send_text(socket: &mut WebSocket, frame: Utf8Bytes) -> Result<(), WsError> {
+    socket.send(Message::Text(frame)).await?;
+    metrics::counter!("wss_frames_out_total").increment(1);
+    metrics::counter!("wss_socket_flushes_total").increment(1);
+    Ok(())
+}
+
 /// Read and discard until the closing handshake completes (or the stream ends).
 async fn drain_until_closed(socket: &mut WebSocket) {
     while let Some(Ok(_)) = socket.next().await {}
@@ -404,20 +410,30 @@ async fn drain_until_closed(socket: &mut WebSocket) {
 /// Returns how many frames were written.
 async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<usize, WsError> {
     let mut written = 0;
-    loop {
-        let frames = link.take_all();
-        if frames.is_empty() {
-            return Ok(written);
-        }
-        written += frames.len();
-        for (i, frame) in frames.into_iter().enumerate() {
-            socket.feed(Message::Text(frame)).await?;
-            if (i + 1) % WRITE_BATCH == 0 {
-                socket.flush().await?;
+    let mut flushes = 0;
+    let result = async {
+        loop {
+            let frames = link.take_all();
+            if frames.is_empty() {
+                return Ok(());
             }
+            for (i, frame) in frames.into_iter().enumerate() {
+                socket.feed(Message::Text(frame)).await?;
+                written += 1;
+                if (i + 1) % WRITE_BATCH == 0 {
+                    socket.flush().await?;
+                    flushes += 1;
+                }
+            }
+            socket.flush().await?;
+            flushes += 1;
         }
-        socket.flush().await?;
     }
+    .await;
+    // Counted once per call, not per frame: this is the delivery hot path.
+    metrics::counter!("wss_frames_out_total").increment(written as u64);
+    metrics::counter!("wss_socket_flushes_total").increment(flushes);
+    result.map(|()| written)
 }
 
 /// Handle one client frame; true when an answer (ack or `$error`) was queued.

@@ -42,6 +42,8 @@ pub struct Client {
     /// Frames read while waiting for a particular ack, handed out by `recv` first.
     backlog: VecDeque<Value>,
     next_id: u64,
+    /// Text frames read from the socket so far, `$welcome` included.
+    text_frames: usize,
 }
 
 /// What the server did to a connection at its end.
@@ -92,6 +94,7 @@ impl Client {
             welcome: Value::Null,
             backlog: VecDeque::new(),
             next_id: 0,
+            text_frames: 0,
         };
         let welcome = client.recv().await;
         assert_eq!(
@@ -199,6 +202,11 @@ impl Client {
         }
     }
 
+    /// Text frames this client has read from its socket, `$welcome` included.
+    pub fn frames_received(&self) -> usize {
+        self.text_frames
+    }
+
     /// A round trip that proves the server has processed everything sent before: an
     /// unknown event's ack can only come after those.
     pub async fn sync(&mut self) {
@@ -271,9 +279,10 @@ impl Client {
             };
             match msg {
                 Some(Ok(Message::Text(text))) => {
+                    self.text_frames += 1;
                     return Some(serde_json::from_str(&text).unwrap_or_else(|e| {
                         panic!("server sent a text frame that is not JSON ({e}): {text}")
-                    }))
+                    }));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Binary(b))) => {

@@ -1,0 +1,167 @@
+//! The accept loop: one HTTP/1 connection per accepted socket, each bounded until its
+//! request head has arrived.
+//!
+//! A socket that has not yet sent a complete request head costs a file descriptor and a
+//! task, and until then nothing else (idle timeout, pings) watches it. So the head is
+//! bounded in size (431 beyond it: in total by hyper, per header line here) and in time
+//! (the connection is closed when the head takes longer than `head_timeout`), which is
+//! what stops a slowloris client from holding sockets open. Once a request is upgraded
+//! to a WebSocket, the socket's own limits take over.
+//!
+//! axum's `serve` does not expose hyper's HTTP/1 builder, where both limits live, hence
+//! this loop.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower_service::Service;
+
+/// Bounds on a request head, before any handler sees the request.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest request head (request line and every header) in bytes.
+    pub max_head_bytes: usize,
+    /// Largest single header (name and value) in bytes.
+    pub max_header_line_bytes: usize,
+    /// Time a client has to send a complete request head (also between the requests
+    /// of a keep-alive connection).
+    pub head_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 32 * 1024,
+            max_header_line_bytes: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// hyper refuses to work with a smaller read buffer than this, and the head must fit in it.
+pub const MIN_HEAD_BYTES: usize = 8 * 1024;
+
+/// Accept connections and serve `app` on each until `shutdown` flips to `true`; then
+/// stop accepting and ask every open HTTP connection to finish its current request.
+/// Upgraded WebSockets are not tracked here: they watch the same signal themselves.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_header_size(limits.max_head_bytes.max(MIN_HEAD_BYTES))
+        .max_buf_size(limits.max_head_bytes.max(MIN_HEAD_BYTES) + MIN_HEAD_BYTES);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            down = shutdown.wait_for(|down| *down) => {
+                drop(down);
+                return;
+            }
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors (EMFILE) and the like: retrying at once would
+                // spin on the same error while connections close and free some.
+                tracing::warn!(error = %e, "accept failed; pausing accepts for 50 ms");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            builder.clone(),
+            app.clone(),
+            limits.max_header_line_bytes,
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    builder: http1::Builder,
+    app: axum::Router,
+    max_header_line_bytes: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Deliveries are small frames written as they come: Nagle's algorithm would hold
+    // each behind the previous one's ACK (tens of ms with delayed ACKs).
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let refused = oversized_header(&request, max_header_line_bytes);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        async move {
+            if let Some(name) = refused {
+                metrics::counter!("wss_http_heads_refused_total", "reason" => "header_too_large")
+                    .increment(1);
+                tracing::info!(%peer, header = %name, "refused a request with an oversized header (431)");
+                return Ok::<_, Infallible>(too_large(&name, max_header_line_bytes));
+            }
+            app.call(request.map(Body::new)).await
+        }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let shut_down = async move {
+        let _ = shutdown.wait_for(|down| *down).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shut_down => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            metrics::counter!("wss_http_head_timeouts_total").increment(1);
+            tracing::debug!(%peer, "closed a connection that did not send a request head in time");
+        } else if e.is_parse_too_large() {
+            metrics::counter!("wss_http_heads_refused_total", "reason" => "head_too_large")
+                .increment(1);
+            tracing::info!(%peer, "refused a request head over the size limit (431)");
+        } else {
+            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        }
+    }
+}
+
+/// The first header longer than the per-line limit, if any.
+fn oversized_header(request: &Request<Incoming>, max: usize) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|(name, value)| name.as_str().len() + value.len() > max)
+        .map(|(name, _)| name.as_str().to_string())
+}
+
+fn too_large(name: &str, max: usize) -> Response<Body> {
+    let mut response = Response::new(Body::from(format!(
+        "header `{name}` is longer than {max} bytes\n"
+    )));
+    *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    response
+}
