@@ -10,7 +10,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wss_engine::config;
-use wss_engine::engine::script::{ScriptLimits, ScriptRuntime};
+use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
 const EVENTS: usize = 200;
 const FILES: usize = 10;

@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `check`, `test`, `schema`.
+//! The command line: `serve` (the default), `check`, `test`, `schema`, `nodes`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::cli::{CheckArgs, NodesArgs, OutputFormat, ServeArgs, TestArgs};
 use crate::config::{self, Diagnostics};
-use crate::engine::script::{ScriptLimits, ScriptRuntime};
+use crate::script::{ScriptLimits, ScriptRuntime};
 
 pub fn schema() -> anyhow::Result<ExitCode> {
     print!("{}", config::PACK_SCHEMA);
@@ -16,10 +16,15 @@ pub fn schema() -> anyhow::Result<ExitCode> {
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
-    let (pack, diags) = match config::load(&args.dir, &runtime) {
+    let (pack, mut diags) = match config::load(&args.dir, &runtime) {
         Ok((pack, diags)) => (Some(pack), diags),
         Err(diags) => (None, diags),
     };
+    // The `tests:` cases are checked too, though serving ignores them.
+    let (_, case_diags) = crate::packtest::cases::load(&args.dir);
+    let pack = if case_diags.has_errors() { None } else { pack };
+    diags.0.extend(case_diags.0);
+    diags.sort();
     let mut out = std::io::stdout().lock();
     match args.format {
         OutputFormat::Json => {
@@ -63,7 +68,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             "{}: ok, {} events{}{}",
             args.dir.display(),
             pack.events.len(),
-            if pack.on_connect.is_some() || pack.on_disconnect.is_some() {
+            if pack.hooks.on_connect.is_some() || pack.hooks.on_disconnect.is_some() {
                 " and hooks"
             } else {
                 ""
@@ -104,7 +109,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(crate::engine::testing::run_pack_tests(&args.dir))?;
+    let report = runtime.block_on(crate::packtest::run_pack_tests(&args.dir))?;
     Ok(if report {
         ExitCode::SUCCESS
     } else {

@@ -1,8 +1,38 @@
+//! wss-engine: a horizontally scalable WebSocket server configured by event packs.
+//!
+//! How one client message flows through the modules:
+//!
+//! ```text
+//! transport ──frame──► engine ──script──► script (Rhai, blocking pool)
+//!    ▲                   │  commit, deliveries
+//!    │                   ▼
+//! delivery ◄──envelope── backend (memory, or Redis: state + Pub/Sub between nodes)
+//! ```
+//!
+//! - [`config`]: packs (YAML, schemas, targets, diagnostics). No tokio, no network.
+//! - [`script`]: the Rhai runtime and the script API, behind a host trait.
+//! - [`delivery`]: what a delivery is and the node-local path to sockets (router,
+//!   per-connection queues, write windows).
+//! - [`backend`]: the `StateStore` and `Bus` contracts; memory and Redis implementations.
+//! - [`engine`]: dispatch (validate → script → commit → deliver) and transactions.
+//! - [`transport`]: the accept loop, `/ws` with one task per socket, HTTP endpoints.
+//! - [`cluster`]: node registry, heartbeats, cleanup after dead nodes.
+//! - [`packtest`]: `wss-engine test`, a pack's `tests:` cases run in-process.
+//! - [`server`]: the composition root; [`cli`] and [`commands`]: the command line.
+//!
+//! Dependencies point one way: `server` → `transport`/`cluster` → `engine` →
+//! `config`/`script`/`backend` → `delivery`. `config` and `script` know nothing of
+//! sockets or backends; backends know nothing of events.
+
 pub mod backend;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod engine;
+pub mod packtest;
+pub mod script;
 pub mod server;
+mod suggest;
 pub mod transport;

@@ -12,13 +12,13 @@ use tokio::sync::watch;
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::RedisBackend;
-use crate::backend::{Bus, Sink, StateStore};
+use crate::backend::{Bus, StateStore, VersionCheck};
 use crate::cli::{LogFormat, ServeArgs};
-use crate::cluster::{Membership, NodeInfo};
+use crate::cluster::{NodeInfo, NodeRegistry};
 use crate::config::{self, Pack};
-use crate::engine::router::{Router, WriteWindows};
-use crate::engine::script::{ScriptLimits, ScriptRuntime};
+use crate::delivery::{Router, Sink, WriteWindows};
 use crate::engine::{Engine, EngineParts};
+use crate::script::{ScriptLimits, ScriptRuntime};
 use crate::transport::listener::HttpLimits;
 use crate::transport::{self, auth::Auth, AppState, Limits};
 
@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub script_concurrency: usize,
     pub auth: Auth,
     pub shutdown_timeout: Duration,
+    /// `Skip` only for the lost-update demonstration (`--unsafe-skip-version-check`).
+    pub version_check: VersionCheck,
 }
 
 impl ServerConfig {
@@ -77,6 +79,7 @@ impl ServerConfig {
             script_concurrency: 64,
             auth: Auth::disabled(),
             shutdown_timeout: Duration::from_secs(10),
+            version_check: VersionCheck::Enforce,
         }
     }
 }
@@ -102,7 +105,10 @@ pub async fn run(
     let pack = Arc::new(config.pack);
     let (store, bus, redis): (Arc<dyn StateStore>, Arc<dyn Bus>, _) = match &config.redis {
         None => {
-            let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
+            let backend = Arc::new(MemoryBackend::with_version_check(
+                router.clone() as Arc<dyn Sink>,
+                config.version_check,
+            ));
             tracing::info!(node = %node_id, "embedded memory backend: single node, state is lost on exit (use --redis for a cluster)");
             (backend.clone(), backend, None)
         }
@@ -112,6 +118,7 @@ pub async fn run(
                 &redis.prefix,
                 node_id.clone(),
                 router.clone() as Arc<dyn Sink>,
+                config.version_check,
             )
             .await
             .with_context(|| format!("connecting to Redis at {}", redis.url))?;
@@ -134,9 +141,9 @@ pub async fn run(
         script_concurrency: config.script_concurrency,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let membership = redis.as_ref().map(|(backend, ttl)| {
+    let registry = redis.as_ref().map(|(backend, ttl)| {
         let info = NodeInfo::new(&node_id, addr.to_string(), &pack.fingerprint);
-        let task = Membership::new(backend.clone(), engine.clone(), info, *ttl);
+        let task = NodeRegistry::new(backend.clone(), engine.clone(), info, *ttl);
         tokio::spawn(task.run(shutdown_rx.clone()))
     });
     let ready_bus = bus.clone();
@@ -164,9 +171,7 @@ pub async fn run(
     tracing::info!("shutting down: closing connections with 1001");
     let _ = shutdown_tx.send(true);
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
-    while router.connection_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = tokio::time::timeout_at(deadline, router.until_empty()).await;
     let left = router.connection_count();
     if left > 0 {
         tracing::warn!(
@@ -174,9 +179,9 @@ pub async fn run(
             "shutdown deadline reached with connections still open"
         );
     }
-    if let (Some((backend, _)), Some(task)) = (&redis, membership) {
+    if let (Some((backend, _)), Some(task)) = (&redis, registry) {
         let _ = task.await;
-        Membership::deregister(backend, &node_id).await;
+        NodeRegistry::deregister(backend).await;
     }
     match tokio::time::timeout_at(deadline + Duration::from_secs(1), server).await {
         Ok(Ok(())) | Err(_) => {}
@@ -224,12 +229,14 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         auth = auth.with_public_key(&pem)?;
     }
-    if args.unsafe_skip_version_check {
+    let version_check = if args.unsafe_skip_version_check {
         tracing::warn!(
             "--unsafe-skip-version-check: commits no longer detect conflicts; updates WILL be lost"
         );
-        crate::backend::UNSAFE_SKIP_VERSION_CHECK.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+        VersionCheck::Skip
+    } else {
+        VersionCheck::Enforce
+    };
     let listen: SocketAddr = args.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -257,6 +264,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         script_concurrency: args.script_concurrency,
         auth,
         shutdown_timeout: args.shutdown_timeout,
+        version_check,
     };
     run(listener, config, shutdown_signal()).await
 }

@@ -19,10 +19,9 @@ use serde_json::json;
 use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::redis::RedisBackend;
 use wss_engine::backend::{
-    Bus, Channel, Commit, CommitOutcome, ConnId, Envelope, Sink, StateStore, StoredValue,
-    Versioned, Write,
+    Bus, Channel, Commit, CommitOutcome, StateStore, StoredValue, VersionCheck, Versioned, Write,
 };
-use wss_engine::config::Target;
+use wss_engine::delivery::{ConnId, Envelope, Sink, Target};
 
 use cluster_support::{unique_prefix, RedisServer};
 
@@ -100,6 +99,7 @@ async fn redis_instance(
             prefix,
             Arc::from(node),
             sink.clone() as Arc<dyn Sink>,
+            VersionCheck::Enforce,
         ),
     )
     .await

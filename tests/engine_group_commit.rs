@@ -10,13 +10,11 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::{
-    BackendError, Bus, Commit, CommitOutcome, ConnId, Sink, StateStore, Versioned,
-};
+use wss_engine::backend::{BackendError, Bus, Commit, CommitOutcome, StateStore, Versioned};
 use wss_engine::config;
-use wss_engine::engine::router::{ConnLink, Router};
-use wss_engine::engine::script::{ScriptLimits, ScriptRuntime};
+use wss_engine::delivery::{ConnId, ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts};
+use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
 /// The memory backend with slow commits (so runs pile up behind the lock) that counts
 /// how many commits it was asked for.

@@ -1,23 +1,21 @@
 //! Read-modify-write under concurrency on the embedded backend, through the engine
 //! itself (no sockets): the version check must make every acknowledged increment count,
 //! and turning it off must lose some, which shows the test can see the bug.
-//!
-//! One test per binary: the version-check switch is process-wide.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::{Bus, Sink, StateStore};
+use wss_engine::backend::{Bus, StateStore, VersionCheck};
 use wss_engine::config;
-use wss_engine::engine::router::{ConnLink, Router};
-use wss_engine::engine::script::{ScriptLimits, ScriptRuntime};
+use wss_engine::delivery::{ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts};
+use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
 const TASKS: usize = 16;
 const INCREMENTS: usize = 200;
 
-fn build() -> (Arc<Engine>, Arc<MemoryBackend>) {
+fn build(version_check: VersionCheck) -> (Arc<Engine>, Arc<MemoryBackend>) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("p.yaml"),
@@ -36,7 +34,10 @@ fn build() -> (Arc<Engine>, Arc<MemoryBackend>) {
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
     let (pack, _) = config::load(dir.path(), &runtime).unwrap();
     let router = Arc::new(Router::new());
-    let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
+    let backend = Arc::new(MemoryBackend::with_version_check(
+        router.clone() as Arc<dyn Sink>,
+        version_check,
+    ));
     let engine = Engine::new(EngineParts {
         pack: Arc::new(pack),
         node_id: Arc::from("n1"),
@@ -89,7 +90,7 @@ async fn hammer(engine: Arc<Engine>, backend: Arc<MemoryBackend>) -> (usize, i64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn version_check_keeps_every_acknowledged_increment_and_its_absence_loses_some() {
-    let (engine, backend) = build();
+    let (engine, backend) = build(VersionCheck::Enforce);
     let (acked, total) = hammer(engine, backend).await;
     assert_eq!(
         acked,
@@ -98,19 +99,16 @@ async fn version_check_keeps_every_acknowledged_increment_and_its_absence_loses_
     );
     assert_eq!(total as usize, acked, "committed increments were lost");
 
-    wss_engine::backend::UNSAFE_SKIP_VERSION_CHECK.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut lost_somewhere = false;
     // Races are probabilistic; a few bounded rounds make a false pass very unlikely.
     for _ in 0..5 {
-        let (engine, backend) = build();
+        let (engine, backend) = build(VersionCheck::Skip);
         let (acked, total) = hammer(engine, backend).await;
         if (total as usize) < acked {
             lost_somewhere = true;
             break;
         }
     }
-    wss_engine::backend::UNSAFE_SKIP_VERSION_CHECK
-        .store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(
         lost_somewhere,
         "without the version check concurrent increments should be lost"

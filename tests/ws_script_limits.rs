@@ -107,7 +107,7 @@ fn eval_is_not_available_to_packs() {
     script: eval("1 + 1");
 "#,
     );
-    let runtime = wss_engine::engine::script::ScriptRuntime::new(&Default::default());
+    let runtime = wss_engine::script::ScriptRuntime::new(&Default::default());
     let diags = wss_engine::config::load(dir.path(), &runtime).unwrap_err();
     assert!(diags.iter().any(|d| d.message.contains("eval")), "{diags}");
 }

@@ -14,9 +14,9 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use super::{
-    BackendError, Bus, Commit, CommitOutcome, ConnId, Envelope, Sink, StateStore, StoredValue,
-    Versioned,
+    BackendError, Bus, Commit, CommitOutcome, StateStore, StoredValue, VersionCheck, Versioned,
 };
+use crate::delivery::{ConnId, Envelope, Sink};
 
 #[derive(Default)]
 struct Entry {
@@ -40,14 +40,20 @@ pub struct MemoryBackend {
     state: Mutex<HashMap<String, Entry>>,
     rooms: Mutex<HashMap<String, BTreeSet<String>>>,
     sink: Arc<dyn Sink>,
+    version_check: VersionCheck,
 }
 
 impl MemoryBackend {
     pub fn new(sink: Arc<dyn Sink>) -> Self {
+        Self::with_version_check(sink, VersionCheck::Enforce)
+    }
+
+    pub fn with_version_check(sink: Arc<dyn Sink>, version_check: VersionCheck) -> Self {
         Self {
             state: Mutex::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
             sink,
+            version_check,
         }
     }
 
@@ -67,7 +73,7 @@ impl MemoryBackend {
 
     fn commit_now(&self, commit: Commit) -> CommitOutcome {
         let mut state = self.state.lock();
-        let unchanged = super::UNSAFE_SKIP_VERSION_CHECK.load(std::sync::atomic::Ordering::Relaxed)
+        let unchanged = self.version_check == VersionCheck::Skip
             || commit
                 .reads
                 .iter()

@@ -1,6 +1,7 @@
 //! Where shared state lives and how deliveries cross nodes.
 //!
-//! Two narrow contracts, each with a memory and (later) a Redis implementation:
+//! Two narrow contracts, each with a memory implementation (one node, the default) and
+//! a Redis one (any number of nodes):
 //!
 //! - [`StateStore`]: versioned key/value state in native shapes (values, hashes, sets,
 //!   lists) plus room membership. Scripts read through it and commit with
@@ -17,18 +18,12 @@ pub mod memory;
 pub mod redis;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use crate::config::Target;
-
-/// Connection ids embed the id of the node that holds them, so a `conn:` delivery can be
-/// routed to that node's channel without a lookup.
-pub type ConnId = Arc<str>;
+use crate::delivery::{ConnId, Envelope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -92,16 +87,6 @@ pub struct Write {
     pub key: String,
     pub value: Option<StoredValue>,
     pub ttl: Option<Duration>,
-}
-
-/// A delivery on its way to every node: who gets it and the frame, serialized once.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub target: Target,
-    /// The sender, when it must not receive its own delivery (`exclude_sender`).
-    /// `Target::Sender` never travels: dispatch turns it into `Target::Conn`.
-    pub exclude: Option<ConnId>,
-    pub frame: Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -184,15 +169,15 @@ pub trait Bus: Send + Sync + 'static {
     }
 }
 
-/// The local end of the bus: whatever delivers envelopes to this node's sockets.
-pub trait Sink: Send + Sync + 'static {
-    fn deliver(&self, envelope: &Envelope);
+/// Whether commits check read versions. `Skip` turns them into blind writes: it exists
+/// only to demonstrate, with the real binary, the lost updates the check prevents
+/// (`--unsafe-skip-version-check`, hidden).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VersionCheck {
+    #[default]
+    Enforce,
+    Skip,
 }
-
-/// Turns commits into blind writes. Exists only to demonstrate, with the real binary, the
-/// lost updates the version check prevents (`--unsafe-skip-version-check`, hidden).
-pub static UNSAFE_SKIP_VERSION_CHECK: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 
 /// Keys, rooms and targets are operator-visible names; keep them readable and bounded.
 pub const MAX_NAME_LEN: usize = 256;

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use jsonschema::{Retrieve, Uri, Validator};
 use serde_json::Value;
 
-use super::diagnostic::{suggest, Diagnostics};
+use super::diagnostic::Diagnostics;
 use super::yaml::{self, Node, NodeKind, Pos};
+use crate::suggest::suggest;
 
 /// Schema files parsed so far in this load, shared by every event that refers to them.
 #[derive(Default)]

@@ -1,8 +1,12 @@
-//! Delivery targets (`to:` and `emit(target, …)`) and their `{{…}}` templates.
+//! Targets as a pack writes them (`to:`, `keys:`), with `{{…}}` templates filled in per
+//! message into a [`Target`].
 
 use std::fmt;
 
 use serde_json::Value;
+
+use crate::delivery::target::{split, TargetKind, TargetSyntaxError};
+use crate::delivery::Target;
 
 /// A target as written in a pack: the kind is fixed, the name may hold templates.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,17 +17,6 @@ pub enum TargetSpec {
     Room(Template),
     User(Template),
     Conn(Template),
-}
-
-/// A target with every template filled in, as the engine delivers to it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Target {
-    None,
-    Sender,
-    All,
-    Room(String),
-    User(String),
-    Conn(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,10 +42,8 @@ pub struct TemplateContext<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error("unknown target `{0}`: use sender, all, none, room:<name>, user:<id> or conn:<id>")]
-    UnknownKind(String),
-    #[error("target `{0}` needs a name after the colon")]
-    EmptyName(String),
+    #[error(transparent)]
+    Syntax(#[from] TargetSyntaxError),
     #[error("unclosed `{{{{` in `{0}`")]
     Unclosed(String),
     #[error("unknown template `{{{{{0}}}}}`: use {{{{data.<field>}}}}, {{{{conn.id}}}} or {{{{conn.user}}}}")]
@@ -65,59 +56,23 @@ pub enum TargetError {
     NoUser,
 }
 
-/// The kind of a target and its name (empty for the kinds that take none).
-enum Kind {
-    None,
-    Sender,
-    All,
-    Room,
-    User,
-    Conn,
-}
-
-/// The grammar shared by pack targets and script targets: `none`, `sender`, `all`, or
-/// `room:`/`user:`/`conn:` followed by a non-empty name.
-fn split(text: &str) -> Result<(Kind, &str), TargetError> {
-    let (kind, name) = match text.split_once(':') {
-        None => {
-            return match text {
-                "none" => Ok((Kind::None, "")),
-                "sender" => Ok((Kind::Sender, "")),
-                "all" => Ok((Kind::All, "")),
-                "room" | "user" | "conn" => Err(TargetError::EmptyName(text.into())),
-                _ => Err(TargetError::UnknownKind(text.into())),
-            };
-        }
-        Some(split) => split,
-    };
-    let kind = match kind {
-        "room" => Kind::Room,
-        "user" => Kind::User,
-        "conn" => Kind::Conn,
-        _ => return Err(TargetError::UnknownKind(text.into())),
-    };
-    if name.is_empty() {
-        return Err(TargetError::EmptyName(text.into()));
-    }
-    Ok((kind, name))
-}
-
 impl TargetSpec {
     pub fn parse(text: &str) -> Result<Self, TargetError> {
         Ok(match split(text)? {
-            (Kind::None, _) => Self::None,
-            (Kind::Sender, _) => Self::Sender,
-            (Kind::All, _) => Self::All,
-            (Kind::Room, name) => Self::Room(Template::parse(name)?),
-            (Kind::User, name) => Self::User(Template::parse(name)?),
-            (Kind::Conn, name) => Self::Conn(Template::parse(name)?),
+            (TargetKind::None, _) => Self::None,
+            (TargetKind::Sender, _) => Self::Sender,
+            (TargetKind::All, _) => Self::All,
+            (TargetKind::Room, name) => Self::Room(Template::parse(name)?),
+            (TargetKind::User, name) => Self::User(Template::parse(name)?),
+            (TargetKind::Conn, name) => Self::Conn(Template::parse(name)?),
         })
     }
 
+    /// The target for one message; `sender` becomes the sender's connection.
     pub fn resolve(&self, cx: &TemplateContext<'_>) -> Result<Target, TargetError> {
         Ok(match self {
             Self::None => Target::None,
-            Self::Sender => Target::Sender,
+            Self::Sender => Target::Conn(cx.conn_id.to_string()),
             Self::All => Target::All,
             Self::Room(t) => Target::Room(t.render(cx)?),
             Self::User(t) => Target::User(t.render(cx)?),
@@ -130,33 +85,6 @@ impl TargetSpec {
         match self {
             Self::Room(t) | Self::User(t) | Self::Conn(t) => t.data_paths(),
             _ => Vec::new(),
-        }
-    }
-}
-
-impl Target {
-    /// A target computed by a script (`emit("room:" + r, …)`): no templates, just a name.
-    pub fn parse(text: &str) -> Result<Self, TargetError> {
-        Ok(match split(text)? {
-            (Kind::None, _) => Self::None,
-            (Kind::Sender, _) => Self::Sender,
-            (Kind::All, _) => Self::All,
-            (Kind::Room, name) => Self::Room(name.into()),
-            (Kind::User, name) => Self::User(name.into()),
-            (Kind::Conn, name) => Self::Conn(name.into()),
-        })
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => f.write_str("none"),
-            Self::Sender => f.write_str("sender"),
-            Self::All => f.write_str("all"),
-            Self::Room(n) => write!(f, "room:{n}"),
-            Self::User(n) => write!(f, "user:{n}"),
-            Self::Conn(n) => write!(f, "conn:{n}"),
         }
     }
 }
@@ -320,7 +248,7 @@ mod tests {
         );
         assert!(matches!(
             TargetSpec::parse("rooms:x"),
-            Err(TargetError::UnknownKind(_))
+            Err(TargetError::Syntax(TargetSyntaxError::UnknownKind(_)))
         ));
         assert!(matches!(
             TargetSpec::parse("room:{{data.x"),

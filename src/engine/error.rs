@@ -62,3 +62,11 @@ impl Failure {
         }
     }
 }
+
+impl From<crate::backend::BackendError> for Failure {
+    /// Whatever goes wrong between the engine and its backend (unreachable, or a reply
+    /// it did not expect), the client can only be told the service is unavailable.
+    fn from(e: crate::backend::BackendError) -> Self {
+        Failure::new(ErrorCode::Unavailable, e.to_string())
+    }
+}

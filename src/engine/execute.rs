@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use super::host::{txn_failure, ConnView, Host};
-use super::script::ScriptInput;
+use super::effects::{Committed, Effects, RoomOp};
+use super::host::{ConnView, Host};
 use super::txn::Txn;
-use super::{Effects, Engine, ErrorCode, Failure, ScriptRun, MAX_ATTEMPTS};
-use crate::backend::{CommitOutcome, Envelope};
+use super::{Engine, ErrorCode, Failure, MAX_ATTEMPTS};
+use crate::backend::CommitOutcome;
 use crate::config::{EventDef, Scope, TemplateContext};
+use crate::delivery::Envelope;
+use crate::script::{ScriptFailure, ScriptInput};
 
 /// Most runs one commit takes: bounds the work (and the retry) of one batch.
 const MAX_BATCH: usize = 256;
@@ -37,15 +39,15 @@ pub(super) struct Pending {
     data: Value,
     /// Declared keys, rendered: prefetched in one round trip.
     declared: Vec<String>,
-    result: Mutex<Option<Result<ScriptRun, Failure>>>,
+    result: Mutex<Option<Result<Committed, Failure>>>,
 }
 
 impl Pending {
-    fn finish(&self, result: Result<ScriptRun, Failure>) {
+    fn finish(&self, result: Result<Committed, Failure>) {
         *self.result.lock() = Some(result);
     }
 
-    fn take(&self) -> Option<Result<ScriptRun, Failure>> {
+    fn take(&self) -> Option<Result<Committed, Failure>> {
         self.result.lock().take()
     }
 }
@@ -57,7 +59,7 @@ pub(super) struct Batches(Mutex<HashMap<Vec<usize>, Vec<Arc<Pending>>>>);
 /// What one attempt at a batch came to.
 enum Attempt {
     /// Every run has its answer (committed, failed on its own, or needed no commit).
-    Done(Vec<Result<ScriptRun, Failure>>),
+    Done(Vec<Result<Committed, Failure>>),
     /// The commit found a read version changed; nothing was written. The keys involved.
     Conflict(Vec<String>),
 }
@@ -70,7 +72,7 @@ impl Engine {
         conn: ConnView,
         data: Value,
         runtime: tokio::runtime::Handle,
-    ) -> Result<ScriptRun, Failure> {
+    ) -> Result<Committed, Failure> {
         let declared: Vec<String> = {
             let cx = TemplateContext {
                 data: &data,
@@ -114,7 +116,7 @@ impl Engine {
         pending: Arc<Pending>,
         lock_keys: &[String],
         runtime: &tokio::runtime::Handle,
-    ) -> Result<ScriptRun, Failure> {
+    ) -> Result<Committed, Failure> {
         let stripes = self.key_locks.stripes(lock_keys);
         self.batches
             .0
@@ -212,15 +214,16 @@ impl Engine {
             }
         }
         if !prefetch.is_empty() {
-            txn.prefetch(prefetch).map_err(txn_failure)?;
+            txn.prefetch(prefetch)?;
         }
 
-        // Each run: its outcome, and (on success) the deliveries its commit publishes.
-        let mut outcomes: Vec<Result<(Effects, Value), Failure>> = Vec::with_capacity(batch.len());
-        let mut publish: Vec<Envelope> = Vec::new();
+        // Each run: its outcome, and on success the deliveries it makes.
+        let mut outcomes: Vec<Result<(Effects, Vec<Envelope>), Failure>> =
+            Vec::with_capacity(batch.len());
         for p in batch {
             let Some(script) = &p.def.script else {
-                outcomes.push(Ok((Effects::default(), p.data.clone())));
+                let deliveries = self.deliveries(&p.def, &p.conn, &p.data, &Effects::default());
+                outcomes.push(deliveries.map(|d| (Effects::default(), d)));
                 continue;
             };
             let savepoint = txn.savepoint();
@@ -250,11 +253,8 @@ impl Engine {
             let outcome = result
                 .map_err(|f| self.script_failure(&p.def, &p.conn, f))
                 .and_then(|data| {
-                    if p.def.scope == Scope::Cluster {
-                        let user = p.conn.user.as_deref();
-                        publish.extend(self.envelopes(&p.def, &p.conn.id, user, &data, &effects)?);
-                    }
-                    Ok((effects, data))
+                    let deliveries = self.deliveries(&p.def, &p.conn, &data, &effects)?;
+                    Ok((effects, deliveries))
                 });
             if outcome.is_err() {
                 txn.rollback_to(savepoint);
@@ -262,69 +262,74 @@ impl Engine {
             outcomes.push(outcome);
         }
 
-        if txn.is_empty() || !outcomes.iter().any(Result::is_ok) {
-            // No shared state involved, or nothing succeeded: nothing to commit;
-            // deliveries go out from the async half.
-            return Ok(Attempt::Done(
-                outcomes
-                    .into_iter()
-                    .map(|o| {
-                        o.map(|(effects, data)| ScriptRun {
-                            effects,
-                            data,
-                            published: false,
-                            memberships_applied: None,
-                        })
-                    })
-                    .collect(),
-            ));
-        }
-
-        // Membership changes must be in place before deliveries published by the commit
+        // Room changes must be in place before deliveries published by the commit
         // reach this node; undone if the commit does not land.
         let mut applied = Vec::with_capacity(batch.len());
         for (p, outcome) in batch.iter().zip(&outcomes) {
-            let changes = match outcome {
-                Ok((effects, _)) => {
-                    match runtime.block_on(self.apply_memberships(&p.conn.id, &effects.memberships))
-                    {
-                        Ok(changes) => changes,
-                        Err(failure) => {
-                            self.undo_all(batch, applied, runtime);
-                            return Err(failure);
-                        }
-                    }
-                }
-                Err(_) => Vec::new(),
+            let ops: &[RoomOp] = match outcome {
+                Ok((effects, _)) => &effects.room_ops,
+                Err(_) => &[],
             };
-            applied.push(changes);
+            match runtime.block_on(self.apply_room_ops(&p.conn.id, ops)) {
+                Ok(changes) => applied.push(changes),
+                Err(failure) => {
+                    self.undo_all(batch, applied, runtime);
+                    return Err(failure);
+                }
+            }
+        }
+
+        // No shared state involved, or nothing succeeded: nothing to commit, and the
+        // deliveries go out from the async half.
+        let commits = !txn.is_empty() && outcomes.iter().any(Result::is_ok);
+        let mut publish = Vec::new();
+        let committed: Vec<Result<Committed, Failure>> = outcomes
+            .into_iter()
+            .zip(batch)
+            .map(|(outcome, p)| {
+                outcome.map(|(effects, deliveries)| {
+                    let unsent = if commits && p.def.scope == Scope::Cluster {
+                        publish.extend(deliveries);
+                        Vec::new()
+                    } else {
+                        deliveries
+                    };
+                    Committed {
+                        reply: effects.reply,
+                        room_ops: effects.room_ops,
+                        unsent,
+                    }
+                })
+            })
+            .collect();
+        if !commits {
+            return Ok(Attempt::Done(committed));
         }
         let touched = txn.keys();
         let mut commit = txn.into_commit();
         commit.publish = publish;
         match runtime.block_on(self.store.commit(commit)) {
-            Ok(CommitOutcome::Committed) => Ok(Attempt::Done(
-                outcomes
-                    .into_iter()
-                    .zip(applied)
-                    .zip(batch)
-                    .map(|((o, changes), p)| {
-                        o.map(|(effects, data)| ScriptRun {
-                            effects,
-                            data,
-                            published: p.def.scope == Scope::Cluster,
-                            memberships_applied: Some(changes),
-                        })
-                    })
-                    .collect(),
-            )),
+            Ok(CommitOutcome::Committed) => Ok(Attempt::Done(committed)),
             Ok(CommitOutcome::Conflict) => {
                 self.undo_all(batch, applied, runtime);
                 Ok(Attempt::Conflict(touched))
             }
             Err(e) => {
                 self.undo_all(batch, applied, runtime);
-                Err(Failure::new(ErrorCode::Unavailable, e.to_string()))
+                Err(e.into())
+            }
+        }
+    }
+
+    fn script_failure(&self, def: &EventDef, conn: &ConnView, failure: ScriptFailure) -> Failure {
+        match failure {
+            ScriptFailure::Rejected { code, message } => {
+                Failure::new(ErrorCode::Custom(code), message)
+            }
+            ScriptFailure::Unavailable(message) => Failure::new(ErrorCode::Unavailable, message),
+            ScriptFailure::Error(message) => {
+                tracing::info!(event = %def.name, conn = %conn.id, error = %message, "script failed");
+                Failure::new(ErrorCode::ScriptError, message)
             }
         }
     }
@@ -332,11 +337,11 @@ impl Engine {
     fn undo_all(
         &self,
         batch: &[Arc<Pending>],
-        applied: Vec<Vec<(bool, String)>>,
+        applied: Vec<Vec<RoomOp>>,
         runtime: &tokio::runtime::Handle,
     ) {
         for (p, changes) in batch.iter().zip(applied).rev() {
-            runtime.block_on(self.undo_memberships(&p.conn.id, changes));
+            runtime.block_on(self.undo_room_ops(&p.conn.id, changes));
         }
     }
 }

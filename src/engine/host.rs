@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::router::Router;
-use super::script::{self, LogLevel, ScriptHost, StateOp};
+use super::effects::{Effects, Emit, RoomOp};
 use super::txn::{Txn, TxnError};
-use super::Conn;
-use super::{Effects, Emit, Engine, ErrorCode, Failure, MAX_EMITS};
-use crate::backend::{ConnId, MAX_NAME_LEN};
-use crate::config::Target;
+use super::{Caller, Engine, ErrorCode, Failure, MAX_EMITS};
+use crate::backend::{BackendError, MAX_NAME_LEN};
+use crate::delivery::{ConnId, Router, Target};
+use crate::script::{HostError, LogLevel, ScriptHost, StateOp};
 
 /// The connection as a script sees it; `Send`, for the blocking pool.
 pub(super) struct ConnView {
@@ -23,15 +22,15 @@ pub(super) struct ConnView {
 }
 
 impl ConnView {
-    pub(super) fn of(conn: &Conn, router: &Router, node: &Arc<str>) -> Self {
+    pub(super) fn of(caller: &Caller, router: &Router, node: &Arc<str>) -> Self {
         Self {
-            id: conn.id.clone(),
-            user: conn.user.clone(),
-            claims: conn.claims.clone(),
-            rooms: conn
-                .orphan_rooms
+            id: caller.id.clone(),
+            user: caller.user.clone(),
+            claims: caller.claims.clone(),
+            rooms: caller
+                .rooms
                 .clone()
-                .unwrap_or_else(|| router.rooms_of(&conn.id)),
+                .unwrap_or_else(|| router.rooms_of(&caller.id)),
             node: node.clone(),
         }
     }
@@ -47,12 +46,23 @@ impl ConnView {
     }
 }
 
-pub(super) fn txn_failure(e: TxnError) -> Failure {
-    match e {
-        TxnError::Backend(crate::backend::BackendError::Unavailable(m)) => {
-            Failure::new(ErrorCode::Unavailable, m)
+impl From<TxnError> for Failure {
+    fn from(e: TxnError) -> Self {
+        match e {
+            TxnError::Backend(BackendError::Unavailable(m)) => {
+                Failure::new(ErrorCode::Unavailable, m)
+            }
+            other => Failure::new(ErrorCode::ScriptError, other.to_string()),
         }
-        other => Failure::new(ErrorCode::ScriptError, other.to_string()),
+    }
+}
+
+impl From<TxnError> for HostError {
+    fn from(e: TxnError) -> Self {
+        match e {
+            TxnError::Backend(BackendError::Unavailable(m)) => HostError::Unavailable(m),
+            other => HostError::Invalid(other.to_string()),
+        }
     }
 }
 
@@ -65,29 +75,29 @@ pub(super) struct Host<'a> {
     pub(super) event: &'a str,
 }
 
-fn check_name(kind: &str, name: &str) -> Result<(), String> {
+fn check_name(kind: &str, name: &str) -> Result<(), HostError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!(
+        return Err(HostError::Invalid(format!(
             "{kind} names must be 1 to {MAX_NAME_LEN} bytes long"
-        ));
+        )));
     }
     Ok(())
 }
 
 impl ScriptHost for Host<'_> {
-    fn emit(&mut self, target: &str, event: &str, data: Value) -> Result<(), String> {
-        let target = Target::parse(target).map_err(|e| format!("emit: {e}"))?;
+    fn emit(&mut self, target: &str, event: &str, data: Value) -> Result<(), HostError> {
+        let target = Target::parse(target, &self.conn.id)
+            .map_err(|e| HostError::Invalid(format!("emit: {e}")))?;
         check_name("event", event)?;
         if self.effects.emits.len() >= MAX_EMITS {
-            return Err(format!(
+            return Err(HostError::Invalid(format!(
                 "emit: more than {MAX_EMITS} deliveries from one message"
-            ));
+            )));
         }
         self.effects.emits.push(Emit {
             target,
             event: event.to_string(),
             data,
-            exclude: None,
         });
         Ok(())
     }
@@ -96,29 +106,29 @@ impl ScriptHost for Host<'_> {
         self.effects.reply = Some(value);
     }
 
-    fn join(&mut self, room: &str) -> Result<(), String> {
+    fn join(&mut self, room: &str) -> Result<(), HostError> {
         check_name("room", room)?;
-        self.effects.memberships.push((true, room.to_string()));
+        self.effects.room_ops.push(RoomOp::Join(room.to_string()));
         Ok(())
     }
 
-    fn leave(&mut self, room: &str) -> Result<(), String> {
+    fn leave(&mut self, room: &str) -> Result<(), HostError> {
         check_name("room", room)?;
-        self.effects.memberships.push((false, room.to_string()));
+        self.effects.room_ops.push(RoomOp::Leave(room.to_string()));
         Ok(())
     }
 
-    fn presence(&mut self, room: &str) -> Result<Vec<String>, String> {
+    fn presence(&mut self, room: &str) -> Result<Vec<String>, HostError> {
         let mut members = self
             .runtime
             .block_on(self.engine.store.members(room))
-            .map_err(|e| script::unavailable_message(&e.to_string()))?;
+            .map_err(|e| HostError::Unavailable(e.to_string()))?;
         // The script's own joins and leaves count, though they apply after the commit.
         let me = self.conn.id.to_string();
-        for (join, r) in &self.effects.memberships {
-            if r == room {
+        for op in &self.effects.room_ops {
+            if op.room() == room {
                 members.retain(|m| m != &me);
-                if *join {
+                if matches!(op, RoomOp::Join(_)) {
                     members.push(me.clone());
                 }
             }
@@ -131,13 +141,8 @@ impl ScriptHost for Host<'_> {
         self.effects.dropped = true;
     }
 
-    fn state(&mut self, op: StateOp) -> Result<Value, String> {
-        self.txn.apply(op).map_err(|e| match e {
-            TxnError::Backend(crate::backend::BackendError::Unavailable(m)) => {
-                script::unavailable_message(&m)
-            }
-            other => other.to_string(),
-        })
+    fn state(&mut self, op: StateOp) -> Result<Value, HostError> {
+        Ok(self.txn.apply(op)?)
     }
 
     fn log(&mut self, level: LogLevel, message: &str) {

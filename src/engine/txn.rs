@@ -13,7 +13,7 @@ use crate::backend::{
     BackendError, Commit, StateStore, StoredValue, Versioned, Write, MAX_NAME_LEN,
 };
 
-use super::script::StateOp;
+use crate::script::StateOp;
 
 #[derive(Clone)]
 struct Slot {

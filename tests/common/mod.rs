@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use wss_engine::engine::script::{ScriptLimits, ScriptRuntime};
+use wss_engine::script::{ScriptLimits, ScriptRuntime};
 use wss_engine::server::{self, ServerConfig};
 
 /// How long any single expected frame may take. Generous for a loaded 2-core machine in

@@ -1,9 +1,9 @@
-//! The Rhai side of scripts: the engine with the pack API registered, limits, and the
+//! The script runtime: Rhai with the pack API registered ([`api`]), its limits, and the
 //! bridge from script calls to whatever runs them ([`ScriptHost`]).
 //!
-//! This module has no tokio and no backend: `wss-engine check` compiles scripts with the
-//! very same engine the server runs them on, so an unknown function or variable is
-//! reported before deployment.
+//! No tokio, no backend, no events: `wss-engine check` compiles scripts with the very
+//! same engine the server runs them on, so an unknown function or variable is reported
+//! before deployment; the engine supplies the host that gives the calls their meaning.
 //!
 //! Rhai native functions receive no per-run user data, and a script runs synchronously on
 //! one blocking thread from start to end. The running host therefore lives in a
@@ -13,7 +13,9 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, Position, Scope, AST};
+mod api;
+
+use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
 use serde_json::Value;
 
 /// Safe defaults an operator may tighten or loosen from the command line.
@@ -63,15 +65,28 @@ pub enum StateOp {
     LTrim(String, i64, i64),
 }
 
-/// What a running script talks to. Errors are messages for the client's `script_error`.
+/// Why a host call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HostError {
+    /// Shared state is out of reach: the run ends and the client gets `unavailable`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The script used the API wrongly (a bad target, a name too long, a value of the
+    /// wrong type): an error the script may catch; uncaught, the client gets
+    /// `script_error` with this message.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a running script talks to.
 pub trait ScriptHost {
-    fn emit(&mut self, target: &str, event: &str, data: Value) -> Result<(), String>;
+    fn emit(&mut self, target: &str, event: &str, data: Value) -> Result<(), HostError>;
     fn reply(&mut self, value: Value);
-    fn join(&mut self, room: &str) -> Result<(), String>;
-    fn leave(&mut self, room: &str) -> Result<(), String>;
-    fn presence(&mut self, room: &str) -> Result<Vec<String>, String>;
+    fn join(&mut self, room: &str) -> Result<(), HostError>;
+    fn leave(&mut self, room: &str) -> Result<(), HostError>;
+    fn presence(&mut self, room: &str) -> Result<Vec<String>, HostError>;
     fn drop_delivery(&mut self);
-    fn state(&mut self, op: StateOp) -> Result<Value, String>;
+    fn state(&mut self, op: StateOp) -> Result<Value, HostError>;
     fn log(&mut self, level: LogLevel, message: &str);
 }
 
@@ -116,9 +131,19 @@ struct HostSlot {
     deadline: Instant,
 }
 
-/// Markers carried through Rhai errors so `run` can tell them apart from runtime errors.
-const REJECT_TAG: &str = "\u{0}wss-reject";
-const UNAVAILABLE_TAG: &str = "\u{0}wss-unavailable";
+/// How a run ends early on purpose. Carried through Rhai as the value of a runtime
+/// error, so [`classify`] recognises it by type, whatever message a script composes.
+#[derive(Debug, Clone)]
+enum Stop {
+    /// `reject(code, message)`.
+    Reject { code: String, message: String },
+    /// The host lost shared state ([`HostError::Unavailable`]).
+    Unavailable(String),
+}
+
+fn stop(signal: Stop) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(Dynamic::from(signal), Position::NONE).into()
+}
 
 fn with_host<R>(f: impl FnOnce(&mut dyn ScriptHost) -> R) -> Result<R, Box<EvalAltResult>> {
     HOST.with(|slot| {
@@ -134,11 +159,12 @@ fn with_host<R>(f: impl FnOnce(&mut dyn ScriptHost) -> R) -> Result<R, Box<EvalA
 }
 
 fn host_result<T>(
-    r: Result<Result<T, String>, Box<EvalAltResult>>,
+    r: Result<Result<T, HostError>, Box<EvalAltResult>>,
 ) -> Result<T, Box<EvalAltResult>> {
     match r? {
         Ok(v) => Ok(v),
-        Err(message) => Err(message.into()),
+        Err(HostError::Unavailable(message)) => Err(stop(Stop::Unavailable(message))),
+        Err(HostError::Invalid(message)) => Err(message.into()),
     }
 }
 
@@ -205,7 +231,7 @@ impl ScriptRuntime {
         engine.on_debug(|text, _, _| {
             let _ = with_host(|h| h.log(LogLevel::Debug, text));
         });
-        register_api(&mut engine);
+        api::register(&mut engine);
 
         let mut known_functions: HashSet<String> = engine
             .gen_fn_signatures(true)
@@ -282,7 +308,7 @@ impl ScriptRuntime {
                     && !self.known_functions.contains(name)
                     && !script_fns.contains(name)
                 {
-                    let hint = crate::config::suggest(
+                    let hint = crate::suggest::suggest(
                         name,
                         self.known_functions
                             .iter()
@@ -350,144 +376,13 @@ impl ScriptRuntime {
 
 fn classify(error: EvalAltResult) -> ScriptFailure {
     match error {
-        EvalAltResult::ErrorRuntime(value, _) => {
-            let text = value.to_string();
-            if let Some(rest) = text.strip_prefix(REJECT_TAG) {
-                let (code, message) = rest.split_once('\u{0}').unwrap_or((rest, ""));
-                return ScriptFailure::Rejected {
-                    code: code.to_string(),
-                    message: message.to_string(),
-                };
-            }
-            if let Some(message) = text.strip_prefix(UNAVAILABLE_TAG) {
-                return ScriptFailure::Unavailable(message.to_string());
-            }
-            ScriptFailure::Error(text)
-        }
+        EvalAltResult::ErrorRuntime(value, _) if value.is::<Stop>() => match value.cast::<Stop>() {
+            Stop::Reject { code, message } => ScriptFailure::Rejected { code, message },
+            Stop::Unavailable(message) => ScriptFailure::Unavailable(message),
+        },
+        EvalAltResult::ErrorRuntime(value, _) => ScriptFailure::Error(value.to_string()),
         EvalAltResult::ErrorInFunctionCall(_, _, inner, _) => classify(*inner),
         EvalAltResult::ErrorTerminated(reason, _) => ScriptFailure::Error(reason.to_string()),
-        other => {
-            let text = other.to_string();
-            // Host errors surface as runtime errors wrapped by Rhai: keep our markers.
-            if let Some(i) = text.find(UNAVAILABLE_TAG) {
-                return ScriptFailure::Unavailable(text[i + UNAVAILABLE_TAG.len()..].to_string());
-            }
-            ScriptFailure::Error(text)
-        }
+        other => ScriptFailure::Error(other.to_string()),
     }
-}
-
-/// How a host reports that shared state is out of reach (the client gets `unavailable`).
-pub fn unavailable_message(message: &str) -> String {
-    format!("{UNAVAILABLE_TAG}{message}")
-}
-
-fn register_api(engine: &mut Engine) {
-    engine.register_type_with_name::<StateApi>("State");
-
-    engine.register_fn(
-        "emit",
-        |target: &str, event: &str, data: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            let data = to_json(&data)?;
-            host_result(with_host(|h| h.emit(target, event, data)))
-        },
-    );
-    engine.register_fn(
-        "reply",
-        |value: Dynamic| -> Result<(), Box<EvalAltResult>> {
-            let value = to_json(&value)?;
-            with_host(|h| h.reply(value))
-        },
-    );
-    engine.register_fn("join", |room: &str| -> Result<(), Box<EvalAltResult>> {
-        host_result(with_host(|h| h.join(room)))
-    });
-    engine.register_fn("leave", |room: &str| -> Result<(), Box<EvalAltResult>> {
-        host_result(with_host(|h| h.leave(room)))
-    });
-    engine.register_fn(
-        "presence",
-        |room: &str| -> Result<Array, Box<EvalAltResult>> {
-            let members = host_result(with_host(|h| h.presence(room)))?;
-            Ok(members.into_iter().map(Dynamic::from).collect())
-        },
-    );
-    engine.register_fn("drop", || -> Result<(), Box<EvalAltResult>> {
-        with_host(|h| h.drop_delivery())
-    });
-    engine.register_fn(
-        "reject",
-        |code: &str, message: &str| -> Result<(), Box<EvalAltResult>> {
-            if code.is_empty()
-                || !code
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                return Err(format!(
-                    "reject: code `{code}` must be lowercase letters, digits and `_`"
-                )
-                .into());
-            }
-            Err(EvalAltResult::ErrorRuntime(
-                Dynamic::from(format!("{REJECT_TAG}{code}\u{0}{message}")),
-                Position::NONE,
-            )
-            .into())
-        },
-    );
-
-    engine.register_fn("get", |_: StateApi, k: &str| {
-        state_op(StateOp::Get(k.into()))
-    });
-    engine.register_fn("set", |_: StateApi, k: &str, v: Dynamic| {
-        state_op(StateOp::Set(k.into(), to_json(&v)?, None))
-    });
-    engine.register_fn("set", |_: StateApi, k: &str, v: Dynamic, ttl_s: i64| {
-        state_op(StateOp::Set(k.into(), to_json(&v)?, Some(ttl(ttl_s)?)))
-    });
-    engine.register_fn("del", |_: StateApi, k: &str| {
-        state_op(StateOp::Del(k.into()))
-    });
-    engine.register_fn("incr", |_: StateApi, k: &str, by: i64| {
-        state_op(StateOp::Incr(k.into(), Value::from(by)))
-    });
-    engine.register_fn("incr", |_: StateApi, k: &str, by: f64| {
-        state_op(StateOp::Incr(k.into(), Value::from(by)))
-    });
-    engine.register_fn("hget", |_: StateApi, k: &str, f: &str| {
-        state_op(StateOp::HGet(k.into(), f.into()))
-    });
-    engine.register_fn("hset", |_: StateApi, k: &str, f: &str, v: Dynamic| {
-        state_op(StateOp::HSet(k.into(), f.into(), to_json(&v)?))
-    });
-    engine.register_fn("hdel", |_: StateApi, k: &str, f: &str| {
-        state_op(StateOp::HDel(k.into(), f.into()))
-    });
-    engine.register_fn("hgetall", |_: StateApi, k: &str| {
-        state_op(StateOp::HGetAll(k.into()))
-    });
-    engine.register_fn("sadd", |_: StateApi, k: &str, m: Dynamic| {
-        state_op(StateOp::SAdd(k.into(), to_json(&m)?))
-    });
-    engine.register_fn("srem", |_: StateApi, k: &str, m: Dynamic| {
-        state_op(StateOp::SRem(k.into(), to_json(&m)?))
-    });
-    engine.register_fn("smembers", |_: StateApi, k: &str| {
-        state_op(StateOp::SMembers(k.into()))
-    });
-    engine.register_fn("scard", |_: StateApi, k: &str| {
-        state_op(StateOp::SCard(k.into()))
-    });
-    engine.register_fn("lpush", |_: StateApi, k: &str, v: Dynamic| {
-        state_op(StateOp::LPush(k.into(), to_json(&v)?))
-    });
-    engine.register_fn("rpush", |_: StateApi, k: &str, v: Dynamic| {
-        state_op(StateOp::RPush(k.into(), to_json(&v)?))
-    });
-    engine.register_fn("lrange", |_: StateApi, k: &str, start: i64, stop: i64| {
-        state_op(StateOp::LRange(k.into(), start, stop))
-    });
-    engine.register_fn("ltrim", |_: StateApi, k: &str, start: i64, stop: i64| {
-        state_op(StateOp::LTrim(k.into(), start, stop))
-    });
 }

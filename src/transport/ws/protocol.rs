@@ -23,8 +23,6 @@ pub struct Request {
     pub data: Value,
 }
 
-/// Parse a text frame. On failure the id (if one could be read) comes back with it, so
-/// the error can be an ack rather than a `$error`.
 /// A frame that could not become a request: its id (if readable) and why.
 pub type Rejected = Box<(Option<Value>, Failure)>;
 
@@ -32,6 +30,8 @@ fn rejected(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> R
     Box::new((id, Failure::new(code, message)))
 }
 
+/// Parse a text frame. On failure the id (if one could be read) comes back with it, so
+/// the error can be an ack rather than a `$error`.
 pub fn parse(text: &str) -> Result<Request, Rejected> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         rejected(

@@ -1,7 +1,10 @@
 //! `wss-engine test`: run every event's `tests:` cases in-process on the memory backend.
 //!
-//! Each case gets a fresh engine whose deliveries are recorded instead of sent, so a
-//! case sees exactly the deliveries, reply or error of the one message it sends.
+//! The cases are read from the pack's files by [`cases`]; each gets a fresh engine
+//! whose deliveries are recorded instead of sent, so a case sees exactly the
+//! deliveries, reply or error of the one message it sends.
+
+pub mod cases;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,11 +13,12 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::backend::memory::MemoryBackend;
-use crate::backend::{Bus, Commit, ConnId, Envelope, Sink, StateStore, StoredValue, Write};
-use crate::config::{self, EventDef, Pack, Target, TestCase};
-use crate::engine::router::{ConnLink, Router};
-use crate::engine::script::{ScriptLimits, ScriptRuntime};
+use crate::backend::{Bus, Commit, StateStore, StoredValue, Write};
+use crate::config::{self, EventDef, Pack};
+use crate::delivery::{ConnId, ConnLink, Envelope, Router, Sink, Target};
 use crate::engine::{Conn, Engine, EngineParts};
+use crate::script::{ScriptLimits, ScriptRuntime};
+use cases::{EventCases, TestCase};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<Envelope>>);
@@ -39,9 +43,20 @@ pub async fn run_pack_tests(dir: &Path) -> anyhow::Result<bool> {
             );
         }
     };
+    let (events, diags) = cases::load(dir);
+    if diags.has_errors() {
+        print!("{diags}");
+        anyhow::bail!(
+            "the pack's tests have errors; fix them first (`wss-engine check {}`)",
+            dir.display()
+        );
+    }
     let (mut passed, mut failed) = (0usize, 0usize);
-    for def in pack.events.values() {
-        for case in &def.tests {
+    for EventCases { event, cases } in &events {
+        let Some(def) = pack.events.get(event) else {
+            continue;
+        };
+        for case in cases {
             match run_case(&pack, &runtime, def, case).await {
                 Ok(()) => {
                     passed += 1;

@@ -1,0 +1,216 @@
+//! Deliveries between nodes: the `Bus` side of Redis, and the task that owns the
+//! Pub/Sub connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::PubSubSink;
+use redis::Value as RedisValue;
+
+use super::wire::{decode_message, encode_message};
+use super::{bounded, unavailable, RedisBackend, MAX_BACKOFF, OP_TIMEOUT};
+use crate::backend::{BackendError, Bus, Channel};
+use crate::delivery::Envelope;
+
+pub(super) struct PubSubState {
+    /// Channel → local reasons to listen. The connection task subscribes all of them
+    /// after every reconnect.
+    wanted: parking_lot::Mutex<HashMap<String, usize>>,
+    /// The live connection's command half; `None` while disconnected. An async mutex:
+    /// subscribe calls await the server's confirmation while holding it.
+    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    ready: AtomicBool,
+}
+
+impl PubSubState {
+    /// Wanting the always-on channels from the start.
+    pub(super) fn new(always: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            wanted: parking_lot::Mutex::new(always.into_iter().map(|c| (c, 1)).collect()),
+            sink: tokio::sync::Mutex::new(None),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Wait (bounded) for the first subscription, so a fresh node does not miss events.
+    pub(super) async fn wait_ready(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_ready() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Bus for RedisBackend {
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BackendError>> {
+        async move {
+            if self.needs_publish(&envelope) {
+                if let Some(channel) = self.names.target_channel(&envelope.target) {
+                    let message = encode_message(&self.node_id, &envelope);
+                    let mut c = self.conn.clone();
+                    self.call(
+                        redis::cmd("PUBLISH")
+                            .arg(&channel)
+                            .arg(message)
+                            .query_async::<i64>(&mut c),
+                    )
+                    .await?;
+                    metrics::counter!("wss_bus_published_total").increment(1);
+                }
+            }
+            // Local recipients are served directly; this node drops its own echo.
+            self.local.deliver(&envelope);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn watch(&self, channel: Channel) -> BoxFuture<'_, Result<(), BackendError>> {
+        let name = self.names.channel(&channel);
+        async move {
+            // Counted under the sink lock, so a second watcher cannot return (and its
+            // client be told "joined") while the first one's SUBSCRIBE is still in flight.
+            let mut sink = self.pubsub.sink.lock().await;
+            let first = {
+                let mut wanted = self.pubsub.wanted.lock();
+                let count = wanted.entry(name.clone()).or_insert(0);
+                *count += 1;
+                *count == 1
+            };
+            if !first {
+                return Ok(());
+            }
+            let result = match sink.as_mut() {
+                Some(s) => bounded(s.subscribe(&name)).await,
+                None => Err(unavailable("Pub/Sub connection to Redis is down")),
+            };
+            // On failure the channel stays wanted: the reconnect loop subscribes every
+            // wanted channel, and the caller balances with `unwatch` if it gives up.
+            result
+        }
+        .boxed()
+    }
+
+    fn unwatch(&self, channel: Channel) {
+        let name = self.names.channel(&channel);
+        self.unwatch_name(&name);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.is_healthy() && self.pubsub.is_ready()
+    }
+}
+
+impl RedisBackend {
+    fn unwatch_name(&self, name: &str) {
+        let last = {
+            let mut wanted = self.pubsub.wanted.lock();
+            match wanted.get_mut(name) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    wanted.remove(name);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let pubsub = self.pubsub.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                let mut sink = pubsub.sink.lock().await;
+                // Re-check: a join may have wanted it again while we waited for the lock.
+                if pubsub.wanted.lock().contains_key(&name) {
+                    return;
+                }
+                if let Some(s) = sink.as_mut() {
+                    let _ = tokio::time::timeout(OP_TIMEOUT, s.unsubscribe(&name)).await;
+                }
+            });
+        }
+    }
+}
+
+/// Owns the Pub/Sub connection: connect, subscribe everything wanted, forward messages,
+/// and on any failure start over. Ends when the backend is dropped.
+pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<RedisBackend>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(this) = backend.upgrade() else {
+            return;
+        };
+        let connected =
+            tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            _ => {
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut guard = this.pubsub.sink.lock().await;
+        let channels: Vec<String> = this.pubsub.wanted.lock().keys().cloned().collect();
+        let subscribed = bounded(sink.subscribe(&channels)).await;
+        if subscribed.is_err() {
+            drop(guard);
+            drop(this);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
+        *guard = Some(sink);
+        drop(guard);
+        this.pubsub.ready.store(true, Ordering::Release);
+        tracing::info!(channels = channels.len(), "Redis Pub/Sub subscribed");
+        backoff = Duration::from_millis(50);
+        let node_id = this.node_id.clone();
+        let local = this.local.clone();
+        let state = this.pubsub.clone();
+        drop(this);
+
+        // Forward messages until the connection ends. A ping every few seconds notices a
+        // connection that died without closing.
+        let mut ping = tokio::time::interval(Duration::from_secs(3));
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    match decode_message(msg.get_payload_bytes()) {
+                        Some((origin, _)) if origin == &*node_id => {}
+                        Some((_, envelope)) => local.deliver(&envelope),
+                        None => tracing::warn!(channel = msg.get_channel_name(), "unreadable Pub/Sub message"),
+                    }
+                }
+                _ = ping.tick() => {
+                    let mut sink = state.sink.lock().await;
+                    // In subscribed mode PING answers `["pong", ""]`, not a string: any
+                    // answer proves the connection alive; only errors and timeouts don't.
+                    let alive = match sink.as_mut() {
+                        Some(s) => matches!(tokio::time::timeout(OP_TIMEOUT, s.ping::<RedisValue>()).await, Ok(Ok(_))),
+                        None => false,
+                    };
+                    if !alive {
+                        break;
+                    }
+                }
+            }
+        }
+        state.ready.store(false, Ordering::Release);
+        *state.sink.lock().await = None;
+        tracing::warn!("Redis Pub/Sub connection lost; reconnecting");
+    }
+}

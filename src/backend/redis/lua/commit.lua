@@ -1,0 +1,35 @@
+-- Commit a transaction: check every read version, apply the writes, publish the
+-- deliveries, all in one atomic step (or nothing at all).
+--
+-- KEYS: pairs `P v:<key>`, `P s:<key>` for every key read or written.
+-- ARGV[1]: JSON `{ "r": [[v_index, version], ...],
+--                  "w": [[v_index, s_index, kind, items, ttl_ms], ...],
+--                  "p": [[channel, message], ...] }`
+--          indexes into KEYS (1-based); kind is 'json', 'hash', 'set', 'list' or 'del';
+--          items as the kind's write command takes them; ttl_ms 0 for none.
+-- ARGV[2]: how many items one write command may take (Lua's `unpack` stack limit).
+-- ARGV[3]: '1' to skip the version check (the lost-update demonstration only).
+-- Returns 1 when committed, 0 when a read version changed (nothing written).
+local spec = cjson.decode(ARGV[1])
+if ARGV[3] ~= '1' then
+  for _, r in ipairs(spec.r) do
+    if tonumber(redis.call('GET', KEYS[r[1]]) or '0') ~= r[2] then return 0 end
+  end
+end
+local chunk = tonumber(ARGV[2])
+local function each_chunk(items, f)
+  for i = 1, #items, chunk do f(unpack(items, i, math.min(i + chunk - 1, #items))) end
+end
+for _, w in ipairs(spec.w) do
+  redis.call('INCR', KEYS[w[1]])
+  local key, kind, items, ttl = KEYS[w[2]], w[3], w[4], w[5]
+  redis.call('DEL', key)
+  if kind == 'json' then redis.call('SET', key, items[1])
+  elseif kind == 'hash' then each_chunk(items, function(...) redis.call('HSET', key, ...) end)
+  elseif kind == 'set' then each_chunk(items, function(...) redis.call('SADD', key, ...) end)
+  elseif kind == 'list' then each_chunk(items, function(...) redis.call('RPUSH', key, ...) end)
+  end
+  if ttl > 0 and kind ~= 'del' then redis.call('PEXPIRE', key, ttl) end
+end
+for _, p in ipairs(spec.p) do redis.call('PUBLISH', p[1], p[2]) end
+return 1

@@ -1,0 +1,113 @@
+//! Checks across fields of one event: what no single field's decoder can see.
+
+use std::path::Path;
+
+use super::decode::Loader;
+use super::target::TargetSpec;
+use super::yaml::{Node, NodeKind, Pos};
+use crate::suggest::suggest;
+
+impl Loader<'_> {
+    /// `{{data.x}}` in `to` must name a property the schema lets through, and should
+    /// name one it requires: a payload without it cannot be routed. Fields the script may
+    /// set itself (`data.x = …`) are exempt, as `to` is resolved after the script.
+    pub(super) fn cross_check_targets(
+        &mut self,
+        file: &Path,
+        def: &Node,
+        schema: &Node,
+        to: &TargetSpec,
+        script: Option<&str>,
+    ) {
+        // A `{ $ref: file }` schema is checked through the file it names.
+        let referenced = self.schemas.referenced_root(file, schema);
+        let schema = referenced.as_deref().unwrap_or(schema);
+        let Some(props) = schema.get("properties").and_then(Node::as_map) else {
+            return;
+        };
+        let closed = matches!(
+            schema.get("additionalProperties"),
+            Some(Node {
+                kind: NodeKind::Bool(false),
+                ..
+            })
+        );
+        let required: Vec<&str> = match schema.get("required").map(|n| &n.kind) {
+            Some(NodeKind::Seq(items)) => items.iter().filter_map(Node::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let pos = def.get("to").map_or(def.pos, |n| n.pos);
+        for path in to.data_paths() {
+            let Some(first) = path.first() else { continue };
+            if script.is_some_and(|source| script_may_set(source, first)) {
+                continue;
+            }
+            if !props.iter().any(|(k, _)| &k.name == first) {
+                if closed {
+                    let hint = suggest(first, props.iter().map(|(k, _)| k.name.as_str()))
+                        .map(|s| format!(", did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    self.diags.error(file, pos, format!("`to` reads `data.{first}`, but the schema allows no property `{first}`{hint}"));
+                }
+            } else if !required.contains(&first.as_str()) {
+                self.diags.warning(file, pos, format!("`to` reads `data.{first}`, which the schema does not require: a payload without it cannot be routed and is refused; add `{first}` to `required`"));
+            }
+        }
+    }
+
+    /// Fields that are valid but have no effect: almost always a mistake.
+    pub(super) fn check_pointless_fields(
+        &mut self,
+        file: &Path,
+        def: &Node,
+        to: &TargetSpec,
+        exclude_sender: bool,
+    ) {
+        if *to == TargetSpec::None {
+            if let Some(node) = def.get("emit_as") {
+                self.diags.warning(file, node.pos, "`emit_as` has no effect without `to`: nothing is delivered under this event's name");
+            }
+        }
+        if *to == TargetSpec::Sender && exclude_sender {
+            if let Some(node) = def.get("exclude_sender") {
+                self.diags.warning(
+                    file,
+                    node.pos,
+                    "`to: sender` with `exclude_sender: true` delivers nothing",
+                );
+            }
+        }
+    }
+
+    /// The declared keys of one script must share a Redis Cluster hash slot. Points at
+    /// the first key that would land in another slot than the first one.
+    pub(super) fn check_key_slots(&mut self, file: &Path, tags: &[(Option<String>, Pos)]) {
+        let stray = tags.first().and_then(|(first, _)| {
+            tags.iter()
+                .skip(1)
+                .find(|(tag, _)| first.is_none() || tag != first)
+        });
+        if let Some((_, pos)) = stray {
+            self.diags.warning(
+                file,
+                *pos,
+                "these keys do not share one `{hash tag}`, so on Redis Cluster they may sit in different slots and the script fails there; put the common part in braces, e.g. `poll:{{{data.id}}}` and `poll:{{{data.id}}}:votes`",
+            );
+        }
+    }
+}
+
+/// Whether a script may give `data` the field `field`: `data.field = …`, or `data = …`
+/// / `data[…] = …` which may set anything. A text scan, so it errs towards "may".
+fn script_may_set(source: &str, field: &str) -> bool {
+    let assigns = |lhs: &str| {
+        source.match_indices(lhs).any(|(i, _)| {
+            let before = source[..i].chars().next_back();
+            let after = source[i + lhs.len()..].trim_start();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                && after.starts_with('=')
+                && !after.starts_with("==")
+        })
+    };
+    assigns(&format!("data.{field}")) || assigns("data") || source.contains("data[")
+}

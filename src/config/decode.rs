@@ -1,0 +1,573 @@
+//! The decoder: a pack file's YAML tree into event definitions, one field at a time.
+//! Every problem becomes a diagnostic and decoding goes on, so one `check` run lists
+//! them all; an event with an error is left out of the pack.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::files::{pack_files, Fingerprint};
+use super::schema::SchemaFiles;
+use super::target::{TargetSpec, Template};
+use super::yaml::{self, Node, NodeKind, Pos};
+use super::{Diagnostics, EventDef, Hooks, RateLimit, Scope};
+use crate::script::ScriptRuntime;
+use crate::suggest::suggest;
+
+pub const CONNECT_HOOK: &str = "$connect";
+pub const DISCONNECT_HOOK: &str = "$disconnect";
+const MAX_EVENT_NAME: usize = 128;
+
+const TOP_KEYS: &[&str] = &["events"];
+const EVENT_KEYS: &[&str] = &[
+    "description",
+    "scope",
+    "schema",
+    "to",
+    "emit_as",
+    "exclude_sender",
+    "script",
+    "rate_limit",
+    "auth",
+    "keys",
+    "tests",
+];
+const HOOK_KEYS: &[&str] = &["description", "script"];
+
+pub(super) struct Loader<'a> {
+    pub(super) runtime: &'a ScriptRuntime,
+    pub(super) diags: Diagnostics,
+    pub(super) schemas: SchemaFiles,
+    pub(super) events: BTreeMap<String, Arc<EventDef>>,
+    pub(super) hooks: Hooks,
+    pub(super) fingerprint: Fingerprint,
+}
+
+/// Report keys of `node` that are not in `allowed` (nor in `reported_elsewhere`, keys
+/// the caller has its own message for). Returns the fields suggested instead, so the
+/// caller does not also say such a field is missing: `scpoe` gets one message ("did you
+/// mean scope?"), not two.
+pub fn check_keys<'k>(
+    diags: &mut Diagnostics,
+    file: &Path,
+    node: &Node,
+    allowed: &[&'k str],
+    reported_elsewhere: &[&str],
+    what: &str,
+) -> Vec<&'k str> {
+    let mut suggested = Vec::new();
+    let Some(entries) = node.as_map() else {
+        return suggested;
+    };
+    for (key, _) in entries {
+        let k = key.name.as_str();
+        if allowed.contains(&k) || reported_elsewhere.contains(&k) {
+            continue;
+        }
+        let guess = suggest(k, allowed.iter().copied());
+        suggested.extend(guess);
+        let hint = guess
+            .map(|s| format!(", did you mean \"{s}\"?"))
+            .unwrap_or_else(|| format!(" (allowed: {})", allowed.join(", ")));
+        diags.error(
+            file,
+            key.pos,
+            format!("unknown field \"{k}\" in {what}{hint}"),
+        );
+    }
+    suggested
+}
+
+/// A string field, or an error naming the field and what it got instead.
+pub fn string_field<'n>(
+    diags: &mut Diagnostics,
+    file: &Path,
+    node: &'n Node,
+    field: &str,
+) -> Option<&'n str> {
+    let s = node.as_str();
+    if s.is_none() {
+        diags.error(
+            file,
+            node.pos,
+            format!("`{field}` must be a string, not {}", node.type_name()),
+        );
+    }
+    s
+}
+
+impl<'a> Loader<'a> {
+    pub(super) fn new(runtime: &'a ScriptRuntime) -> Self {
+        Self {
+            runtime,
+            diags: Diagnostics::default(),
+            schemas: SchemaFiles::default(),
+            events: BTreeMap::new(),
+            hooks: Hooks::default(),
+            fingerprint: Fingerprint::new(),
+        }
+    }
+
+    pub(super) fn load_dir(&mut self, dir: &Path) {
+        let files = match pack_files(dir) {
+            Ok(files) => files,
+            Err(e) => {
+                self.diags.error(
+                    dir,
+                    Pos::default(),
+                    format!("cannot read pack directory: {e}"),
+                );
+                return;
+            }
+        };
+        if files.is_empty() {
+            self.diags.error(
+                dir,
+                Pos::default(),
+                "no pack files: put *.yaml files with an `events:` map in this directory or in its events/",
+            );
+            return;
+        }
+        let mut defined: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+        for file in files {
+            self.load_file(&file, &mut defined);
+        }
+    }
+
+    fn load_file(&mut self, file: &Path, defined: &mut BTreeMap<String, (PathBuf, usize)>) {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diags
+                    .error(file, Pos::default(), format!("cannot read file: {e}"));
+                return;
+            }
+        };
+        self.fingerprint.write(
+            file.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        self.fingerprint.write(text.as_bytes());
+        let root = match yaml::parse(&text) {
+            Ok(Some(root)) => root,
+            Ok(None) => {
+                self.diags.warning(
+                    file,
+                    Pos { line: 1, col: 1 },
+                    "file is empty: it defines no events",
+                );
+                return;
+            }
+            Err(e) => {
+                self.diags
+                    .error(file, e.pos, format!("invalid YAML: {}", e.message));
+                return;
+            }
+        };
+        if root.as_map().is_none() {
+            self.diags.error(
+                file,
+                root.pos,
+                format!(
+                    "a pack file is a mapping with `events:`, not {}",
+                    root.type_name()
+                ),
+            );
+            return;
+        }
+        let misspelt = check_keys(&mut self.diags, file, &root, TOP_KEYS, &[], "pack file");
+        let Some(events) = root.get("events") else {
+            if !misspelt.contains(&"events") {
+                self.diags.error(file, root.pos, "missing `events:` map");
+            }
+            return;
+        };
+        let Some(entries) = events.as_map() else {
+            if !matches!(events.kind, NodeKind::Null) {
+                self.diags.error(
+                    file,
+                    events.pos,
+                    format!(
+                        "`events` must be a mapping of event names to definitions, not {}",
+                        events.type_name()
+                    ),
+                );
+            }
+            return;
+        };
+        for (key, def) in entries {
+            if let Some((other_file, other_line)) = defined.get(&key.name) {
+                self.diags.error(
+                    file,
+                    key.pos,
+                    format!(
+                        "event `{}` is already defined at {}:{}",
+                        key.name,
+                        other_file.display(),
+                        other_line
+                    ),
+                );
+                continue;
+            }
+            defined.insert(key.name.clone(), (file.to_path_buf(), key.pos.line));
+            self.load_event(file, &text, &key.name, key.pos, def);
+        }
+    }
+
+    pub(super) fn string<'n>(
+        &mut self,
+        file: &Path,
+        node: &'n Node,
+        field: &str,
+    ) -> Option<&'n str> {
+        string_field(&mut self.diags, file, node, field)
+    }
+
+    fn load_event(&mut self, file: &Path, text: &str, name: &str, pos: Pos, def: &Node) {
+        let is_hook = name == CONNECT_HOOK || name == DISCONNECT_HOOK;
+        if name.starts_with('$') && !is_hook {
+            self.diags.error(file, pos, format!("`{name}`: names starting with `$` are reserved; the hooks are `$connect` and `$disconnect`"));
+            return;
+        }
+        if !is_hook && !valid_event_name(name) {
+            self.diags.error(file, pos, format!("invalid event name `{name}`: use 1 to {MAX_EVENT_NAME} letters, digits, `.`, `_`, `-` or `:`, starting with a letter or digit"));
+            return;
+        }
+        let empty = Node {
+            pos: def.pos,
+            kind: NodeKind::Map(Vec::new()),
+        };
+        let def = match &def.kind {
+            NodeKind::Map(_) => def,
+            NodeKind::Null => &empty,
+            _ => {
+                self.diags.error(
+                    file,
+                    def.pos,
+                    format!(
+                        "event `{name}` must be a mapping of fields, not {}",
+                        def.type_name()
+                    ),
+                );
+                return;
+            }
+        };
+        let errors_before = self.diags.error_count();
+        let misspelt = if is_hook {
+            self.hook_keys(file, name, def)
+        } else {
+            check_keys(
+                &mut self.diags,
+                file,
+                def,
+                EVENT_KEYS,
+                &[],
+                &format!("event `{name}`"),
+            )
+        };
+        // A hook has no `scope:` field, but what it emits (a `$disconnect` telling the
+        // rooms someone left, possibly run for a dead node's connection on a survivor)
+        // must reach members on every node, so hooks deliver cluster-wide.
+        let (scope, schema) = if is_hook {
+            (Scope::Cluster, None)
+        } else {
+            (
+                self.scope(file, name, pos, def, &misspelt),
+                self.schema(file, name, pos, def, &misspelt),
+            )
+        };
+        let description = def
+            .get("description")
+            .and_then(|n| self.string(file, n, "description"))
+            .map(str::to_string);
+        let to = self.to(file, def);
+        let emit_as = self.emit_as(file, name, def);
+        let exclude_sender = self.flag(file, def, "exclude_sender");
+        let auth_required = self.auth(file, def);
+        let rate_limit = def.get("rate_limit").and_then(|n| self.rate_limit(file, n));
+        let keys = def
+            .get("keys")
+            .map(|n| self.keys(file, n))
+            .unwrap_or_default();
+        let (script, script_source) =
+            match def.get("script").and_then(|n| self.script(file, text, n)) {
+                Some((script, source)) => (Some(script), Some(source)),
+                None => (None, None),
+            };
+        if is_hook
+            && script.is_none()
+            && def.get("script").is_none()
+            && !misspelt.contains(&"script")
+        {
+            self.diags.warning(
+                file,
+                pos,
+                format!("hook `{name}` has no script and does nothing"),
+            );
+        }
+        if let (Some(node), Some(_)) = (def.get("schema"), &schema) {
+            self.cross_check_targets(file, def, node, &to, script_source.as_deref());
+        }
+        self.check_pointless_fields(file, def, &to, exclude_sender);
+
+        if self.diags.error_count() > errors_before {
+            return;
+        }
+        let event = Arc::new(EventDef {
+            name: name.to_string(),
+            scope,
+            schema,
+            to,
+            emit_as,
+            exclude_sender,
+            script,
+            rate_limit,
+            auth_required,
+            keys,
+            description,
+            file: file.to_path_buf(),
+            line: pos.line,
+        });
+        match name {
+            CONNECT_HOOK => self.hooks.on_connect = Some(event),
+            DISCONNECT_HOOK => self.hooks.on_disconnect = Some(event),
+            _ => {
+                self.events.insert(name.to_string(), event);
+            }
+        }
+    }
+
+    /// A hook takes a script and a description; event fields get a message of their own.
+    fn hook_keys(&mut self, file: &Path, name: &str, def: &Node) -> Vec<&'static str> {
+        for (key, _) in def.as_map().unwrap_or_default() {
+            if !HOOK_KEYS.contains(&key.name.as_str()) && EVENT_KEYS.contains(&key.name.as_str()) {
+                self.diags.error(
+                    file,
+                    key.pos,
+                    format!(
+                        "hook `{name}` takes only a script (and description); remove \"{}\"",
+                        key.name
+                    ),
+                );
+            }
+        }
+        check_keys(
+            &mut self.diags,
+            file,
+            def,
+            HOOK_KEYS,
+            EVENT_KEYS,
+            &format!("hook `{name}`"),
+        )
+    }
+
+    fn scope(&mut self, file: &Path, name: &str, pos: Pos, def: &Node, misspelt: &[&str]) -> Scope {
+        match def.get("scope") {
+            None => {
+                if !misspelt.contains(&"scope") {
+                    self.diags.error(
+                        file,
+                        pos,
+                        format!("event `{name}` needs `scope: local` or `scope: cluster`"),
+                    );
+                }
+                Scope::Local
+            }
+            Some(node) => match node.as_str() {
+                Some("local") => Scope::Local,
+                Some("cluster") => Scope::Cluster,
+                other => {
+                    let hint = other
+                        .and_then(|s| suggest(s, ["local", "cluster"]))
+                        .map(|s| format!(", did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    self.diags.error(
+                        file,
+                        node.pos,
+                        format!("`scope` must be `local` or `cluster`{hint}"),
+                    );
+                    Scope::Local
+                }
+            },
+        }
+    }
+
+    fn schema(
+        &mut self,
+        file: &Path,
+        name: &str,
+        pos: Pos,
+        def: &Node,
+        misspelt: &[&str],
+    ) -> Option<Arc<jsonschema::Validator>> {
+        match def.get("schema") {
+            None => {
+                if !misspelt.contains(&"schema") {
+                    self.diags.error(file, pos, format!("event `{name}` needs a `schema` for its payload (use `schema: {{}}` to accept anything)"));
+                }
+                None
+            }
+            Some(node) => self.schemas.compile(file, node, &mut self.diags),
+        }
+    }
+
+    fn to(&mut self, file: &Path, def: &Node) -> TargetSpec {
+        let Some(node) = def.get("to") else {
+            return TargetSpec::None;
+        };
+        match self.string(file, node, "to").map(TargetSpec::parse) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                self.diags.error(file, node.pos, format!("`to`: {e}"));
+                TargetSpec::None
+            }
+            None => TargetSpec::None,
+        }
+    }
+
+    fn emit_as(&mut self, file: &Path, name: &str, def: &Node) -> String {
+        let Some(node) = def.get("emit_as") else {
+            return name.to_string();
+        };
+        match self.string(file, node, "emit_as") {
+            Some(s) if valid_event_name(s) => s.to_string(),
+            Some(s) => {
+                self.diags.error(
+                    file,
+                    node.pos,
+                    format!("`emit_as`: invalid event name `{s}`"),
+                );
+                name.to_string()
+            }
+            None => name.to_string(),
+        }
+    }
+
+    /// A `true`/`false` field that defaults to false.
+    fn flag(&mut self, file: &Path, def: &Node, field: &str) -> bool {
+        match def.get(field) {
+            None => false,
+            Some(Node {
+                kind: NodeKind::Bool(b),
+                ..
+            }) => *b,
+            Some(node) => {
+                self.diags.error(
+                    file,
+                    node.pos,
+                    format!("`{field}` must be true or false, not {}", node.type_name()),
+                );
+                false
+            }
+        }
+    }
+
+    fn auth(&mut self, file: &Path, def: &Node) -> bool {
+        let Some(node) = def.get("auth") else {
+            return false;
+        };
+        match node.as_str() {
+            Some("required") => true,
+            Some("optional") => false,
+            _ => {
+                self.diags
+                    .error(file, node.pos, "`auth` must be `required` or `optional`");
+                false
+            }
+        }
+    }
+
+    fn rate_limit(&mut self, file: &Path, node: &Node) -> Option<RateLimit> {
+        if node.as_map().is_none() {
+            self.diags.error(
+                file,
+                node.pos,
+                "`rate_limit` must be a mapping like `{ per_second: 10, burst: 20 }`",
+            );
+            return None;
+        }
+        let misspelt = check_keys(
+            &mut self.diags,
+            file,
+            node,
+            &["per_second", "burst"],
+            &[],
+            "rate_limit",
+        );
+        let per_second = match node.get("per_second") {
+            None => {
+                if !misspelt.contains(&"per_second") {
+                    self.diags
+                        .error(file, node.pos, "`rate_limit` needs `per_second`");
+                }
+                return None;
+            }
+            Some(n) => match n.as_f64() {
+                Some(v) if v > 0.0 && v.is_finite() => v,
+                _ => {
+                    self.diags.error(
+                        file,
+                        n.pos,
+                        "`rate_limit.per_second` must be a number greater than 0",
+                    );
+                    return None;
+                }
+            },
+        };
+        let burst = match node.get("burst") {
+            None => per_second.ceil(),
+            Some(n) => match n.as_f64() {
+                Some(v) if v >= 1.0 && v.is_finite() => v,
+                _ => {
+                    self.diags.error(
+                        file,
+                        n.pos,
+                        "`rate_limit.burst` must be a number of at least 1",
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(RateLimit { per_second, burst })
+    }
+
+    fn keys(&mut self, file: &Path, node: &Node) -> Vec<Template> {
+        let NodeKind::Seq(items) = &node.kind else {
+            self.diags.error(
+                file,
+                node.pos,
+                "`keys` must be a list of state-key templates",
+            );
+            return Vec::new();
+        };
+        let mut keys = Vec::new();
+        let mut tags = Vec::new();
+        for item in items {
+            let Some(s) = string_field(&mut self.diags, file, item, "keys[]") else {
+                continue;
+            };
+            match Template::parse(s) {
+                Ok(t) => {
+                    tags.push((t.hash_tag(), item.pos));
+                    keys.push(t);
+                }
+                Err(e) => self.diags.error(file, item.pos, format!("`keys`: {e}")),
+            }
+        }
+        self.check_key_slots(file, &tags);
+        keys
+    }
+}
+
+pub(super) fn valid_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EVENT_NAME
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
