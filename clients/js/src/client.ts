@@ -422,6 +422,12 @@ export class WssClient<T extends EventTypes = EventTypes> {
       const next: RoomPosition = {};
       if (typeof data.epoch === 'string') next.epoch = data.epoch;
       if (typeof data.offset === 'number') next.offset = data.offset;
+      // Within one epoch a position only moves forward: a resume's `$joined` that
+      // names an earlier offset than delivered here would otherwise let its replay
+      // deliver those offsets twice.
+      if (pos?.offset !== undefined && next.offset !== undefined && pos.epoch === next.epoch && pos.offset > next.offset) {
+        next.offset = pos.offset;
+      }
       this.#rooms.set(room, next);
       this.#restored?.add(room);
       this.#emit('joined', { room, ...next });

@@ -8,6 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { connect, createServer, type Server as NetServer, type Socket } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WssClient, type ClientEvents, type ClientOptions } from '@wss-engine/client';
@@ -104,6 +105,58 @@ function spawnServer(pack: string, options: ServerOptions): Promise<Server> {
       reject(new Error(`wss-engine exited before listening:\n${log}`));
     });
   });
+}
+
+/** A TCP proxy whose connections the test can cut abruptly, and refuse for a while. */
+export class Proxy {
+  readonly #server: NetServer;
+  readonly #sockets = new Set<Socket>();
+  #open = true;
+  port = 0;
+
+  constructor(target: number) {
+    this.#server = createServer((down) => {
+      if (!this.#open) {
+        down.destroy();
+        return;
+      }
+      const up = connect(target, '127.0.0.1');
+      for (const s of [down, up]) {
+        this.#sockets.add(s);
+        s.on('error', () => {});
+        s.on('close', () => {
+          this.#sockets.delete(s);
+          down.destroy();
+          up.destroy();
+        });
+      }
+      down.pipe(up).pipe(down);
+    });
+  }
+
+  async listen(): Promise<string> {
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    this.port = (this.#server.address() as { port: number }).port;
+    return `ws://127.0.0.1:${this.port}/ws`;
+  }
+
+  /** Reset every connection: no close frame either way, as when a network vanishes. */
+  cut(): void {
+    for (const s of this.#sockets) s.resetAndDestroy();
+  }
+
+  refuse(): void {
+    this.#open = false;
+  }
+
+  accept(): void {
+    this.#open = true;
+  }
+
+  close(): Promise<void> {
+    this.cut();
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { after, before, test } from 'node:test';
 import { WssError, type Meta, type WssClient } from '@wss-engine/client';
-import { CHAT, client, connected, next, startServer, withTimeout, type Server } from './helpers.js';
+import { CHAT, Proxy, client, connected, next, startServer, withTimeout, type Server } from './helpers.js';
 
 let server: Server;
 before(async () => {
@@ -151,5 +151,26 @@ test('several URLs are tried in turn', async () => {
     assert.deepEqual(await c.send('chat.join', { room: 'rotate' }), { room: 'rotate', members: 1 });
   } finally {
     c.disconnect();
+  }
+});
+
+test('a vanished network (connections reset, no close frame) is noticed and redialled', async () => {
+  const proxy = new Proxy(server.port);
+  const c = client(await proxy.listen());
+  try {
+    await connected(c);
+    proxy.refuse();
+    const dropped = next(c, 'state', (s) => s === 'connecting');
+    proxy.cut();
+    const [, info] = await dropped;
+    assert.deepEqual([info.reason, info.closeCode], ['closed', 1006]);
+    // Refused dials count up until the network is back.
+    await next(c, 'reconnect', (r) => r.attempt >= 1);
+    proxy.accept();
+    await next(c, 'state', (s) => s === 'connected');
+    assert.deepEqual(await c.send('chat.join', { room: 'cut' }), { room: 'cut', members: 1 });
+  } finally {
+    c.disconnect();
+    await proxy.close();
   }
 });
