@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
-import { type ReconnectInfo, type State, type StateInfo, type WssError } from '@wss-engine/client';
+import { WssError, type ReconnectInfo, type State, type StateInfo } from '@wss-engine/client';
 import { fakeServer } from './fake.js';
 import { CHAT, PACKS, client, next, sleep, startServer } from './helpers.js';
 
@@ -57,15 +57,22 @@ test('a server that welcomes, babbles and hangs up is redialled at the reset del
   const server = await fakeServer((peer) => {
     peer.welcome();
     for (const frame of GARBAGE.slice(0, 3)) peer.ws.send(frame);
+    peer.send({ event: '$error', data: { code: 'bad_frame', message: 'frame has no `event`' } });
     peer.ws.close(1011, 'oops');
   });
   const c = client(server.url, { minReconnectDelay: 100, maxReconnectDelay: 400 });
   const retries: ReconnectInfo[] = [];
+  const errors: WssError[] = [];
   c.on('reconnect', (r) => retries.push(r));
-  c.on('error', () => {});
+  c.on('error', (e) => errors.push(e));
   try {
     c.connect();
     await sleep(1000);
+    // A `$error` frame is the server's own report and keeps its code and message.
+    assert.deepEqual(
+      errors.slice(0, 4).map((e) => [e.code, e.code === 'bad_frame' ? e.message : '']),
+      [['protocol_error', ''], ['protocol_error', ''], ['protocol_error', ''], ['bad_frame', 'frame has no `event`']],
+    );
     // Each welcome resets the counter, so delays are drawn from [0, 100] ms: about 20
     // dials per second on average. A client without a delay would make hundreds.
     assert.ok(server.count() >= 3 && server.count() <= 40, `${server.count()} connections in 1 s`);
@@ -85,7 +92,8 @@ test('a frozen server: each attempt times out, then the client gets in once it t
   try {
     server.pause();
     c.connect();
-    await sleep(1200);
+    await assert.rejects(c.ready(100), (e: unknown) => e instanceof WssError && e.code === 'timeout');
+    await sleep(1100);
     assert.ok(retries.length >= 2 && retries.length <= 6, `${retries.length} timed-out attempts in 1.2 s`);
     server.resume();
     await c.ready(3000);

@@ -109,6 +109,12 @@ test('errors reject with the code, message and schema details', async () => {
     assert.equal(script.details, undefined);
 
     assert.equal((await rejection(a.send('no.such.event', {}))).code, 'unknown_event');
+
+    // Refused before it leaves: nothing JSON can say.
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    assert.equal((await rejection(a.send('chat.message', cyclic))).code, 'bad_json');
+    assert.equal((await rejection(a.send('chat.message', { n: 1n }))).code, 'bad_json');
   } finally {
     a.disconnect();
   }
