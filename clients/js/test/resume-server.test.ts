@@ -113,7 +113,7 @@ test('after an abrupt drop the missed deliveries are replayed in order, exactly 
 
     // Memberships came back without a join: both rooms reach this connection again.
     await feeder.send('room.post', { room: 'lobby', n: 9 });
-    await feeder.send('room.post', { room: 'plain', n: 'p' });
+    await feeder.send('room.post', { room: 'plain', n: 0 });
     await until(() => seen.length === 9 && plain.length === 1, 3000, 'live deliveries after the resume');
     assert.deepEqual(seen.at(-1), [base + 9, 9]);
   } finally {
