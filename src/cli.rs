@@ -127,6 +127,14 @@ pub struct ServeArgs {
     /// connection is closed (slowloris protection; also idle keep-alive connections).
     #[arg(long, env = "WSS_HEADER_TIMEOUT", default_value = "10", value_parser = parse_secs)]
     pub header_timeout: Duration,
+    /// Seconds a closed connection's session stays resumable (`$resume`).
+    #[arg(long, env = "WSS_RESUME_TTL", default_value = "120", value_parser = parse_secs)]
+    pub resume_ttl: Duration,
+    /// Most deliveries a resume replays per room; a room further behind is reported
+    /// `recovered: false`.
+    #[arg(long, env = "WSS_RESUME_MAX_REPLAY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000).map(|v| v as usize))]
+    pub resume_max_replay: usize,
     /// Seconds between server pings.
     #[arg(long, env = "WSS_PING_INTERVAL", default_value = "20", value_parser = parse_secs)]
     pub ping_interval: Duration,

@@ -17,7 +17,7 @@ use crate::cli::{LogFormat, ServeArgs};
 use crate::cluster::{NodeInfo, NodeRegistry};
 use crate::config::{self, Pack};
 use crate::delivery::{Router, Sink, WriteWindows};
-use crate::engine::{Engine, EngineParts};
+use crate::engine::{Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
 use crate::transport::listener::HttpLimits;
 use crate::transport::{self, auth::Auth, AppState, Limits};
@@ -66,6 +66,7 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// `Skip` only for the lost-update demonstration (`--unsafe-skip-version-check`).
     pub version_check: VersionCheck,
+    pub sessions: SessionConfig,
 }
 
 impl ServerConfig {
@@ -80,6 +81,7 @@ impl ServerConfig {
             auth: Auth::disabled(),
             shutdown_timeout: Duration::from_secs(10),
             version_check: VersionCheck::Enforce,
+            sessions: SessionConfig::default(),
         }
     }
 }
@@ -100,7 +102,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let node_id: Arc<str> = Arc::from(new_node_id());
-    let router = Arc::new(Router::new());
+    let router = Router::new();
     let addr = listener.local_addr()?;
     let pack = Arc::new(config.pack);
     let (store, bus, redis): (Arc<dyn StateStore>, Arc<dyn Bus>, _) = match &config.redis {
@@ -139,6 +141,7 @@ pub async fn run(
         router: router.clone(),
         sink: router.clone() as Arc<dyn Sink>,
         script_concurrency: config.script_concurrency,
+        sessions: config.sessions,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let registry = redis.as_ref().map(|(backend, ttl)| {
@@ -265,6 +268,10 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         auth,
         shutdown_timeout: args.shutdown_timeout,
         version_check,
+        sessions: SessionConfig {
+            resume_ttl: args.resume_ttl,
+            max_replay: args.resume_max_replay,
+        },
     };
     run(listener, config, shutdown_signal()).await
 }

@@ -141,11 +141,11 @@ fn write(key: &str, value: Option<StoredValue>) -> Write {
 }
 
 fn envelope(target: Target, text: &str) -> Envelope {
-    Envelope {
+    Envelope::plain(
         target,
-        exclude: None,
-        frame: Bytes::from(json!({ "event": "e", "data": text }).to_string()),
-    }
+        None,
+        Bytes::from(json!({ "event": "e", "data": text }).to_string()),
+    )
 }
 
 async fn read1(s: &Subject, key: &str) -> Versioned {
@@ -179,7 +179,7 @@ async fn versions_start_at_zero_and_bump_on_every_write(s: Subject) {
     assert_eq!(fresh, Versioned::default(), "a key never written");
     assert_eq!(fresh.version, 0);
     let outcome = commit(&s, &[("a", 0)], vec![write("a", json(json!(1)))], vec![]).await;
-    assert_eq!(outcome, CommitOutcome::Committed);
+    assert_eq!(outcome, CommitOutcome::Committed(vec![]));
     assert_eq!(
         read1(&s, "a").await,
         Versioned {
@@ -266,7 +266,7 @@ async fn stale_reads_conflict_and_nothing_is_written_or_published(s: Subject) {
         vec![envelope(Target::All, "landed")],
     )
     .await;
-    assert_eq!(outcome, CommitOutcome::Committed);
+    assert_eq!(outcome, CommitOutcome::Committed(vec![]));
     assert_eq!(read1(&s, "a").await.value, json(json!(2)));
     assert_eq!(read1(&s, "b").await.value, json(json!(6)));
     let frames = s.sink.settle(before + 1).await;
@@ -306,7 +306,7 @@ async fn every_value_shape_round_trips(s: Subject) {
     let writes = values.iter().map(|(k, v)| write(k, v.clone())).collect();
     assert_eq!(
         commit(&s, &[], writes, vec![]).await,
-        CommitOutcome::Committed
+        CommitOutcome::Committed(vec![])
     );
     let keys: Vec<String> = values.iter().map(|(k, _)| k.to_string()).collect();
     let read = s.store.read(keys).await.expect("read all shapes");
@@ -552,7 +552,7 @@ async fn redis_publish_reaches_another_instance_that_watches() {
     let mut e = envelope(Target::Room("r".into()), "committed");
     e.exclude = Some(Arc::from("nb-9"));
     let outcome = commit(&s, &[], vec![write("x", json(json!(1)))], vec![e]).await;
-    assert_eq!(outcome, CommitOutcome::Committed);
+    assert_eq!(outcome, CommitOutcome::Committed(vec![]));
     nb_sink.settle(5).await;
     let got = nb_sink.envelopes();
     assert_eq!(got.len(), 5, "{:?}", nb_sink.frames());

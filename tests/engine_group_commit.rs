@@ -10,10 +10,12 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::{BackendError, Bus, Commit, CommitOutcome, StateStore, Versioned};
+use wss_engine::backend::{
+    BackendError, Bus, Commit, CommitOutcome, Session, StateStore, Versioned,
+};
 use wss_engine::config;
-use wss_engine::delivery::{ConnId, ConnLink, Router, Sink};
-use wss_engine::engine::{Conn, Engine, EngineParts};
+use wss_engine::delivery::{ConnId, ConnLink, HistoryPolicy, HistoryRead, Router, Sink};
+use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
 /// The memory backend with slow commits (so runs pile up behind the lock) that counts
@@ -44,6 +46,42 @@ impl StateStore for SlowCommits {
     fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
         self.inner.members(room)
     }
+    fn register_conn(
+        &self,
+        conn: &ConnId,
+        user: Option<&str>,
+        session: &str,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.register_conn(conn, user, session)
+    }
+    fn close_conn(
+        &self,
+        conn: &ConnId,
+        session: &str,
+        rooms: &[Arc<str>],
+        keep: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.close_conn(conn, session, rooms, keep)
+    }
+    fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
+        self.inner.session(id)
+    }
+    fn position(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
+        self.inner.position(room, policy)
+    }
+    fn history(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {
+        self.inner.history(room, policy, after, limit)
+    }
 }
 
 const RUNS: usize = 32;
@@ -68,7 +106,7 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
     .unwrap();
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
     let (pack, _) = config::load(dir.path(), &runtime).unwrap();
-    let router = Arc::new(Router::new());
+    let router = Router::new();
     let memory = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
     let store = Arc::new(SlowCommits {
         inner: memory.clone(),
@@ -83,6 +121,7 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
         router: router.clone(),
         sink: router as Arc<dyn Sink>,
         script_concurrency: RUNS,
+        sessions: SessionConfig::default(),
     });
 
     let mut tasks = Vec::new();
@@ -91,7 +130,9 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
         tasks.push(tokio::spawn(async move {
             let id: Arc<str> = Arc::from(format!("n1-{i}"));
             let link = ConnLink::new(16);
-            engine.router().register(id.clone(), None, link);
+            engine
+                .router()
+                .register(id.clone(), None, Arc::from("s"), link);
             let mut conn = Conn::new(id, None, json!({}));
             engine
                 .handle(&mut conn, "bump", json!({ "fail": i % 2 == 1 }))

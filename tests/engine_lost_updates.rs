@@ -9,7 +9,7 @@ use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::{Bus, StateStore, VersionCheck};
 use wss_engine::config;
 use wss_engine::delivery::{ConnLink, Router, Sink};
-use wss_engine::engine::{Conn, Engine, EngineParts};
+use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
 const TASKS: usize = 16;
@@ -33,7 +33,7 @@ fn build(version_check: VersionCheck) -> (Arc<Engine>, Arc<MemoryBackend>) {
     .unwrap();
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
     let (pack, _) = config::load(dir.path(), &runtime).unwrap();
-    let router = Arc::new(Router::new());
+    let router = Router::new();
     let backend = Arc::new(MemoryBackend::with_version_check(
         router.clone() as Arc<dyn Sink>,
         version_check,
@@ -47,6 +47,7 @@ fn build(version_check: VersionCheck) -> (Arc<Engine>, Arc<MemoryBackend>) {
         router: router.clone(),
         sink: router as Arc<dyn Sink>,
         script_concurrency: TASKS,
+        sessions: SessionConfig::default(),
     });
     (engine, backend)
 }
@@ -59,7 +60,9 @@ async fn hammer(engine: Arc<Engine>, backend: Arc<MemoryBackend>) -> (usize, i64
         tasks.push(tokio::spawn(async move {
             let id: Arc<str> = Arc::from(format!("n1-{t}"));
             let link = ConnLink::new(16);
-            engine.router().register(id.clone(), None, link);
+            engine
+                .router()
+                .register(id.clone(), None, Arc::from("s"), link);
             let mut conn = Conn::new(id, None, json!({}));
             let mut acked = 0;
             for _ in 0..INCREMENTS {

@@ -2,21 +2,27 @@
 //!
 //! Same semantics as Redis for a single node: versioned optimistic commits, deliveries
 //! published inside the commit's critical section (so subscribers see them in commit
-//! order), rooms shared by every connection of the process. Nothing survives a restart
-//! and nothing is shared with other processes: run with `--redis` for more than one node.
+//! order), room streams with offsets and history, sessions kept for the resume TTL,
+//! rooms shared by every connection of the process. Nothing survives a restart (every
+//! room gets a new epoch) and nothing is shared with other processes: run with
+//! `--redis` for more than one node.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::future::{ready, BoxFuture};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use super::{
-    BackendError, Bus, Commit, CommitOutcome, StateStore, StoredValue, VersionCheck, Versioned,
+    new_epoch, BackendError, Bus, Commit, CommitOutcome, Placement, Session, StateStore,
+    StoredValue, VersionCheck, Versioned,
 };
-use crate::delivery::{ConnId, Envelope, Sink};
+use crate::delivery::{
+    ConnId, Envelope, HistoryEntry, HistoryPolicy, HistoryRead, Position, Sink, Target,
+};
 
 #[derive(Default)]
 struct Entry {
@@ -34,11 +40,81 @@ impl Entry {
     }
 }
 
+/// One room's stream: its epoch, last offset and the deliveries its history keeps.
+struct Log {
+    epoch: Arc<str>,
+    offset: u64,
+    /// `(offset, appended at, frame)`, oldest first.
+    entries: VecDeque<(u64, Instant, Bytes)>,
+}
+
+impl Log {
+    fn new() -> Self {
+        Self {
+            epoch: new_epoch(),
+            offset: 0,
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// Drop what the policy no longer keeps.
+    fn trim(&mut self, policy: &HistoryPolicy, now: Instant) {
+        while self.entries.len() > policy.size {
+            self.entries.pop_front();
+        }
+        while self
+            .entries
+            .front()
+            .is_some_and(|(_, at, _)| now.duration_since(*at) >= policy.ttl)
+        {
+            self.entries.pop_front();
+        }
+    }
+}
+
+/// Everything a commit changes, under one lock: its deliveries leave in commit order.
+#[derive(Default)]
+struct State {
+    keys: HashMap<String, Entry>,
+    logs: HashMap<String, Log>,
+}
+
+struct SessionEntry {
+    user: Option<String>,
+    conn: String,
+    /// `None` while the connection is live.
+    expires_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Presence {
+    rooms: HashMap<String, BTreeSet<String>>,
+    /// Each connection's rooms; kept with its session after it closes.
+    conn_rooms: HashMap<String, BTreeSet<String>>,
+    sessions: HashMap<String, SessionEntry>,
+}
+
+impl Presence {
+    /// Forget sessions (and their rooms) past their resume TTL.
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<(String, String)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|at| at <= now))
+            .map(|(id, s)| (id.clone(), s.conn.clone()))
+            .collect();
+        for (id, conn) in expired {
+            self.sessions.remove(&id);
+            self.conn_rooms.remove(&conn);
+        }
+    }
+}
+
 pub struct MemoryBackend {
     /// A plain mutex: every critical section is a few map operations with no await
     /// inside, so an async mutex would only add cost.
-    state: Mutex<HashMap<String, Entry>>,
-    rooms: Mutex<HashMap<String, BTreeSet<String>>>,
+    state: Mutex<State>,
+    presence: Mutex<Presence>,
     sink: Arc<dyn Sink>,
     version_check: VersionCheck,
 }
@@ -50,8 +126,8 @@ impl MemoryBackend {
 
     pub fn with_version_check(sink: Arc<dyn Sink>, version_check: VersionCheck) -> Self {
         Self {
-            state: Mutex::new(HashMap::new()),
-            rooms: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
+            presence: Mutex::new(Presence::default()),
             sink,
             version_check,
         }
@@ -61,7 +137,7 @@ impl MemoryBackend {
         let now = Instant::now();
         let state = self.state.lock();
         keys.iter()
-            .map(|key| match state.get(key) {
+            .map(|key| match state.keys.get(key) {
                 Some(entry) => Versioned {
                     version: entry.version,
                     value: entry.live_value(now).cloned(),
@@ -77,22 +153,52 @@ impl MemoryBackend {
             || commit
                 .reads
                 .iter()
-                .all(|(key, version)| state.get(key).map_or(0, |e| e.version) == *version);
+                .all(|(key, version)| state.keys.get(key).map_or(0, |e| e.version) == *version);
         if !unchanged {
             return CommitOutcome::Conflict;
         }
         let now = Instant::now();
         for write in commit.writes {
-            let entry = state.entry(write.key).or_default();
+            let entry = state.keys.entry(write.key).or_default();
             entry.version += 1;
             entry.value = write.value;
             entry.expires_at = write.ttl.map(|ttl| now + ttl);
         }
         // Still under the lock: deliveries leave in commit order.
-        for envelope in &commit.publish {
+        let placed = commit
+            .publish
+            .iter()
+            .filter_map(|envelope| self.publish_locked(&mut state, envelope, now))
+            .collect();
+        CommitOutcome::Committed(placed)
+    }
+
+    /// Place a delivery in its room's stream if it goes to one, and deliver it.
+    fn publish_locked(
+        &self,
+        state: &mut State,
+        envelope: &Envelope,
+        now: Instant,
+    ) -> Option<Placement> {
+        let (Target::Room(room), Position::Unplaced(policy)) =
+            (&envelope.target, &envelope.position)
+        else {
             self.sink.deliver(envelope);
-        }
-        CommitOutcome::Committed
+            return None;
+        };
+        let log = state.logs.entry(room.clone()).or_insert_with(Log::new);
+        log.offset += 1;
+        let placed = envelope.placed(log.epoch.clone(), log.offset);
+        log.entries
+            .push_back((log.offset, now, placed.frame.clone()));
+        log.trim(policy, now);
+        let placement = Placement {
+            room: room.clone(),
+            epoch: log.epoch.clone(),
+            offset: log.offset,
+        };
+        self.sink.deliver(&placed);
+        Some(placement)
     }
 }
 
@@ -106,39 +212,158 @@ impl StateStore for MemoryBackend {
     }
 
     fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.rooms
-            .lock()
+        let mut presence = self.presence.lock();
+        presence
+            .rooms
             .entry(room.to_string())
             .or_default()
             .insert(conn.to_string());
+        presence
+            .conn_rooms
+            .entry(conn.to_string())
+            .or_default()
+            .insert(room.to_string());
         ready(Ok(())).boxed()
     }
 
     fn leave(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut rooms = self.rooms.lock();
-        if let Some(members) = rooms.get_mut(room) {
+        let mut presence = self.presence.lock();
+        if let Some(members) = presence.rooms.get_mut(room) {
             members.remove(conn.as_ref());
             if members.is_empty() {
-                rooms.remove(room);
+                presence.rooms.remove(room);
             }
+        }
+        if let Some(rooms) = presence.conn_rooms.get_mut(conn.as_ref()) {
+            rooms.remove(room);
         }
         ready(Ok(())).boxed()
     }
 
     fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
         let members = self
-            .rooms
+            .presence
             .lock()
+            .rooms
             .get(room)
             .map(|m| m.iter().cloned().collect())
             .unwrap_or_default();
         ready(Ok(members)).boxed()
     }
+
+    fn register_conn(
+        &self,
+        conn: &ConnId,
+        user: Option<&str>,
+        session: &str,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut presence = self.presence.lock();
+        presence.sessions.insert(
+            session.to_string(),
+            SessionEntry {
+                user: user.map(str::to_string),
+                conn: conn.to_string(),
+                expires_at: None,
+            },
+        );
+        ready(Ok(())).boxed()
+    }
+
+    fn close_conn(
+        &self,
+        conn: &ConnId,
+        session: &str,
+        rooms: &[Arc<str>],
+        keep: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let now = Instant::now();
+        let mut presence = self.presence.lock();
+        for room in rooms {
+            if let Some(members) = presence.rooms.get_mut(room.as_ref()) {
+                members.remove(conn.as_ref());
+                if members.is_empty() {
+                    presence.rooms.remove(room.as_ref());
+                }
+            }
+        }
+        if let Some(entry) = presence.sessions.get_mut(session) {
+            entry.expires_at = Some(now + keep);
+        }
+        presence.sweep(now);
+        ready(Ok(())).boxed()
+    }
+
+    fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
+        let now = Instant::now();
+        let mut presence = self.presence.lock();
+        presence.sweep(now);
+        let session = presence.sessions.get(id).map(|s| Session {
+            user: s.user.clone(),
+            conn: s.conn.clone(),
+            rooms: presence
+                .conn_rooms
+                .get(&s.conn)
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default(),
+        });
+        ready(Ok(session)).boxed()
+    }
+
+    fn position(
+        &self,
+        room: &str,
+        _policy: &HistoryPolicy,
+    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
+        let mut state = self.state.lock();
+        let log = state.logs.entry(room.to_string()).or_insert_with(Log::new);
+        ready(Ok((log.epoch.clone(), log.offset))).boxed()
+    }
+
+    fn history(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let log = state.logs.entry(room.to_string()).or_insert_with(Log::new);
+        log.trim(policy, now);
+        let entries: Vec<HistoryEntry> = log
+            .entries
+            .iter()
+            .filter(|(offset, _, _)| *offset > after)
+            .take(limit)
+            .map(|(offset, _, frame)| HistoryEntry {
+                offset: *offset,
+                frame: frame.clone(),
+            })
+            .collect();
+        let complete =
+            after >= log.offset || entries.first().is_some_and(|e| e.offset == after + 1);
+        ready(Ok(HistoryRead {
+            epoch: log.epoch.clone(),
+            head: log.offset,
+            entries,
+            complete,
+        }))
+        .boxed()
+    }
 }
 
 impl Bus for MemoryBackend {
-    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.sink.deliver(&envelope);
+    fn publish(
+        &self,
+        envelope: Envelope,
+    ) -> BoxFuture<'_, Result<Option<Placement>, BackendError>> {
+        let mut state = self.state.lock();
+        let placed = self.publish_locked(&mut state, &envelope, Instant::now());
+        ready(Ok(placed)).boxed()
+    }
+
+    fn take_over(&self, conn: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.sink.take_over(conn);
         ready(Ok(())).boxed()
     }
 }

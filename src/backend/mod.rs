@@ -10,6 +10,11 @@
 //!   buffered writes *and* publishes the resulting deliveries in one atomic step.
 //! - [`Bus`]: publish/subscribe of already-serialized deliveries between nodes. At most
 //!   once: a message published while a node is unsubscribed is not replayed to it.
+//!   Deliveries to a room with history are the exception: publishing one places it in
+//!   the room's stream (next offset, appended to the history) in the same atomic step,
+//!   so what a node missed can be read back ([`StateStore::history`]).
+//! - Sessions: what a closed connection leaves behind for a resume (its user and rooms),
+//!   kept for the resume TTL.
 //!
 //! Backends know nothing of events, schemas or scripts. Only the composition root
 //! (`crate::server`) chooses which implementation runs.
@@ -20,10 +25,12 @@ pub mod redis;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use crate::delivery::{ConnId, Envelope};
+use crate::delivery::{ConnId, Envelope, HistoryPolicy, HistoryRead};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -94,15 +101,41 @@ pub struct Commit {
     /// Every key the script read, with the version it saw.
     pub reads: Vec<(String, u64)>,
     pub writes: Vec<Write>,
-    /// Deliveries published together with the writes (cluster-scope events).
+    /// Deliveries published together with the writes (cluster-scope events, and every
+    /// delivery to a room with history).
     pub publish: Vec<Envelope>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CommitOutcome {
-    Committed,
+    /// Written and published; where each delivery to a room with history was placed.
+    Committed(Vec<Placement>),
     /// Some key changed since it was read: nothing was written or published.
     Conflict,
+}
+
+/// Where a delivery to a room with history was placed in the room's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub room: String,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
+/// What a closed connection left for a resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user it was authenticated as; `None` for an anonymous connection.
+    pub user: Option<String>,
+    /// The connection that held the session last.
+    pub conn: String,
+    /// Its rooms, sorted.
+    pub rooms: Vec<String>,
+}
+
+/// A random epoch for a room whose history begins now.
+pub fn new_epoch() -> Arc<str> {
+    Arc::from(format!("{:016x}", rand::random::<u64>()))
 }
 
 /// Shared state. Every method may be awaited from any task; scripts call them from
@@ -124,20 +157,44 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every connection id in a room, on every node, sorted.
     fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
 
-    /// Record a live connection of this node, so a survivor can clean up after it if
-    /// this node dies. The memory backend has no one to clean up for it.
+    /// Record a live connection of this node and its session (so a survivor can clean
+    /// up after it if this node dies, and a resume can find it).
     fn register_conn(
         &self,
-        _conn: &ConnId,
-        _user: Option<&str>,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
+        conn: &ConnId,
+        user: Option<&str>,
+        session: &str,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// Forget a connection that closed (after its rooms were left).
-    fn unregister_conn(&self, _conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
+    /// A connection closed: out of its rooms' member sets and the live registry; its
+    /// session and its rooms are kept for `keep` (the resume TTL).
+    fn close_conn(
+        &self,
+        conn: &ConnId,
+        session: &str,
+        rooms: &[Arc<str>],
+        keep: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The session `id`, if it is live or still within its resume TTL.
+    fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>>;
+
+    /// A room's stream position (epoch, last offset); a room without one gets its
+    /// epoch now, at offset 0.
+    fn position(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>>;
+
+    /// A room's deliveries after `after`, at most `limit`, with the room's position.
+    fn history(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<HistoryRead, BackendError>>;
 }
 
 /// Channels a node listens on only while it has a local recipient for them.
@@ -150,8 +207,14 @@ pub enum Channel {
 /// Publish/subscribe between nodes. The memory bus hands each envelope straight to the
 /// local [`Sink`]; the Redis bus routes it through one channel per target.
 pub trait Bus: Send + Sync + 'static {
-    /// Deliver to every node with matching recipients (this node included). At most once.
-    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Deliver to every node with matching recipients (this node included). At most
+    /// once, unless the delivery goes to a room with history: then it is placed in the
+    /// room's stream first, and where is returned.
+    fn publish(&self, envelope: Envelope)
+        -> BoxFuture<'_, Result<Option<Placement>, BackendError>>;
+
+    /// End the connection `conn`, wherever it is: its session was resumed elsewhere.
+    fn take_over(&self, conn: &str) -> BoxFuture<'_, Result<(), BackendError>>;
 
     /// A local recipient appeared for `channel`: from when this resolves, everything
     /// published to it reaches this node. Reference-counted; one `unwatch` per `watch`,

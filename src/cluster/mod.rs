@@ -155,7 +155,9 @@ impl NodeRegistry {
             if let Err(f) = self.engine.run_hook(&caller, Hook::Disconnect).await {
                 tracing::warn!(conn = %orphan.id, code = f.code.as_str(), error = %f.message, "$disconnect hook of a dead node's connection failed");
             }
-            self.backend.forget_orphan(node, &orphan).await?;
+            self.backend
+                .forget_orphan(node, &orphan, self.engine.sessions.resume_ttl)
+                .await?;
         }
         self.backend.forget_node(node).await?;
         tracing::info!(dead = %node, connections = count, "cleaned up after dead node");

@@ -19,6 +19,7 @@ mod checks;
 mod decode;
 pub mod diagnostic;
 mod files;
+mod rooms;
 mod schema;
 mod scripts;
 pub mod target;
@@ -35,6 +36,7 @@ use crate::script::ScriptRuntime;
 pub use decode::{check_keys, string_field, CONNECT_HOOK, DISCONNECT_HOOK};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use files::pack_files;
+pub use rooms::RoomRules;
 pub use target::{TargetError, TargetSpec, Template, TemplateContext};
 
 /// The JSON Schema of the pack format, as printed by `wss-engine schema`.
@@ -111,6 +113,8 @@ pub struct Pack {
     pub root: PathBuf,
     pub events: BTreeMap<String, Arc<EventDef>>,
     pub hooks: Hooks,
+    /// `rooms:`: which rooms keep a history of their deliveries.
+    pub rooms: RoomRules,
     /// Hash of every file of the pack: nodes compare it to spot mixed deployments.
     pub fingerprint: String,
 }
@@ -141,6 +145,7 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
             root: dir.to_path_buf(),
             events,
             hooks,
+            rooms: RoomRules::default(),
             fingerprint: fingerprint.hex(),
         },
         diags,

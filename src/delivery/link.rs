@@ -3,7 +3,7 @@
 //! when it is woken).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -30,12 +30,23 @@ pub struct ConnLink {
     windows: Option<Arc<WriteWindows>>,
     /// When this connection's write window ends (`WriteWindows` clock).
     pub(super) window_ends: AtomicU64,
-    /// Set when the queue overflowed: the connection closes itself as a slow consumer.
-    slow: AtomicBool,
+    /// Why the connection must end, once something decided it must (an [`Ending`] as
+    /// a number, 0 for none): its task closes the socket with that code.
+    ending: AtomicU8,
     /// There are frames for the writer to write now.
     pub(super) ready: Notify,
-    /// `slow` was set (every waiter is woken).
+    /// `ending` was set (every waiter is woken).
     alarm: Notify,
+}
+
+/// Why a connection is ended from outside its own task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Its outbound queue overflowed: it does not read fast enough.
+    SlowConsumer = 1,
+    /// Its session was resumed by another connection (a client that switched networks
+    /// while this socket still looked open).
+    TakenOver = 2,
 }
 
 impl ConnLink {
@@ -54,7 +65,7 @@ impl ConnLink {
             flush_at: (capacity / 4).clamp(1, FLUSH_AT_MOST),
             windows,
             window_ends: AtomicU64::new(0),
-            slow: AtomicBool::new(false),
+            ending: AtomicU8::new(0),
             ready: Notify::new(),
             alarm: Notify::new(),
         })
@@ -95,9 +106,8 @@ impl ConnLink {
         let mut queue = self.queue.lock();
         if queue.len() >= self.capacity {
             drop(queue);
-            if !self.slow.swap(true, Ordering::Relaxed) {
+            if self.end(Ending::SlowConsumer) {
                 metrics::counter!("wss_slow_consumers_total").increment(1);
-                self.alarm.notify_waiters();
             }
             metrics::counter!("wss_deliveries_dropped_total").increment(1);
             return None;
@@ -119,8 +129,30 @@ impl ConnLink {
         std::mem::take(&mut *self.queue.lock())
     }
 
+    /// Decide that the connection must end; the first reason given wins. `true` when
+    /// this call decided it.
+    pub fn end(&self, why: Ending) -> bool {
+        let decided = self
+            .ending
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if decided {
+            self.alarm.notify_waiters();
+        }
+        decided
+    }
+
+    /// Why the connection must end, if something decided it must.
+    pub fn ending(&self) -> Option<Ending> {
+        match self.ending.load(Ordering::Acquire) {
+            1 => Some(Ending::SlowConsumer),
+            2 => Some(Ending::TakenOver),
+            _ => None,
+        }
+    }
+
     pub fn is_slow(&self) -> bool {
-        self.slow.load(Ordering::Relaxed)
+        self.ending() == Some(Ending::SlowConsumer)
     }
 
     /// Resolves when there are frames to write now. It may also resolve with nothing
@@ -129,17 +161,17 @@ impl ConnLink {
         self.ready.notified().await
     }
 
-    /// Resolves once the connection has been marked a slow consumer. Any number of
-    /// waiters may wait at once (the connection loop and a stuck write both do).
-    pub async fn overflowed(&self) {
+    /// Resolves once the connection must end, with why. Any number of waiters may wait
+    /// at once (the connection loop and a stuck write both do).
+    pub async fn ended(&self) -> Ending {
         loop {
             let notified = self.alarm.notified();
             tokio::pin!(notified);
-            // Registered before the flag is checked, so a flag set in between still
+            // Registered before the state is read, so an ending decided in between still
             // wakes this waiter.
             notified.as_mut().enable();
-            if self.is_slow() {
-                return;
+            if let Some(why) = self.ending() {
+                return why;
             }
             notified.await;
         }

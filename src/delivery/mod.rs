@@ -2,7 +2,8 @@
 //! serialized frame to every recipient's socket.
 //!
 //! - [`Envelope`]: a delivery on its way, its frame serialized once ([`frame`]); the
-//!   same bytes travel between nodes and reach every local recipient.
+//!   same bytes travel between nodes and reach every local recipient. A delivery to a
+//!   room with history also has a [`Position`] in the room's stream.
 //! - [`Target`]: a resolved target (`room:lobby`, `user:alice`, …).
 //! - [`Sink`]: the local end of the bus; [`Router`] is the one that serves sockets.
 //! - [`Router`]: this node's connections and rooms; [`ConnLink`]: one connection's
@@ -13,17 +14,20 @@
 
 mod link;
 mod router;
+mod stream;
 pub mod target;
 mod windows;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use link::ConnLink;
-pub use router::{ConnSnapshot, RoomChange, Router};
+pub use link::{ConnLink, Ending};
+pub use router::{Activated, ConnSnapshot, RoomChange, Router};
 pub use target::{Target, TargetKind, TargetSyntaxError};
 pub use windows::WriteWindows;
 
@@ -37,12 +41,102 @@ pub struct Envelope {
     pub target: Target,
     /// The sender, when it must not receive its own delivery (`exclude_sender`).
     pub exclude: Option<ConnId>,
+    /// The frame as clients receive it; while the position is [`Position::Unplaced`],
+    /// the frame without its offset (see [`place`]).
     pub frame: Bytes,
+    pub position: Position,
+}
+
+/// How much of a room's deliveries its stream keeps (a pack's `rooms:` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Deliveries kept, newest last.
+    pub size: usize,
+    /// How long a delivery stays in the history.
+    pub ttl: Duration,
+}
+
+/// Where a delivery stands in its room's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Position {
+    /// Not to a room with history: at most once, no offset.
+    None,
+    /// To a room with history, not placed yet: the backend that publishes it gives it
+    /// the room's next offset, appends it to the history and completes the frame, all
+    /// in one atomic step.
+    Unplaced(HistoryPolicy),
+    /// Placed: the room's epoch (which changes when its history is lost) and offset.
+    At { epoch: Arc<str>, offset: u64 },
+}
+
+impl Envelope {
+    /// A delivery with no place in a stream.
+    pub fn plain(target: Target, exclude: Option<ConnId>, frame: Bytes) -> Self {
+        Self {
+            target,
+            exclude,
+            frame,
+            position: Position::None,
+        }
+    }
+
+    /// This (unplaced) envelope placed at `offset`: the frame completed with it.
+    pub fn placed(&self, epoch: Arc<str>, offset: u64) -> Self {
+        Self {
+            target: self.target.clone(),
+            exclude: self.exclude.clone(),
+            frame: place(&self.frame, offset),
+            position: Position::At { epoch, offset },
+        }
+    }
+
+    /// The room and offset of a placed delivery.
+    pub fn stream_offset(&self) -> Option<(&str, &Arc<str>, u64)> {
+        match (&self.target, &self.position) {
+            (Target::Room(room), Position::At { epoch, offset }) => Some((room, epoch, *offset)),
+            _ => None,
+        }
+    }
 }
 
 /// The local end of the bus: whatever delivers envelopes to this node's sockets.
 pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope);
+
+    /// End a local connection whose session another connection took over.
+    fn take_over(&self, _conn: &str) {}
+
+    /// The bus was disconnected and is back: what it published meanwhile never arrived,
+    /// so rooms with history catch up from their history.
+    fn resync(&self) {}
+}
+
+/// One delivery as a room's history holds it.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub offset: u64,
+    /// The complete frame, offset included.
+    pub frame: Bytes,
+}
+
+/// A read of a room's history after some offset.
+#[derive(Debug, Clone)]
+pub struct HistoryRead {
+    /// The room's epoch now.
+    pub epoch: Arc<str>,
+    /// The room's last offset now (0 for a room nothing was delivered to yet).
+    pub head: u64,
+    /// Every delivery after the offset asked for, oldest first, up to the limit asked
+    /// for. Complete means: from the offset asked for up to `head`, nothing is missing.
+    pub entries: Vec<HistoryEntry>,
+    pub complete: bool,
+}
+
+/// Where a room's deliveries can be read again: the backend's history, as the router
+/// needs it to fill a hole in a room's stream.
+pub trait History: Send + Sync + 'static {
+    /// Deliveries of `room` after `after`, at most `limit`.
+    fn read(&self, room: &str, after: u64, limit: usize) -> BoxFuture<'_, Option<HistoryRead>>;
 }
 
 #[derive(Serialize)]
@@ -56,4 +150,51 @@ pub fn frame(event: &str, data: &Value) -> Bytes {
     serde_json::to_vec(&DeliveryFrame { event, data })
         .map(Bytes::from)
         .unwrap_or_else(|_| Bytes::from_static(b"{\"event\":\"$error\",\"data\":null}"))
+}
+
+#[derive(Serialize)]
+struct StreamFrame<'a> {
+    event: &'a str,
+    data: &'a Value,
+    room: &'a str,
+}
+
+/// The frame of a delivery to a room with history, up to its offset:
+/// `{"event":…,"data":…,"room":…,"offset":` — [`place`] completes it.
+pub fn unplaced_frame(event: &str, data: &Value, room: &str) -> Bytes {
+    let mut out = serde_json::to_vec(&StreamFrame { event, data, room })
+        .unwrap_or_else(|_| b"{\"event\":\"$error\",\"data\":null}".to_vec());
+    // Replace the closing brace with the start of the offset field.
+    out.pop();
+    out.extend_from_slice(b",\"offset\":");
+    Bytes::from(out)
+}
+
+/// Complete an unplaced frame with its offset.
+pub fn place(unplaced: &[u8], offset: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(unplaced.len() + 21);
+    out.put_slice(unplaced);
+    out.put_slice(offset.to_string().as_bytes());
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_placed_frame_carries_room_and_offset() {
+        let data = serde_json::json!({ "text": "hi" });
+        let framed = place(&unplaced_frame("chat.message", &data, "lobby"), 42);
+        let value: Value = serde_json::from_slice(&framed).expect("JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"event": "chat.message", "data": {"text": "hi"}, "room": "lobby", "offset": 42})
+        );
+        assert_eq!(
+            std::str::from_utf8(&framed).expect("UTF-8"),
+            r#"{"event":"chat.message","data":{"text":"hi"},"room":"lobby","offset":42}"#
+        );
+    }
 }

@@ -3,32 +3,101 @@
 //! A delivery arrives as one serialized frame; the router turns it into a WebSocket text
 //! payload once and hands every recipient a clone of the same bytes (a reference-count
 //! bump), so a room of 10k members costs 10k queue pushes and no copies.
+//!
+//! Rooms with history go through their [`Stream`]: each delivery reaches local members
+//! once and in offset order, holes are filled from the backend's [`History`], and a
+//! member receives the offsets after the one its `$joined` announced. Membership is
+//! pushed to the member itself (`$joined`, `$left`), in the same queue as deliveries,
+//! so a client sees its rooms change exactly where its deliveries do.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use serde_json::json;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::link::ConnLink;
-use super::{ConnId, Envelope, Sink, Target};
+use super::link::{ConnLink, Ending};
+use super::stream::{Next, Release, Stream};
+use super::{ConnId, Envelope, History, HistoryEntry, Position, Sink, Target};
+
+/// How long a hole in a stream waits for its deliveries before history is read: they
+/// are usually another commit's of this node, a moment from being delivered.
+const FILL_GRACE: Duration = Duration::from_millis(100);
+/// Most deliveries one history read asks for when catching up.
+const MAX_FILL: usize = 10_000;
+/// How long a fill keeps retrying a backend it cannot reach before giving the hole up.
+const FILL_PATIENCE: Duration = Duration::from_secs(10);
 
 struct Entry {
     link: Arc<ConnLink>,
     user: Option<Arc<str>>,
+    session: Arc<str>,
     rooms: HashSet<Arc<str>>,
 }
 
-type Members = HashMap<ConnId, Arc<ConnLink>>;
+/// A connection receiving a room's deliveries.
+struct Member {
+    link: Arc<ConnLink>,
+    /// Deliveries at or below this offset are not for this member: its `$joined` (or
+    /// its replay) already placed it past them.
+    floor: u64,
+}
 
-#[derive(Default)]
-struct Inner {
-    conns: HashMap<ConnId, Entry>,
-    /// Members hold their link, so a delivery walks one map instead of looking every
-    /// recipient up in `conns` again.
-    rooms: HashMap<Arc<str>, Members>,
-    users: HashMap<Arc<str>, Members>,
+struct Room {
+    /// Local connections in the room, receiving yet or not (a member of a room with
+    /// history receives from its activation on).
+    joined: HashSet<ConnId>,
+    members: HashMap<ConnId, Member>,
+    stream: Option<Stream>,
+    /// Woken whenever the stream starts or moves on.
+    progress: Arc<Notify>,
+}
+
+impl Room {
+    fn new(with_stream: bool) -> Self {
+        Self {
+            joined: HashSet::new(),
+            members: HashMap::new(),
+            stream: with_stream.then(Stream::new),
+            progress: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Push every release to the members it is for.
+    fn release(&mut self, room: &str, releases: Vec<Release>) -> u64 {
+        let mut sent = 0;
+        for release in releases {
+            match release {
+                Release::Frame { offset, frame } => {
+                    let Ok(frame) = Utf8Bytes::try_from(frame) else {
+                        continue;
+                    };
+                    for member in self.members.values() {
+                        if member.floor < offset && member.link.push(frame.clone()) {
+                            sent += 1;
+                        }
+                    }
+                }
+                Release::Gap { epoch, offset } => {
+                    metrics::counter!("wss_gaps_total").increment(1);
+                    tracing::warn!(room, %epoch, offset, "deliveries of a room could not be recovered: members told with $gap");
+                    let gap = system_frame(
+                        "$gap",
+                        json!({ "room": room, "epoch": &*epoch, "offset": offset }),
+                    );
+                    for member in self.members.values_mut() {
+                        member.floor = member.floor.max(offset);
+                        member.link.push(gap.clone());
+                    }
+                }
+            }
+        }
+        self.progress.notify_waiters();
+        sent
+    }
 }
 
 /// What a join or leave changed. The bus cares about rooms that gained their first or
@@ -43,28 +112,93 @@ pub enum RoomChange {
     LastLocal(Arc<str>),
 }
 
+/// How a member of a room with history was placed in its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activated {
+    /// A room without history: the member receives from its join on.
+    Plain,
+    /// Announced at the stream's position: deliveries after `offset` follow.
+    At { epoch: Arc<str>, offset: u64 },
+    /// Announced at the position asked for, with the deliveries since then replayed.
+    Replayed {
+        epoch: Arc<str>,
+        offset: u64,
+        replayed: usize,
+    },
+    /// The replay given does not reach the stream's position `last`: read more.
+    NeedsHistory { last: u64 },
+    /// The stream has not started yet.
+    NotStarted,
+    /// The connection is not in the room (it left meanwhile).
+    NotJoined,
+}
+
 /// One local connection as `Router::snapshot` reports it.
 pub struct ConnSnapshot {
     pub id: ConnId,
     pub user: Option<Arc<str>>,
+    pub session: Arc<str>,
     pub rooms: Vec<Arc<str>>,
 }
 
 #[derive(Default)]
+struct Inner {
+    conns: HashMap<ConnId, Entry>,
+    /// A room's lock is taken under the router's (read or write) lock, never the other
+    /// way round; deliveries to different rooms run in parallel.
+    rooms: HashMap<Arc<str>, Mutex<Room>>,
+    users: HashMap<Arc<str>, HashMap<ConnId, Arc<ConnLink>>>,
+}
+
 pub struct Router {
     /// Reads (deliveries) vastly outnumber writes (joins, connects); an RwLock lets
     /// deliveries to different rooms run in parallel. Never held across an await.
     inner: RwLock<Inner>,
     /// The last connection went away (a shutdown waits for this).
     emptied: Notify,
+    /// Where holes in streams are filled from; set once the backend exists.
+    history: OnceLock<Arc<dyn History>>,
+    /// For the fill tasks a delivery may start.
+    this: Weak<Router>,
+}
+
+fn system_frame(event: &str, data: serde_json::Value) -> Utf8Bytes {
+    Utf8Bytes::from(json!({ "event": event, "data": data }).to_string())
+}
+
+/// `$joined` for a room, with its position when it has history.
+fn joined_frame(room: &str, position: Option<(&str, u64)>) -> Utf8Bytes {
+    match position {
+        Some((epoch, offset)) => system_frame(
+            "$joined",
+            json!({ "room": room, "epoch": epoch, "offset": offset }),
+        ),
+        None => system_frame("$joined", json!({ "room": room })),
+    }
 }
 
 impl Router {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new() -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            inner: RwLock::default(),
+            emptied: Notify::new(),
+            history: OnceLock::new(),
+            this: this.clone(),
+        })
     }
 
-    pub fn register(&self, id: ConnId, user: Option<Arc<str>>, link: Arc<ConnLink>) {
+    /// Where holes in room streams are filled from (the backend, once it exists).
+    pub fn set_history(&self, history: Arc<dyn History>) {
+        let _ = self.history.set(history);
+    }
+
+    pub fn register(
+        &self,
+        id: ConnId,
+        user: Option<Arc<str>>,
+        session: Arc<str>,
+        link: Arc<ConnLink>,
+    ) {
         let mut inner = self.inner.write();
         if let Some(user) = &user {
             inner
@@ -78,6 +212,7 @@ impl Router {
             Entry {
                 link,
                 user,
+                session,
                 rooms: HashSet::new(),
             },
         );
@@ -100,32 +235,45 @@ impl Router {
                 }
             }
         }
-        let mut changes = Vec::new();
-        for room in &entry.rooms {
-            changes.push(remove_member(&mut inner.rooms, room, id));
-        }
+        let changes = entry
+            .rooms
+            .iter()
+            .map(|room| remove_joined(&mut inner.rooms, room, id, false))
+            .collect();
         (entry.rooms.into_iter().collect(), changes)
     }
 
-    pub fn join(&self, id: &ConnId, room: &str) -> RoomChange {
+    /// Put a connection in a room. In a room without history it receives at once and
+    /// is told `$joined`; in a room with history it receives once [`Self::activate`]
+    /// placed it in the stream.
+    pub fn join(&self, id: &ConnId, room: &str, with_history: bool) -> RoomChange {
         let mut inner = self.inner.write();
         let Some(entry) = inner.conns.get_mut(id) else {
             return RoomChange::Unchanged;
         };
-        let room: Arc<str> = Arc::from(room);
-        if !entry.rooms.insert(room.clone()) {
+        let name: Arc<str> = Arc::from(room);
+        if !entry.rooms.insert(name.clone()) {
             return RoomChange::Unchanged;
         }
         let link = entry.link.clone();
-        let members = inner.rooms.entry(room.clone()).or_default();
-        members.insert(id.clone(), link);
-        if members.len() == 1 {
-            RoomChange::FirstLocal(room)
+        let slot = inner
+            .rooms
+            .entry(name.clone())
+            .or_insert_with(|| Mutex::new(Room::new(with_history)));
+        let mut state = slot.lock();
+        state.joined.insert(id.clone());
+        if state.stream.is_none() {
+            link.push(joined_frame(room, None));
+            state.members.insert(id.clone(), Member { link, floor: 0 });
+        }
+        if state.joined.len() == 1 {
+            RoomChange::FirstLocal(name)
         } else {
             RoomChange::Member
         }
     }
 
+    /// Take a connection out of a room; it is told `$left` if it was receiving.
     pub fn leave(&self, id: &ConnId, room: &str) -> RoomChange {
         let mut inner = self.inner.write();
         let Some(entry) = inner.conns.get_mut(id) else {
@@ -134,7 +282,133 @@ impl Router {
         if !entry.rooms.remove(room) {
             return RoomChange::Unchanged;
         }
-        remove_member(&mut inner.rooms, room, id)
+        remove_joined(&mut inner.rooms, room, id, true)
+    }
+
+    /// Start a room's stream at its position (the room's first local member joined and
+    /// the position was read after this node subscribed).
+    pub fn start_stream(&self, room: &str, epoch: Arc<str>, head: u64) {
+        self.step(room, |stream, out| stream.start(epoch, head, out));
+    }
+
+    /// The stream position of a room with history, once started.
+    pub fn stream_position(&self, room: &str) -> Option<(Arc<str>, u64)> {
+        let inner = self.inner.read();
+        let state = inner.rooms.get(room)?.lock();
+        state.stream.as_ref()?.position()
+    }
+
+    /// Wait (at most `within`) until the room's stream has started. `false` when it did
+    /// not (or the room has no local member left).
+    pub async fn started(&self, room: &str, within: Duration) -> bool {
+        self.until(room, within, |_| true).await
+    }
+
+    /// Wait (at most `within`) until the room's stream has released `offset`.
+    pub async fn reached(&self, room: &str, offset: u64, within: Duration) -> bool {
+        self.until(room, within, |last| last >= offset).await
+    }
+
+    async fn until(&self, room: &str, within: Duration, done: impl Fn(u64) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let progress = {
+                let inner = self.inner.read();
+                let Some(slot) = inner.rooms.get(room) else {
+                    return false;
+                };
+                let state = slot.lock();
+                match state.stream.as_ref() {
+                    None => return true,
+                    Some(stream) => match stream.position() {
+                        Some((_, last)) if done(last) => return true,
+                        _ => state.progress.clone(),
+                    },
+                }
+            };
+            let notified = progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Looked again after registering, so progress made in between is not missed.
+            if let Some((_, last)) = self.stream_position(room) {
+                if done(last) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Place a joined connection in its room's stream and tell it `$joined`.
+    ///
+    /// Without `from` it receives from the stream's position on. With `from` (a resume)
+    /// it is announced at that offset and `replay` (deliveries after it, as read from
+    /// history) fills it in up to the stream's position; from then on it receives live.
+    pub fn activate(
+        &self,
+        id: &ConnId,
+        room: &str,
+        from: Option<(u64, &[HistoryEntry])>,
+    ) -> Activated {
+        let inner = self.inner.read();
+        let (Some(entry), Some(slot)) = (inner.conns.get(id), inner.rooms.get(room)) else {
+            return Activated::NotJoined;
+        };
+        let mut state = slot.lock();
+        if !state.joined.contains(id) {
+            return Activated::NotJoined;
+        }
+        let Some(stream) = state.stream.as_ref() else {
+            return Activated::Plain;
+        };
+        let Some((epoch, last)) = stream.position() else {
+            return Activated::NotStarted;
+        };
+        let link = entry.link.clone();
+        let activated = match from {
+            None => {
+                link.push(joined_frame(room, Some((&epoch, last))));
+                state
+                    .members
+                    .insert(id.clone(), Member { link, floor: last });
+                Activated::At {
+                    epoch,
+                    offset: last,
+                }
+            }
+            Some((offset, replay)) => {
+                let wanted: Vec<&HistoryEntry> = replay
+                    .iter()
+                    .filter(|e| e.offset > offset && e.offset <= last)
+                    .collect();
+                let covered = wanted.len() as u64 == last.saturating_sub(offset)
+                    && wanted
+                        .iter()
+                        .zip(offset + 1..)
+                        .all(|(e, expected)| e.offset == expected);
+                if !covered {
+                    return Activated::NeedsHistory { last };
+                }
+                link.push(joined_frame(room, Some((&epoch, offset))));
+                for entry in &wanted {
+                    if let Ok(frame) = Utf8Bytes::try_from(entry.frame.clone()) {
+                        link.push(frame);
+                    }
+                }
+                // A client ahead of this node's stream (it came from a node that had
+                // delivered more) skips what it already has.
+                let floor = last.max(offset);
+                state.members.insert(id.clone(), Member { link, floor });
+                Activated::Replayed {
+                    epoch,
+                    offset,
+                    replayed: wanted.len(),
+                }
+            }
+        };
+        activated
     }
 
     pub fn rooms_of(&self, id: &ConnId) -> Vec<String> {
@@ -146,6 +420,11 @@ impl Router {
             .unwrap_or_default();
         rooms.sort();
         rooms
+    }
+
+    /// Whether a connection is registered on this node.
+    pub fn has(&self, id: &str) -> bool {
+        self.inner.read().conns.contains_key(id)
     }
 
     pub fn connection_count(&self) -> usize {
@@ -167,7 +446,7 @@ impl Router {
         }
     }
 
-    /// Every local connection with its user and rooms (to write presence again).
+    /// Every local connection with its user, session and rooms (to write presence again).
     pub fn snapshot(&self) -> Vec<ConnSnapshot> {
         self.inner
             .read()
@@ -176,29 +455,139 @@ impl Router {
             .map(|(id, e)| ConnSnapshot {
                 id: id.clone(),
                 user: e.user.clone(),
+                session: e.session.clone(),
                 rooms: e.rooms.iter().cloned().collect(),
             })
             .collect()
     }
+
+    /// Run one step of a room's stream and release what it lets go of; schedule a fill
+    /// when it leaves a hole. Returns how many frames were queued, or `None` when the
+    /// room has local members but no stream here.
+    fn step(
+        &self,
+        room: &str,
+        f: impl FnOnce(&mut Stream, &mut Vec<Release>) -> Next,
+    ) -> Option<u64> {
+        let inner = self.inner.read();
+        let Some(slot) = inner.rooms.get(room) else {
+            return Some(0);
+        };
+        let mut state = slot.lock();
+        let stream = state.stream.as_mut()?;
+        let mut out = Vec::new();
+        let next = f(stream, &mut out);
+        let sent = state.release(room, out);
+        drop(state);
+        drop(inner);
+        if let Next::Fill { after, until } = next {
+            self.schedule_fill(room, after, until, FILL_GRACE);
+        }
+        Some(sent)
+    }
+
+    fn schedule_fill(&self, room: &str, after: u64, until: Option<u64>, grace: Duration) {
+        let Some(router) = self.this.upgrade() else {
+            return;
+        };
+        let room = room.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            router.fill(room, after, until).await;
+        });
+    }
+
+    /// Read what a room's stream misses from history and release it (or announce the
+    /// gap); repeat while the stream asks for more.
+    async fn fill(&self, room: String, mut after: u64, mut until: Option<u64>) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let limit = until.map_or(MAX_FILL, |u| {
+                usize::try_from(u.saturating_sub(after)).unwrap_or(MAX_FILL)
+            });
+            let read = match self.history.get() {
+                Some(history) => history.read(&room, after, limit.min(MAX_FILL)).await,
+                None => None,
+            };
+            if read.is_none() && started.elapsed() < FILL_PATIENCE {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            let read = read.or_else(|| {
+                // Give the hole up: history is out of reach.
+                self.stream_position(&room)
+                    .map(|(epoch, _)| super::HistoryRead {
+                        epoch,
+                        head: until.unwrap_or(after),
+                        entries: Vec::new(),
+                        complete: false,
+                    })
+            });
+            metrics::counter!("wss_stream_fills_total").increment(1);
+            let mut next = Next::Nothing;
+            self.step(&room, |stream, out| {
+                next = stream.filled(after, until, read, out);
+                Next::Nothing
+            });
+            match next {
+                Next::Fill { after: a, until: u } => {
+                    after = a;
+                    until = u;
+                }
+                Next::Nothing => return,
+            }
+        }
+    }
 }
 
-fn remove_member(rooms: &mut HashMap<Arc<str>, Members>, room: &str, id: &ConnId) -> RoomChange {
-    let Some((key, members)) = rooms.get_key_value(room).map(|(k, m)| (k.clone(), m.len())) else {
+/// Take `id` out of a room's joined set (and its members); `tell` pushes `$left`.
+fn remove_joined(
+    rooms: &mut HashMap<Arc<str>, Mutex<Room>>,
+    room: &str,
+    id: &ConnId,
+    tell: bool,
+) -> RoomChange {
+    let Some((key, slot)) = rooms.get_key_value(room) else {
         return RoomChange::Unchanged;
     };
-    if members <= 1 {
-        rooms.remove(room);
+    let key = key.clone();
+    let empty = {
+        let mut state = slot.lock();
+        state.joined.remove(id);
+        if let Some(member) = state.members.remove(id) {
+            if tell {
+                member
+                    .link
+                    .push(system_frame("$left", json!({ "room": room })));
+            }
+        }
+        state.joined.is_empty()
+    };
+    if empty {
+        if let Some(slot) = rooms.remove(room) {
+            slot.lock().progress.notify_waiters();
+        }
         RoomChange::LastLocal(key)
     } else {
-        if let Some(m) = rooms.get_mut(room) {
-            m.remove(id);
-        }
         RoomChange::Member
     }
 }
 
 impl Sink for Router {
     fn deliver(&self, envelope: &Envelope) {
+        if let (Target::Room(room), Position::At { epoch, offset }) =
+            (&envelope.target, &envelope.position)
+        {
+            let stepped = self.step(room, |stream, out| {
+                stream.offer(epoch, *offset, &envelope.frame, out)
+            });
+            // A room this node keeps no stream for (its pack gives it no history) takes
+            // the delivery as a plain one.
+            if let Some(sent) = stepped {
+                metrics::counter!("wss_deliveries_total").increment(sent);
+                return;
+            }
+        }
         // One UTF-8 check per delivery per node; every recipient shares the result.
         let Ok(frame) = Utf8Bytes::try_from(envelope.frame.clone()) else {
             tracing::warn!("dropping a delivery that is not UTF-8");
@@ -221,8 +610,10 @@ impl Sink for Router {
                 }
             }
             Target::Room(room) => {
-                for (id, link) in inner.rooms.get(room.as_str()).into_iter().flatten() {
-                    send(id, link);
+                if let Some(slot) = inner.rooms.get(room.as_str()) {
+                    for (id, member) in &slot.lock().members {
+                        send(id, &member.link);
+                    }
                 }
             }
             Target::User(user) => {
@@ -239,5 +630,143 @@ impl Sink for Router {
         // Frames sent are counted when written (`wss_frames_out_total`); this counts
         // what was queued for local recipients, dropped ones excluded.
         metrics::counter!("wss_deliveries_total").increment(sent);
+    }
+
+    fn take_over(&self, conn: &str) {
+        if let Some(entry) = self.inner.read().conns.get(conn) {
+            entry.link.end(Ending::TakenOver);
+        }
+    }
+
+    fn resync(&self) {
+        let rooms: Vec<Arc<str>> = self.inner.read().rooms.keys().cloned().collect();
+        for room in rooms {
+            let mut next = Next::Nothing;
+            self.step(&room, |stream, _| {
+                next = stream.resync();
+                Next::Nothing
+            });
+            if let Next::Fill { after, until } = next {
+                self.schedule_fill(&room, after, until, Duration::ZERO);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn frames(link: &ConnLink) -> Vec<serde_json::Value> {
+        link.take_all()
+            .iter()
+            .map(|f| serde_json::from_str(f.as_str()).expect("JSON"))
+            .collect()
+    }
+
+    fn placed(room: &str, epoch: &str, offset: u64) -> Envelope {
+        let unplaced = super::super::unplaced_frame("m", &serde_json::json!(offset), room);
+        Envelope {
+            target: Target::Room(room.into()),
+            exclude: None,
+            frame: Bytes::from(super::super::place(&unplaced, offset).to_vec()),
+            position: Position::At {
+                epoch: Arc::from(epoch),
+                offset,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_rooms_announce_joins_and_leaves_in_the_delivery_queue() {
+        let router = Router::new();
+        let id: ConnId = Arc::from("n-1");
+        let link = ConnLink::new(16);
+        router.register(id.clone(), None, Arc::from("s"), link.clone());
+        assert!(matches!(
+            router.join(&id, "lobby", false),
+            RoomChange::FirstLocal(_)
+        ));
+        router.deliver(&Envelope::plain(
+            Target::Room("lobby".into()),
+            None,
+            Bytes::from_static(b"{\"event\":\"x\",\"data\":1}"),
+        ));
+        assert!(matches!(
+            router.leave(&id, "lobby"),
+            RoomChange::LastLocal(_)
+        ));
+        let got = frames(&link);
+        assert_eq!(
+            got[0],
+            json!({"event": "$joined", "data": {"room": "lobby"}})
+        );
+        assert_eq!(got[1]["event"], "x");
+        assert_eq!(got[2], json!({"event": "$left", "data": {"room": "lobby"}}));
+    }
+
+    #[tokio::test]
+    async fn a_member_of_a_room_with_history_receives_after_its_joined_offset() {
+        let router = Router::new();
+        let (a, b): (ConnId, ConnId) = (Arc::from("n-1"), Arc::from("n-2"));
+        let (la, lb) = (ConnLink::new(64), ConnLink::new(64));
+        router.register(a.clone(), None, Arc::from("s1"), la.clone());
+        router.register(b.clone(), None, Arc::from("s2"), lb.clone());
+        router.join(&a, "doc", true);
+        // Before the stream starts, deliveries wait.
+        router.deliver(&placed("doc", "e", 4));
+        assert_eq!(router.activate(&a, "doc", None), Activated::NotStarted);
+        router.start_stream("doc", Arc::from("e"), 3);
+        assert_eq!(
+            router.activate(&a, "doc", None),
+            Activated::At {
+                epoch: Arc::from("e"),
+                offset: 4
+            }
+        );
+        router.deliver(&placed("doc", "e", 5));
+        // b resumes from 2 with a replay of 3..=5.
+        router.join(&b, "doc", true);
+        let replay: Vec<HistoryEntry> = (3..=5)
+            .map(|o| HistoryEntry {
+                offset: o,
+                frame: super::super::place(&super::super::unplaced_frame("m", &json!(o), "doc"), o),
+            })
+            .collect();
+        assert_eq!(
+            router.activate(&b, "doc", Some((2, &replay[..1]))),
+            Activated::NeedsHistory { last: 5 }
+        );
+        assert_eq!(
+            router.activate(&b, "doc", Some((2, &replay))),
+            Activated::Replayed {
+                epoch: Arc::from("e"),
+                offset: 2,
+                replayed: 3
+            }
+        );
+        router.deliver(&placed("doc", "e", 6));
+        let offsets = |frames: Vec<serde_json::Value>| -> Vec<String> {
+            frames
+                .iter()
+                .map(|f| match f["event"].as_str() {
+                    Some("$joined") => format!("joined@{}", f["data"]["offset"]),
+                    _ => f["offset"].to_string(),
+                })
+                .collect()
+        };
+        assert_eq!(offsets(frames(&la)), ["joined@4", "5", "6"]);
+        assert_eq!(offsets(frames(&lb)), ["joined@2", "3", "4", "5", "6"]);
+    }
+
+    #[tokio::test]
+    async fn take_over_ends_the_connection() {
+        let router = Router::new();
+        let link = ConnLink::new(4);
+        router.register(Arc::from("n-1"), None, Arc::from("s"), link.clone());
+        router.take_over("n-1");
+        assert_eq!(link.ending(), Some(Ending::TakenOver));
     }
 }

@@ -6,13 +6,24 @@
 //! [`Engine::finish`] then does the rest for every run alike: cluster-wide presence and
 //! the deliveries the commit did not carry.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::host::ConnView;
 use super::{Detail, Engine, ErrorCode, Failure, Outcome};
-use crate::backend::Channel;
+use crate::backend::{Channel, Placement};
 use crate::config::{EventDef, Scope, TargetError, TargetSpec, TemplateContext};
-use crate::delivery::{self, ConnId, Envelope, RoomChange, Target};
+use crate::delivery::{
+    self, Activated, ConnId, Envelope, HistoryPolicy, Position, RoomChange, Target,
+};
+
+/// How long a joiner of a room with history waits for another joiner of this node to
+/// start the room's stream.
+const STREAM_START_WAIT: Duration = Duration::from_secs(5);
+/// How long an event's ack waits for its own deliveries to rooms with history to reach
+/// this node's members (they can be held a moment behind an earlier offset).
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// A change of the caller's room membership, in the order the script made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +36,6 @@ impl RoomOp {
     pub(super) fn room(&self) -> &str {
         match self {
             Self::Join(room) | Self::Leave(room) => room,
-        }
-    }
-
-    fn inverse(&self) -> Self {
-        match self {
-            Self::Join(room) => Self::Leave(room.clone()),
-            Self::Leave(room) => Self::Join(room.clone()),
         }
     }
 }
@@ -62,6 +66,8 @@ pub(super) struct Committed {
     /// Deliveries no commit carried: every one of a run without a commit, and the
     /// `local` ones of a committed run.
     pub(super) unsent: Vec<Envelope>,
+    /// Where the commit placed deliveries to rooms with history.
+    pub(super) placed: Vec<Placement>,
 }
 
 impl Engine {
@@ -81,20 +87,36 @@ impl Engine {
                 conn_user: conn.user.as_deref(),
             };
             let target = def.to.resolve(&cx).map_err(|e| unresolved(def, e))?;
-            out.push(Envelope {
-                target,
-                exclude: def.exclude_sender.then(|| conn.id.clone()),
-                frame: delivery::frame(&def.emit_as, data),
-            });
+            let exclude = def.exclude_sender.then(|| conn.id.clone());
+            out.push(self.envelope(target, exclude, &def.emit_as, data));
         }
         for emit in &effects.emits {
-            out.push(Envelope {
-                target: emit.target.clone(),
-                exclude: None,
-                frame: delivery::frame(&emit.event, &emit.data),
-            });
+            out.push(self.envelope(emit.target.clone(), None, &emit.event, &emit.data));
         }
         Ok(out)
+    }
+
+    /// One delivery, serialized. To a room with history it is left unplaced, for the
+    /// backend to give it its offset; every member receives it, the sender included,
+    /// whatever `exclude_sender` says: a member's offsets must follow one another.
+    fn envelope(
+        &self,
+        target: Target,
+        exclude: Option<ConnId>,
+        event: &str,
+        data: &Value,
+    ) -> Envelope {
+        if let Target::Room(room) = &target {
+            if let Some(policy) = self.pack.rooms.history_for(room) {
+                return Envelope {
+                    frame: delivery::unplaced_frame(event, data, room),
+                    target,
+                    exclude: None,
+                    position: Position::Unplaced(policy),
+                };
+            }
+        }
+        Envelope::plain(target, exclude, delivery::frame(event, data))
     }
 
     /// An event without a script: its one delivery, nothing else.
@@ -108,11 +130,15 @@ impl Engine {
             reply: None,
             room_ops: Vec::new(),
             unsent: self.deliveries(def, conn, &data, &Effects::default())?,
+            placed: Vec::new(),
         })
     }
 
     /// The async half of every event: cluster-wide presence for the room changes, then
-    /// the deliveries no commit carried.
+    /// the deliveries no commit carried. A delivery to a room with history is
+    /// published whatever the event's scope: its offset must mean the same on every
+    /// node. The ack waits (briefly) until this node's members have every such
+    /// delivery, so a client sees them before the ack of the event that made them.
     pub(super) async fn finish(&self, conn: &ConnId, def: &EventDef, run: Committed) -> Outcome {
         // Idempotent, so replaying every requested change (not only the effective ones)
         // is harmless.
@@ -123,17 +149,30 @@ impl Engine {
             };
             stored?;
         }
+        let mut placed = run.placed;
         for envelope in run.unsent {
-            match def.scope {
-                Scope::Local => self.sink.deliver(&envelope),
-                Scope::Cluster => self.bus.publish(envelope).await?,
+            let streamed = matches!(envelope.position, Position::Unplaced(_));
+            if def.scope == Scope::Local && !streamed {
+                self.sink.deliver(&envelope);
+            } else if let Some(placement) = self.bus.publish(envelope).await? {
+                placed.push(placement);
+            }
+        }
+        for placement in &placed {
+            if !self
+                .router
+                .reached(&placement.room, placement.offset, RELEASE_WAIT)
+                .await
+            {
+                tracing::debug!(room = %placement.room, offset = placement.offset, "ack sent before its delivery reached this node's members");
             }
         }
         Ok(run.reply)
     }
 
     /// Apply room changes to this node's router, watching room channels as rooms gain
-    /// their first local member. Returns the changes that changed something, to undo.
+    /// their first local member and placing members of rooms with history in the
+    /// room's stream. Returns the changes that changed something, to undo.
     pub(super) async fn apply_room_ops(
         &self,
         conn: &ConnId,
@@ -141,43 +180,109 @@ impl Engine {
     ) -> Result<Vec<RoomOp>, Failure> {
         let mut applied = Vec::new();
         for op in ops {
-            match self.route(conn, op) {
-                RoomChange::Unchanged => continue,
-                RoomChange::Member => {}
-                RoomChange::FirstLocal(_) => {
-                    let channel = Channel::Room(op.room().to_string());
-                    if let Err(e) = self.bus.watch(channel.clone()).await {
-                        self.route(conn, &op.inverse());
-                        self.bus.unwatch(channel);
-                        self.undo_room_ops(conn, applied).await;
-                        return Err(e.into());
-                    }
+            let result = match op {
+                RoomOp::Join(room) => self.enter(conn, room).await,
+                RoomOp::Leave(room) => Ok(self.exit(conn, room)),
+            };
+            match result {
+                Ok(true) => applied.push(op.clone()),
+                Ok(false) => {}
+                Err(failure) => {
+                    self.undo_room_ops(conn, applied).await;
+                    return Err(failure);
                 }
-                RoomChange::LastLocal(_) => self.bus.unwatch(Channel::Room(op.room().to_string())),
             }
-            applied.push(op.clone());
         }
         Ok(applied)
     }
 
     pub(super) async fn undo_room_ops(&self, conn: &ConnId, applied: Vec<RoomOp>) {
         for op in applied.iter().rev() {
-            match self.route(conn, &op.inverse()) {
-                RoomChange::LastLocal(room) => self.bus.unwatch(Channel::Room(room.to_string())),
-                // Best effort: re-watching a room we just left; the reconnect loop
-                // resubscribes every wanted channel if this fails.
-                RoomChange::FirstLocal(room) => {
-                    let _ = self.bus.watch(Channel::Room(room.to_string())).await;
+            match op {
+                RoomOp::Join(room) => {
+                    self.exit(conn, room);
                 }
-                RoomChange::Unchanged | RoomChange::Member => {}
+                // Best effort: re-entering a room we just left; the reconnect loop
+                // resubscribes every wanted channel if this fails.
+                RoomOp::Leave(room) => {
+                    let _ = self.enter(conn, room).await;
+                }
             }
         }
     }
 
-    fn route(&self, conn: &ConnId, op: &RoomOp) -> RoomChange {
-        match op {
-            RoomOp::Join(room) => self.router.join(conn, room),
-            RoomOp::Leave(room) => self.router.leave(conn, room),
+    /// Put a connection in a room, announced by `$joined`. `Ok(false)`: it already was.
+    pub(super) async fn enter(&self, conn: &ConnId, room: &str) -> Result<bool, Failure> {
+        let policy = self.pack.rooms.history_for(room);
+        let change = self.router.join(conn, room, policy.is_some());
+        if change == RoomChange::Unchanged {
+            return Ok(false);
+        }
+        let first = matches!(change, RoomChange::FirstLocal(_));
+        if let Err(failure) = self.watch_and_start(room, first, policy.as_ref()).await {
+            self.exit(conn, room);
+            return Err(failure);
+        }
+        if policy.is_some() {
+            match self.router.activate(conn, room, None) {
+                Activated::At { .. } | Activated::Plain => {}
+                other => {
+                    self.exit(conn, room);
+                    return Err(Failure::new(
+                        ErrorCode::Unavailable,
+                        format!("could not join `{room}`: {other:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a join: the room's channel watched (for its first local member), and for a
+    /// room with history the stream started at the room's position (read after the
+    /// subscription, so nothing published in between is missed).
+    pub(super) async fn watch_and_start(
+        &self,
+        room: &str,
+        first: bool,
+        policy: Option<&HistoryPolicy>,
+    ) -> Result<(), Failure> {
+        if first {
+            let channel = Channel::Room(room.to_string());
+            if let Err(e) = self.bus.watch(channel.clone()).await {
+                // `exit` unwatches once the room loses its last member.
+                return Err(e.into());
+            }
+        }
+        let Some(policy) = policy else {
+            return Ok(());
+        };
+        if self.router.stream_position(room).is_some() {
+            return Ok(());
+        }
+        if first {
+            let (epoch, head) = self.store.position(room, policy).await?;
+            self.router.start_stream(room, epoch, head);
+            Ok(())
+        } else if self.router.started(room, STREAM_START_WAIT).await {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                ErrorCode::Unavailable,
+                format!("the stream of room `{room}` did not start"),
+            ))
+        }
+    }
+
+    /// Take a connection out of a room, announced by `$left`. `false`: it was not in it.
+    pub(super) fn exit(&self, conn: &ConnId, room: &str) -> bool {
+        match self.router.leave(conn, room) {
+            RoomChange::Unchanged => false,
+            RoomChange::LastLocal(_) => {
+                self.bus.unwatch(Channel::Room(room.to_string()));
+                true
+            }
+            RoomChange::Member | RoomChange::FirstLocal(_) => true,
         }
     }
 }

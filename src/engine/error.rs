@@ -15,6 +15,8 @@ pub enum ErrorCode {
     ScriptError,
     Conflict,
     Unavailable,
+    /// `$resume` named a session that is unknown or past its resume TTL.
+    SessionExpired,
     /// A code chosen by a script with `reject(code, message)`.
     #[serde(untagged)]
     Custom(String),
@@ -33,6 +35,7 @@ impl ErrorCode {
             Self::ScriptError => "script_error",
             Self::Conflict => "conflict",
             Self::Unavailable => "unavailable",
+            Self::SessionExpired => "session_expired",
             Self::Custom(code) => code,
         }
     }

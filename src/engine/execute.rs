@@ -25,7 +25,7 @@ use super::txn::Txn;
 use super::{Engine, ErrorCode, Failure, MAX_ATTEMPTS};
 use crate::backend::CommitOutcome;
 use crate::config::{EventDef, Scope, TemplateContext};
-use crate::delivery::Envelope;
+use crate::delivery::{Envelope, Position};
 use crate::script::{ScriptFailure, ScriptInput};
 
 /// Most runs one commit takes: bounds the work (and the retry) of one batch.
@@ -288,16 +288,22 @@ impl Engine {
             .zip(batch)
             .map(|(outcome, p)| {
                 outcome.map(|(effects, deliveries)| {
-                    let unsent = if commits && p.def.scope == Scope::Cluster {
-                        publish.extend(deliveries);
-                        Vec::new()
-                    } else {
-                        deliveries
-                    };
+                    // A committing run's cluster deliveries, and every delivery to a
+                    // room with history, go out with its writes.
+                    let mut unsent = Vec::new();
+                    for envelope in deliveries {
+                        let streamed = matches!(envelope.position, Position::Unplaced(_));
+                        if commits && (p.def.scope == Scope::Cluster || streamed) {
+                            publish.push(envelope);
+                        } else {
+                            unsent.push(envelope);
+                        }
+                    }
                     Committed {
                         reply: effects.reply,
                         room_ops: effects.room_ops,
                         unsent,
+                        placed: Vec::new(),
                     }
                 })
             })
@@ -309,7 +315,17 @@ impl Engine {
         let mut commit = txn.into_commit();
         commit.publish = publish;
         match runtime.block_on(self.store.commit(commit)) {
-            Ok(CommitOutcome::Committed) => Ok(Attempt::Done(committed)),
+            Ok(CommitOutcome::Committed(placed)) => Ok(Attempt::Done(
+                committed
+                    .into_iter()
+                    .map(|run| {
+                        run.map(|mut run| {
+                            run.placed = placed.clone();
+                            run
+                        })
+                    })
+                    .collect(),
+            )),
             Ok(CommitOutcome::Conflict) => {
                 self.undo_all(batch, applied, runtime);
                 Ok(Attempt::Conflict(touched))

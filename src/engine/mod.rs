@@ -19,21 +19,23 @@ pub mod error;
 mod execute;
 mod host;
 pub mod locks;
+mod resume;
 pub mod txn;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::backend::{Bus, Channel, StateStore};
 use crate::config::{EventDef, Pack, RateLimit};
-use crate::delivery::{ConnId, ConnLink, RoomChange, Router, Sink};
+use crate::delivery::{ConnId, ConnLink, History, HistoryRead, RoomChange, Router, Sink};
 use crate::script::ScriptRuntime;
 pub use error::{Detail, ErrorCode, Failure};
+use futures_util::future::BoxFuture;
 use host::ConnView;
 
 /// Attempts of one script under contention before the client gets `conflict`.
@@ -71,22 +73,52 @@ impl Caller {
 /// One client connection as the engine sees it. Owned by its connection task.
 pub struct Conn {
     pub caller: Caller,
+    /// The session a later connection may resume (given in `$welcome`).
+    pub session: Arc<str>,
     buckets: Buckets,
     /// Whether this connection holds a watch on its user's channel.
     watching_user: bool,
+    /// A connection may resume a session until it sends any other event.
+    may_resume: bool,
 }
 
 impl Conn {
     pub fn new(id: ConnId, user: Option<Arc<str>>, claims: Value) -> Self {
         Self {
             caller: Caller::new(id, user, claims),
+            session: new_session_id(),
             buckets: HashMap::new(),
             watching_user: false,
+            may_resume: true,
         }
     }
 
     pub fn id(&self) -> &ConnId {
         &self.caller.id
+    }
+}
+
+/// An unguessable session id: 128 random bits (the thread RNG is a CSPRNG seeded from
+/// the OS), as hex.
+fn new_session_id() -> Arc<str> {
+    Arc::from(format!("{:032x}", rand::random::<u128>()))
+}
+
+/// How long sessions outlive their connection, and how much a resume may replay.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// A closed connection's session (its rooms) stays resumable this long.
+    pub resume_ttl: Duration,
+    /// Most deliveries replayed per room; a room further behind is not recovered.
+    pub max_replay: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            resume_ttl: Duration::from_secs(120),
+            max_replay: 1_000,
+        }
     }
 }
 
@@ -128,6 +160,7 @@ pub struct Engine {
     /// runs them all in one transaction (see `execute`).
     batches: execute::Batches,
     conn_seq: AtomicU64,
+    pub sessions: SessionConfig,
 }
 
 pub struct EngineParts {
@@ -139,6 +172,31 @@ pub struct EngineParts {
     pub router: Arc<Router>,
     pub sink: Arc<dyn Sink>,
     pub script_concurrency: usize,
+    pub sessions: SessionConfig,
+}
+
+/// The backend's room histories, as the router reads them to fill a hole in a stream.
+struct StoreHistory {
+    store: Arc<dyn StateStore>,
+    pack: Arc<Pack>,
+}
+
+impl History for StoreHistory {
+    fn read(&self, room: &str, after: u64, limit: usize) -> BoxFuture<'_, Option<HistoryRead>> {
+        let Some(policy) = self.pack.rooms.history_for(room) else {
+            return Box::pin(std::future::ready(None));
+        };
+        let room = room.to_string();
+        Box::pin(async move {
+            match self.store.history(&room, &policy, after, limit).await {
+                Ok(read) => Some(read),
+                Err(e) => {
+                    tracing::debug!(room, error = %e, "could not read a room's history");
+                    None
+                }
+            }
+        })
+    }
 }
 
 /// Which lifecycle hook to run.
@@ -150,6 +208,10 @@ pub enum Hook {
 
 impl Engine {
     pub fn new(parts: EngineParts) -> Arc<Self> {
+        parts.router.set_history(Arc::new(StoreHistory {
+            store: parts.store.clone(),
+            pack: parts.pack.clone(),
+        }));
         Arc::new(Self {
             pack: parts.pack,
             node_id: parts.node_id,
@@ -162,6 +224,7 @@ impl Engine {
             key_locks: locks::KeyLocks::new(256),
             batches: execute::Batches::default(),
             conn_seq: AtomicU64::new(0),
+            sessions: parts.sessions,
         })
     }
 
@@ -177,6 +240,10 @@ impl Engine {
 
     /// Handle one event a client sent on its socket. The caller parsed the frame.
     pub async fn handle(self: &Arc<Self>, conn: &mut Conn, event: &str, data: Value) -> Outcome {
+        if event == resume::RESUME {
+            return self.resume(conn, data).await;
+        }
+        conn.may_resume = false;
         let started = Instant::now();
         let outcome = self
             .dispatch(&conn.caller, Some(&mut conn.buckets), event, data)
@@ -334,14 +401,18 @@ impl Engine {
     /// `$connect`. On `Err` the connection must be closed (and `disconnect` still called).
     pub async fn connect(self: &Arc<Self>, conn: &mut Conn, link: Arc<ConnLink>) -> Outcome {
         let caller = &conn.caller;
-        self.router
-            .register(caller.id.clone(), caller.user.clone(), link);
+        self.router.register(
+            caller.id.clone(),
+            caller.user.clone(),
+            conn.session.clone(),
+            link,
+        );
         // Neither failure refuses the connection: during a Redis outage the node keeps
         // serving what needs no shared state, and on recovery it writes its presence
         // again and resubscribes every wanted channel.
         if let Err(e) = self
             .store
-            .register_conn(&caller.id, caller.user.as_deref())
+            .register_conn(&caller.id, caller.user.as_deref(), &conn.session)
             .await
         {
             tracing::warn!(conn = %caller.id, error = %e, "could not register connection cluster-wide");
@@ -355,7 +426,8 @@ impl Engine {
         self.run_hook(&conn.caller, Hook::Connect).await
     }
 
-    /// Forget a connection that closed: run `$disconnect`, leave every room.
+    /// Forget a connection that closed: run `$disconnect`, leave every room (its
+    /// session keeps them for a resume).
     pub async fn disconnect(self: &Arc<Self>, conn: &mut Conn) {
         let caller = &conn.caller;
         if let Err(f) = self.run_hook(caller, Hook::Disconnect).await {
@@ -370,13 +442,13 @@ impl Engine {
         if let (Some(user), true) = (&caller.user, conn.watching_user) {
             self.bus.unwatch(Channel::User(user.to_string()));
         }
-        for room in rooms {
-            if let Err(e) = self.store.leave(&room, &caller.id).await {
-                tracing::warn!(conn = %caller.id, room = %room, error = %e, "could not remove connection from room");
-            }
-        }
-        if let Err(e) = self.store.unregister_conn(&caller.id).await {
-            tracing::warn!(conn = %caller.id, error = %e, "could not unregister connection");
+        let keep = self.sessions.resume_ttl;
+        if let Err(e) = self
+            .store
+            .close_conn(&caller.id, &conn.session, &rooms, keep)
+            .await
+        {
+            tracing::warn!(conn = %caller.id, error = %e, "could not remove a closed connection from its rooms");
         }
     }
 }

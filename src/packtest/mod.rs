@@ -16,7 +16,7 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::{Bus, Commit, StateStore, StoredValue, Write};
 use crate::config::{self, EventDef, Pack};
 use crate::delivery::{ConnId, ConnLink, Envelope, Router, Sink, Target};
-use crate::engine::{Conn, Engine, EngineParts};
+use crate::engine::{Conn, Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
 use cases::{EventCases, TestCase};
 
@@ -123,7 +123,7 @@ async fn run_case(
     case: &TestCase,
 ) -> Result<(), String> {
     let recorder = Arc::new(Recorder::default());
-    let router = Arc::new(Router::new());
+    let router = Router::new();
     let backend = Arc::new(MemoryBackend::new(recorder.clone() as Arc<dyn Sink>));
     let engine = Engine::new(EngineParts {
         pack: pack.clone(),
@@ -134,6 +134,7 @@ async fn run_case(
         router: router.clone(),
         sink: recorder.clone() as Arc<dyn Sink>,
         script_concurrency: 1,
+        sessions: SessionConfig::default(),
     });
 
     let writes = case
@@ -156,9 +157,9 @@ async fn run_case(
     let id: ConnId = Arc::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
     let user = case.conn.user.as_deref().map(Arc::from);
     let link = ConnLink::new(1024);
-    router.register(id.clone(), user.clone(), link);
+    router.register(id.clone(), user.clone(), Arc::from("test-session"), link);
     for room in &case.conn.rooms {
-        router.join(&id, room);
+        router.join(&id, room, false);
         backend.join(room, &id).await.map_err(|e| e.to_string())?;
     }
     let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());

@@ -44,6 +44,11 @@ pub struct Client {
     next_id: u64,
     /// Text frames read from the socket so far, `$welcome` included.
     text_frames: usize,
+    /// `$joined` / `$left` frames, set aside unless `membership_inline` is set: most
+    /// tests are about deliveries and acks, and see membership only when they ask.
+    pub memberships: VecDeque<Value>,
+    /// Hand out `$joined` / `$left` in order with every other frame.
+    pub membership_inline: bool,
 }
 
 /// What the server did to a connection at its end.
@@ -95,6 +100,8 @@ impl Client {
             backlog: VecDeque::new(),
             next_id: 0,
             text_frames: 0,
+            memberships: VecDeque::new(),
+            membership_inline: false,
         };
         let welcome = client.recv().await;
         assert_eq!(
@@ -280,9 +287,15 @@ impl Client {
             match msg {
                 Some(Ok(Message::Text(text))) => {
                     self.text_frames += 1;
-                    return Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+                    let frame: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
                         panic!("server sent a text frame that is not JSON ({e}): {text}")
-                    }));
+                    });
+                    let membership = matches!(frame["event"].as_str(), Some("$joined" | "$left"));
+                    if membership && !self.membership_inline {
+                        self.memberships.push_back(frame);
+                        continue;
+                    }
+                    return Some(frame);
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Binary(b))) => {

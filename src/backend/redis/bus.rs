@@ -10,9 +10,10 @@ use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubSink;
 use redis::Value as RedisValue;
 
-use super::wire::{decode_message, encode_message};
-use super::{bounded, unavailable, RedisBackend, MAX_BACKOFF, OP_TIMEOUT};
-use crate::backend::{BackendError, Bus, Channel};
+use super::store::unplaced;
+use super::wire::{decode_message, encode_message, encode_take_over, Message};
+use super::{bounded, node_of, unavailable, RedisBackend, MAX_BACKOFF, OP_TIMEOUT};
+use crate::backend::{BackendError, Bus, Channel, Placement};
 use crate::delivery::Envelope;
 
 pub(super) struct PubSubState {
@@ -49,8 +50,14 @@ impl PubSubState {
 }
 
 impl Bus for RedisBackend {
-    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn publish(
+        &self,
+        envelope: Envelope,
+    ) -> BoxFuture<'_, Result<Option<Placement>, BackendError>> {
         async move {
+            if let Some((room, policy)) = unplaced(&envelope) {
+                return self.place(&envelope, room, policy).await.map(Some);
+            }
             if self.needs_publish(&envelope) {
                 if let Some(channel) = self.names.target_channel(&envelope.target) {
                     let message = encode_message(&self.node_id, &envelope);
@@ -67,6 +74,27 @@ impl Bus for RedisBackend {
             }
             // Local recipients are served directly; this node drops its own echo.
             self.local.deliver(&envelope);
+            Ok(None)
+        }
+        .boxed()
+    }
+
+    fn take_over(&self, conn: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+        let conn = conn.to_string();
+        async move {
+            let node = node_of(&conn);
+            if node == &*self.node_id {
+                self.local.take_over(&conn);
+                return Ok(());
+            }
+            let mut c = self.conn.clone();
+            self.call(
+                redis::cmd("PUBLISH")
+                    .arg(self.names.node_channel(node))
+                    .arg(encode_take_over(&self.node_id, &conn))
+                    .query_async::<i64>(&mut c),
+            )
+            .await?;
             Ok(())
         }
         .boxed()
@@ -145,6 +173,7 @@ impl RedisBackend {
 /// and on any failure start over. Ends when the backend is dropped.
 pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<RedisBackend>) {
     let mut backoff = Duration::from_millis(50);
+    let mut reconnected = false;
     loop {
         let Some(this) = backend.upgrade() else {
             return;
@@ -175,6 +204,11 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
         drop(guard);
         this.pubsub.ready.store(true, Ordering::Release);
         tracing::info!(channels = channels.len(), "Redis Pub/Sub subscribed");
+        if std::mem::replace(&mut reconnected, true) {
+            // Whatever was published while this node was away never arrives: rooms
+            // with history read it back.
+            this.local.resync();
+        }
         backoff = Duration::from_millis(50);
         let node_id = this.node_id.clone();
         let local = this.local.clone();
@@ -191,7 +225,8 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
                     let Some(msg) = msg else { break };
                     match decode_message(msg.get_payload_bytes()) {
                         Some((origin, _)) if origin == &*node_id => {}
-                        Some((_, envelope)) => local.deliver(&envelope),
+                        Some((_, Message::Deliver(envelope))) => local.deliver(&envelope),
+                        Some((_, Message::TakeOver(conn))) => local.take_over(conn),
                         None => tracing::warn!(channel = msg.get_channel_name(), "unreadable Pub/Sub message"),
                     }
                 }

@@ -37,6 +37,18 @@ impl Names {
     pub fn node_conns(&self, id: &str) -> String {
         format!("{}node:{id}:conns", self.prefix)
     }
+    /// A room's stream position: hash `epoch`, `offset`.
+    pub fn position(&self, room: &str) -> String {
+        format!("{}pos:{room}", self.prefix)
+    }
+    /// A room's history: a stream, one entry per delivery.
+    pub fn history(&self, room: &str) -> String {
+        format!("{}hist:{room}", self.prefix)
+    }
+    /// A session: hash `user` (JSON), `conn`.
+    pub fn session(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
+    }
     pub fn lease(&self, id: &str) -> String {
         format!("{}lease:{id}", self.prefix)
     }

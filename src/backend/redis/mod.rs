@@ -10,11 +10,14 @@
 //! | `P s:<key>` | string/hash/set/list | script state, every element JSON text |
 //! | `P v:<key>` | string (integer) | version of `<key>`: bumped by every committed write, survives deletes |
 //! | `P room:<room>` | set | connection ids in the room, cluster-wide |
-//! | `P connrooms:<conn>` | set | rooms of one connection (cleanup after a node dies) |
+//! | `P connrooms:<conn>` | set, TTL once closed | rooms of one connection (cleanup after a node dies, resumes) |
 //! | `P nodes` | set | ids of registered nodes |
 //! | `P node:<id>` | string, TTL | the node's heartbeat: JSON `{id, addr, started, fingerprint, connections}` |
-//! | `P node:<id>:conns` | hash | the node's live connections → JSON `{user}` |
+//! | `P node:<id>:conns` | hash | the node's live connections → JSON `{user, session}` |
 //! | `P lease:<id>` | string, TTL | which survivor cleans up after dead node `<id>` |
+//! | `P pos:<room>` | hash, TTL | a room with history: `epoch`, `offset` (the last given) |
+//! | `P hist:<room>` | stream, TTL | its history: entry `<offset>-0` with `t` (ms) and `f` (the frame) |
+//! | `P session:<id>` | hash, TTL once closed | `user` (JSON), `conn`; its rooms are `P connrooms:<conn>` |
 //!
 //! Channels (plain Pub/Sub):
 //!
@@ -25,9 +28,15 @@
 //! | `P ch:room:<room>` | nodes with at least one local member of `<room>` (reference-counted) |
 //! | `P ch:user:<user>` | nodes with at least one local connection of `<user>` |
 //!
+//! A message is `origin \n exclude \n target \n epoch \n offset \n frame` (see `wire`);
+//! `target` `take-over:<conn>` asks a node to end a connection whose session was
+//! resumed elsewhere.
+//!
 //! Commits are one Lua script (`EVALSHA`, reloaded after a Redis restart): compare every
 //! read version, then apply the writes in native types, bump versions and `PUBLISH` the
-//! deliveries, all in one atomic step. Reads of several keys are one Lua script too, so
+//! deliveries, all in one atomic step. A delivery to a room with history is placed in
+//! the room's stream by the same step (next offset, `XADD` to the history, trimmed by
+//! size, expiring by TTL), and so is one published without a commit (`publish.lua`). Reads of several keys are one Lua script too, so
 //! a script's prefetched keys are a consistent snapshot.
 //!
 //! Connections: one multiplexed `ConnectionManager` for commands (reconnects by itself;
@@ -76,6 +85,8 @@ pub struct RedisBackend {
     pubsub: Arc<bus::PubSubState>,
     read_script: Script,
     commit_script: Script,
+    publish_script: Script,
+    history_script: Script,
     version_check: VersionCheck,
     healthy: Arc<AtomicBool>,
     /// Bumped each time Redis comes back after being unreachable.
@@ -118,7 +129,15 @@ impl RedisBackend {
             local,
             pubsub,
             read_script: Script::new(include_str!("lua/read.lua")),
-            commit_script: Script::new(include_str!("lua/commit.lua")),
+            commit_script: Script::new(concat!(
+                include_str!("lua/stream.lua"),
+                include_str!("lua/commit.lua")
+            )),
+            publish_script: Script::new(concat!(
+                include_str!("lua/stream.lua"),
+                include_str!("lua/publish.lua")
+            )),
+            history_script: Script::new(include_str!("lua/history.lua")),
             version_check,
             healthy: Arc::new(AtomicBool::new(true)),
             recoveries: watch::channel(0).0,

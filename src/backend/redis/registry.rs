@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::store::{add_conn, add_member, remove_member};
+use super::store::{add_conn, add_member, keep_session};
 use super::{Names, RedisBackend};
 use crate::backend::BackendError;
 use crate::delivery::ConnSnapshot;
@@ -14,6 +14,7 @@ use crate::delivery::ConnSnapshot;
 pub struct OrphanConn {
     pub id: String,
     pub user: Option<String>,
+    pub session: Option<String>,
     pub rooms: Vec<String>,
 }
 
@@ -44,6 +45,7 @@ impl RedisBackend {
                 &self.node_id,
                 &conn.id,
                 conn.user.as_deref(),
+                &conn.session,
             );
             for room in &conn.rooms {
                 add_member(&mut pipe, &self.names, room, &conn.id);
@@ -100,27 +102,41 @@ impl RedisBackend {
             .await?;
         let mut out = Vec::with_capacity(conns.len());
         for (id, info) in conns {
-            let user = serde_json::from_str::<serde_json::Value>(&info)
-                .ok()
-                .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_string));
+            let info = serde_json::from_str::<serde_json::Value>(&info).unwrap_or_default();
+            let field = |name: &str| info.get(name).and_then(|u| u.as_str()).map(str::to_string);
             let (rooms,): (Vec<String>,) = self
                 .run(redis::pipe().smembers(self.names.conn_rooms(&id)))
                 .await?;
-            out.push(OrphanConn { id, user, rooms });
+            out.push(OrphanConn {
+                user: field("user"),
+                session: field("session"),
+                id,
+                rooms,
+            });
         }
         Ok(out)
     }
 
-    /// Remove one of a dead node's connections from every room and the registry.
-    pub async fn forget_orphan(&self, node: &str, conn: &OrphanConn) -> Result<(), BackendError> {
+    /// Remove one of a dead node's connections from every room's members and the
+    /// registry; its session and rooms stay for `keep` (the resume TTL), so its client
+    /// can resume on a survivor.
+    pub async fn forget_orphan(
+        &self,
+        node: &str,
+        conn: &OrphanConn,
+        keep: Duration,
+    ) -> Result<(), BackendError> {
         let mut pipe = redis::pipe();
         for room in &conn.rooms {
-            remove_member(&mut pipe, &self.names, room, &conn.id);
+            pipe.srem(self.names.room(room), &conn.id).ignore();
         }
-        pipe.del(self.names.conn_rooms(&conn.id))
-            .ignore()
-            .hdel(self.names.node_conns(node), &conn.id)
-            .ignore();
+        pipe.hdel(self.names.node_conns(node), &conn.id).ignore();
+        match &conn.session {
+            Some(session) => keep_session(&mut pipe, &self.names, &conn.id, session, keep),
+            None => {
+                pipe.del(self.names.conn_rooms(&conn.id)).ignore();
+            }
+        }
         self.run(&pipe).await
     }
 

@@ -7,10 +7,16 @@ use futures_util::FutureExt;
 use redis::Value as RedisValue;
 use serde_json::Value;
 
-use super::wire::{encode_message, encode_value, parse_read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
 use super::{Names, RedisBackend};
-use crate::backend::{BackendError, Commit, CommitOutcome, StateStore, VersionCheck, Versioned};
-use crate::delivery::{ConnId, Envelope};
+use crate::backend::{
+    new_epoch, BackendError, Channel, Commit, CommitOutcome, Placement, Session, StateStore,
+    VersionCheck, Versioned,
+};
+use crate::delivery::{ConnId, Envelope, HistoryPolicy, HistoryRead, Position, Target};
 
 /// Lua's `unpack` has a stack limit; spread long argument lists over several calls.
 const LUA_CHUNK: usize = 1000;
@@ -32,20 +38,49 @@ pub(super) fn remove_member(pipe: &mut redis::Pipeline, names: &Names, room: &st
         .ignore();
 }
 
-/// A live connection of `node` in its registry hash.
+/// A live connection of `node` in its registry hash, and its session (no TTL while the
+/// connection lives).
 pub(super) fn add_conn(
     pipe: &mut redis::Pipeline,
     names: &Names,
     node: &str,
     conn: &str,
     user: Option<&str>,
+    session: &str,
 ) {
     pipe.hset(
         names.node_conns(node),
         conn,
-        serde_json::json!({ "user": user }).to_string(),
+        serde_json::json!({ "user": user, "session": session }).to_string(),
     )
+    .ignore()
+    .hset_multiple(
+        names.session(session),
+        &[
+            ("user", serde_json::json!(user).to_string()),
+            ("conn", conn.to_string()),
+        ],
+    )
+    .ignore()
+    .persist(names.session(session))
+    .ignore()
+    .persist(names.conn_rooms(conn))
     .ignore();
+}
+
+/// A connection that is gone: its session and rooms are kept for `keep`.
+pub(super) fn keep_session(
+    pipe: &mut redis::Pipeline,
+    names: &Names,
+    conn: &str,
+    session: &str,
+    keep: Duration,
+) {
+    let ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX).max(1);
+    pipe.pexpire(names.session(session), ms)
+        .ignore()
+        .pexpire(names.conn_rooms(conn), ms)
+        .ignore();
 }
 
 impl RedisBackend {
@@ -89,20 +124,36 @@ impl RedisBackend {
                 serde_json::json!([i, i + 1, kind, items, ttl])
             })
             .collect();
-        let remote: Vec<&Envelope> = commit
-            .publish
-            .iter()
-            .filter(|e| self.needs_publish(e))
-            .collect();
-        let publish: Vec<Value> = remote
-            .iter()
-            .filter_map(|e| {
-                let channel = self.names.target_channel(&e.target)?;
-                let message = String::from_utf8(encode_message(&self.node_id, e)).ok()?;
-                Some(serde_json::json!([channel, message]))
-            })
-            .collect();
-        let spec = serde_json::json!({ "r": reads, "w": writes, "p": publish }).to_string();
+        let mut publish: Vec<Value> = Vec::new();
+        let mut streams: Vec<Value> = Vec::new();
+        // (index into commit.publish, room) of each delivery the script places.
+        let mut placing: Vec<(usize, &str)> = Vec::new();
+        for (n, envelope) in commit.publish.iter().enumerate() {
+            if let Some((room, policy)) = unplaced(envelope) {
+                let at = keys.len() + 1;
+                keys.push(self.names.position(room));
+                keys.push(self.names.history(room));
+                streams.push(serde_json::json!([
+                    at,
+                    at + 1,
+                    policy.size,
+                    ttl_ms(policy),
+                    &*new_epoch(),
+                    self.names.channel(&Channel::Room(room.to_string())),
+                    header(&self.node_id, envelope),
+                    String::from_utf8_lossy(&envelope.frame),
+                ]));
+                placing.push((n, room));
+            } else if self.needs_publish(envelope) {
+                if let Some(channel) = self.names.target_channel(&envelope.target) {
+                    let message = String::from_utf8_lossy(&encode_message(&self.node_id, envelope))
+                        .into_owned();
+                    publish.push(serde_json::json!([channel, message]));
+                }
+            }
+        }
+        let spec =
+            serde_json::json!({ "r": reads, "w": writes, "p": publish, "s": streams }).to_string();
         let mut invocation = self.commit_script.prepare_invoke();
         for key in &keys {
             invocation.key(key);
@@ -113,17 +164,95 @@ impl RedisBackend {
             .arg(LUA_CHUNK)
             .arg(if skip_check { "1" } else { "0" });
         let mut conn = self.conn.clone();
-        let applied: i64 = self.call(invocation.invoke_async(&mut conn)).await?;
-        if applied == 1 {
-            metrics::counter!("wss_bus_published_total").increment(publish.len() as u64);
-            for envelope in &commit.publish {
-                self.local.deliver(envelope);
-            }
-            Ok(CommitOutcome::Committed)
-        } else {
-            Ok(CommitOutcome::Conflict)
+        let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
+        let RedisValue::Array(items) = reply else {
+            return Ok(CommitOutcome::Conflict);
+        };
+        metrics::counter!("wss_bus_published_total")
+            .increment((publish.len() + streams.len()) as u64);
+        let mut placed = Vec::with_capacity(placing.len());
+        let mut positions = items.into_iter().skip(1);
+        let mut at: HashMap<usize, (Arc<str>, u64)> = HashMap::new();
+        for (n, room) in placing {
+            let (epoch, offset) = parse_placed(positions.next().unwrap_or(RedisValue::Nil))?;
+            placed.push(Placement {
+                room: room.to_string(),
+                epoch: epoch.clone(),
+                offset,
+            });
+            at.insert(n, (epoch, offset));
         }
+        for (n, envelope) in commit.publish.iter().enumerate() {
+            match at.remove(&n) {
+                Some((epoch, offset)) => self.local.deliver(&envelope.placed(epoch, offset)),
+                None => self.local.deliver(envelope),
+            }
+        }
+        Ok(CommitOutcome::Committed(placed))
     }
+
+    /// Place one delivery in its room's stream and publish it.
+    pub(super) async fn place(
+        &self,
+        envelope: &Envelope,
+        room: &str,
+        policy: &HistoryPolicy,
+    ) -> Result<Placement, BackendError> {
+        let mut invocation = self.publish_script.prepare_invoke();
+        invocation
+            .key(self.names.position(room))
+            .key(self.names.history(room))
+            .arg(policy.size)
+            .arg(ttl_ms(policy))
+            .arg(&*new_epoch())
+            .arg(self.names.channel(&Channel::Room(room.to_string())))
+            .arg(header(&self.node_id, envelope))
+            .arg(&envelope.frame[..]);
+        let mut conn = self.conn.clone();
+        let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
+        let (epoch, offset) = parse_placed(reply)?;
+        metrics::counter!("wss_bus_published_total").increment(1);
+        self.local.deliver(&envelope.placed(epoch.clone(), offset));
+        Ok(Placement {
+            room: room.to_string(),
+            epoch,
+            offset,
+        })
+    }
+
+    async fn read_history(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryRead, BackendError> {
+        let mut invocation = self.history_script.prepare_invoke();
+        invocation
+            .key(self.names.position(room))
+            .key(self.names.history(room))
+            .arg(after)
+            .arg(limit)
+            .arg(ttl_ms(policy))
+            .arg(&*new_epoch());
+        let mut conn = self.conn.clone();
+        let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
+        parse_history(reply)
+    }
+}
+
+/// The room and policy of a delivery that still needs its place in a stream.
+pub(super) fn unplaced(envelope: &Envelope) -> Option<(&str, &HistoryPolicy)> {
+    match (&envelope.target, &envelope.position) {
+        (Target::Room(room), Position::Unplaced(policy)) => Some((room, policy)),
+        _ => None,
+    }
+}
+
+fn ttl_ms(policy: &HistoryPolicy) -> u64 {
+    u64::try_from(policy.ttl.as_millis())
+        .unwrap_or(u64::MAX / 2)
+        .max(1)
 }
 
 impl StateStore for RedisBackend {
@@ -188,19 +317,79 @@ impl StateStore for RedisBackend {
         &self,
         conn: &ConnId,
         user: Option<&str>,
+        session: &str,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut pipe = redis::pipe();
-        add_conn(&mut pipe, &self.names, &self.node_id, conn, user);
+        add_conn(&mut pipe, &self.names, &self.node_id, conn, user, session);
         async move { self.run(&pipe).await }.boxed()
     }
 
-    fn unregister_conn(&self, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn close_conn(
+        &self,
+        conn: &ConnId,
+        session: &str,
+        rooms: &[Arc<str>],
+        keep: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hdel(self.names.node_conns(&self.node_id), conn.as_ref())
-            .ignore()
-            .del(self.names.conn_rooms(conn))
+        pipe.atomic();
+        for room in rooms {
+            // Out of the room's members; the connection keeps the room in its set, for
+            // a resume.
+            pipe.srem(self.names.room(room), conn.as_ref()).ignore();
+        }
+        pipe.hdel(self.names.node_conns(&self.node_id), conn.as_ref())
             .ignore();
+        keep_session(&mut pipe, &self.names, conn, session, keep);
         async move { self.run(&pipe).await }.boxed()
+    }
+
+    fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
+        let key = self.names.session(id);
+        async move {
+            let (fields,): (Vec<(String, String)>,) = self.run(redis::pipe().hgetall(&key)).await?;
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let Some(conn) = field("conn") else {
+                return Ok(None);
+            };
+            let user = field("user")
+                .and_then(|u| serde_json::from_str::<Option<String>>(&u).ok())
+                .flatten();
+            let (mut rooms,): (Vec<String>,) = self
+                .run(redis::pipe().smembers(self.names.conn_rooms(&conn)))
+                .await?;
+            rooms.sort();
+            Ok(Some(Session { user, conn, rooms }))
+        }
+        .boxed()
+    }
+
+    fn position(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
+        let (room, policy) = (room.to_string(), *policy);
+        async move {
+            let read = self.read_history(&room, &policy, 0, 0).await?;
+            Ok((read.epoch, read.head))
+        }
+        .boxed()
+    }
+
+    fn history(
+        &self,
+        room: &str,
+        policy: &HistoryPolicy,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {
+        let (room, policy) = (room.to_string(), *policy);
+        async move { self.read_history(&room, &policy, after, limit).await }.boxed()
     }
 }

@@ -9,38 +9,125 @@ use redis::Value as RedisValue;
 use serde_json::Value;
 
 use crate::backend::{BackendError, StoredValue, Versioned};
-use crate::delivery::{Envelope, Target};
+use crate::delivery::{Envelope, HistoryEntry, HistoryRead, Position, Target};
 
-/// A message is `origin \n exclude \n target \n frame`: the origin node drops its own
-/// echo (it already delivered locally), `exclude` is the sender when `exclude_sender`.
-pub(super) fn encode_message(origin: &str, envelope: &Envelope) -> Vec<u8> {
-    let target = envelope.target.to_string();
+/// A message is `origin \n exclude \n target \n epoch \n offset \n frame`: the
+/// origin node drops its own echo (it already delivered locally), `exclude` is the
+/// sender when `exclude_sender`, `epoch` and `offset` place a delivery to a room with
+/// history in its stream (both empty otherwise). The part up to the epoch is the
+/// [`header`]; the stream script appends the rest for deliveries it places.
+pub(super) fn header(origin: &str, envelope: &Envelope) -> String {
     let exclude = envelope.exclude.as_deref().unwrap_or("");
-    let mut out =
-        Vec::with_capacity(origin.len() + exclude.len() + target.len() + envelope.frame.len() + 3);
-    for part in [origin.as_bytes(), exclude.as_bytes(), target.as_bytes()] {
-        out.extend_from_slice(part);
+    format!("{origin}\n{exclude}\n{}\n", envelope.target)
+}
+
+pub(super) fn encode_message(origin: &str, envelope: &Envelope) -> Vec<u8> {
+    let header = header(origin, envelope);
+    let mut out = Vec::with_capacity(header.len() + envelope.frame.len() + 24);
+    out.extend_from_slice(header.as_bytes());
+    if let Position::At { epoch, offset } = &envelope.position {
+        out.extend_from_slice(epoch.as_bytes());
         out.push(b'\n');
+        out.extend_from_slice(offset.to_string().as_bytes());
+        out.push(b'\n');
+    } else {
+        out.extend_from_slice(b"\n\n");
     }
     out.extend_from_slice(&envelope.frame);
     out
 }
 
-/// `(origin, envelope)`, or `None` for a message this version cannot read.
-pub(super) fn decode_message(payload: &[u8]) -> Option<(&str, Envelope)> {
-    let mut parts = payload.splitn(4, |b| *b == b'\n');
+/// A control message to one node: end a connection whose session was resumed elsewhere.
+pub(super) fn encode_take_over(origin: &str, conn: &str) -> Vec<u8> {
+    format!("{origin}\n\n{TAKE_OVER}{conn}\n\n\n").into_bytes()
+}
+
+const TAKE_OVER: &str = "take-over:";
+
+/// What one Pub/Sub message says.
+pub(super) enum Message<'a> {
+    Deliver(Envelope),
+    TakeOver(&'a str),
+}
+
+/// `(origin, message)`, or `None` for a message this version cannot read.
+pub(super) fn decode_message(payload: &[u8]) -> Option<(&str, Message<'_>)> {
+    let mut parts = payload.splitn(6, |b| *b == b'\n');
     let origin = std::str::from_utf8(parts.next()?).ok()?;
     let exclude = std::str::from_utf8(parts.next()?).ok()?;
-    let target = Target::parse_resolved(std::str::from_utf8(parts.next()?).ok()?)?;
+    let target = std::str::from_utf8(parts.next()?).ok()?;
+    if let Some(conn) = target.strip_prefix(TAKE_OVER) {
+        return Some((origin, Message::TakeOver(conn)));
+    }
+    let target = Target::parse_resolved(target)?;
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?;
+    let position = if offset.is_empty() {
+        Position::None
+    } else {
+        Position::At {
+            epoch: Arc::from(epoch),
+            offset: offset.parse().ok()?,
+        }
+    };
     let frame = Bytes::copy_from_slice(parts.next()?);
     Some((
         origin,
-        Envelope {
+        Message::Deliver(Envelope {
             target,
             exclude: (!exclude.is_empty()).then(|| Arc::from(exclude)),
             frame,
-        },
+            position,
+        }),
     ))
+}
+
+/// A history read as `history.lua` returns it.
+pub(super) fn parse_history(reply: RedisValue) -> Result<HistoryRead, BackendError> {
+    let bad = || BackendError::Protocol("unexpected reply to a history read".into());
+    let RedisValue::Array(items) = reply else {
+        return Err(bad());
+    };
+    let mut items = items.into_iter();
+    let epoch = items.next().and_then(text).ok_or_else(bad)?;
+    let head = items.next().and_then(int).ok_or_else(bad)?;
+    let complete = items.next().and_then(int).ok_or_else(bad)? == 1;
+    let mut entries = Vec::new();
+    while let (Some(offset), Some(frame)) = (items.next(), items.next()) {
+        let offset = int(offset).ok_or_else(bad)?;
+        let RedisValue::BulkString(frame) = frame else {
+            return Err(bad());
+        };
+        entries.push(HistoryEntry {
+            offset,
+            frame: Bytes::from(frame),
+        });
+    }
+    Ok(HistoryRead {
+        epoch: Arc::from(epoch),
+        head,
+        entries,
+        complete,
+    })
+}
+
+/// `{ epoch, offset }` as the stream script returns it.
+pub(super) fn parse_placed(reply: RedisValue) -> Result<(Arc<str>, u64), BackendError> {
+    let bad = || BackendError::Protocol("unexpected reply placing a delivery".into());
+    let RedisValue::Array(items) = reply else {
+        return Err(bad());
+    };
+    let mut items = items.into_iter();
+    let epoch = items.next().and_then(text).ok_or_else(bad)?;
+    let offset = items.next().and_then(int).ok_or_else(bad)?;
+    Ok((Arc::from(epoch), offset))
+}
+
+fn int(v: RedisValue) -> Option<u64> {
+    match v {
+        RedisValue::Int(i) => u64::try_from(i).ok(),
+        other => text(other)?.parse().ok(),
+    }
 }
 
 /// One key as the read script returns it: `[version, type, items]`.
@@ -127,18 +214,42 @@ pub(super) fn encode_value(value: Option<&StoredValue>) -> (&'static str, Vec<St
 mod tests {
     use super::*;
 
+    fn decode(payload: &[u8]) -> (String, Envelope) {
+        match decode_message(payload) {
+            Some((origin, Message::Deliver(envelope))) => (origin.to_string(), envelope),
+            _ => panic!("not a delivery: {}", String::from_utf8_lossy(payload)),
+        }
+    }
+
     #[test]
     fn messages_round_trip() {
-        let envelope = Envelope {
-            target: Target::Room("lobby".into()),
-            exclude: Some(Arc::from("n1-1")),
-            frame: Bytes::from_static(b"{\"event\":\"x\",\"data\":\"a\\nb\"}"),
-        };
-        let encoded = encode_message("n1", &envelope);
-        let (origin, decoded) = decode_message(&encoded).unwrap();
+        let mut envelope = Envelope::plain(
+            Target::Room("lobby".into()),
+            Some(Arc::from("n1-1")),
+            Bytes::from_static(b"{\"event\":\"x\",\"data\":\"a\\nb\"}"),
+        );
+        let (origin, decoded) = decode(&encode_message("n1", &envelope));
         assert_eq!(origin, "n1");
         assert_eq!(decoded.target, envelope.target);
         assert_eq!(decoded.exclude, envelope.exclude);
         assert_eq!(decoded.frame, envelope.frame);
+        assert_eq!(decoded.position, Position::None);
+
+        envelope.position = Position::At {
+            epoch: Arc::from("e1"),
+            offset: 42,
+        };
+        let (_, decoded) = decode(&encode_message("n1", &envelope));
+        assert_eq!(decoded.position, envelope.position);
+        assert_eq!(decoded.frame, envelope.frame);
+    }
+
+    #[test]
+    fn take_overs_name_the_connection() {
+        let encoded = encode_take_over("n1", "n2-7");
+        assert!(matches!(
+            decode_message(&encoded),
+            Some(("n1", Message::TakeOver("n2-7")))
+        ));
     }
 }

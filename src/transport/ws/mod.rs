@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use upgrade::{Socket as WebSocket, Upgrade};
 
 use super::AppState;
-use crate::delivery::ConnLink;
+use crate::delivery::{ConnLink, Ending};
 use crate::engine::{Conn, Engine, ErrorCode, Failure};
 
 /// Close codes (RFC 6455 §7.4.1) and the reasons sent with them.
@@ -33,6 +33,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Registered by IANA for "try again later": used for slow consumers.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Application-defined (4000–4999): the session was resumed by another connection.
+    pub const TAKEN_OVER: u16 = 4000;
 }
 
 /// Frames written to the socket in one flush when the queue has a backlog.
@@ -96,6 +98,14 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
 
 const SLOW_REASON: &str = "slow consumer: outbound queue full";
 
+/// The close a link's ending calls for.
+fn ending_close(why: Ending) -> Exit {
+    match why {
+        Ending::SlowConsumer => Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON),
+        Ending::TakenOver => Exit::Close(close::TAKEN_OVER, "resumed elsewhere"),
+    }
+}
+
 enum Exit {
     /// The client went away (error, EOF): nothing more to send.
     Gone,
@@ -121,10 +131,13 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: super::a
         // welcome can be reached (by conn, user, `all`) and sees the hook's effects.
         // Deliveries that arrive meanwhile wait in the link and follow the welcome.
         let connected = Box::pin(engine.connect(&mut conn, link.clone())).await;
-        if send_text(&mut socket, protocol::welcome(&id, &engine.node_id))
-            .await
-            .is_err()
-        {
+        let welcome = protocol::welcome(
+            &id,
+            &engine.node_id,
+            &conn.session,
+            engine.sessions.resume_ttl.as_secs(),
+        );
+        if send_text(&mut socket, welcome).await.is_err() {
             return Exit::Gone;
         }
         if let Err(failure) = connected {
@@ -188,11 +201,11 @@ async fn run_loop(
     let mut last_seen = Instant::now();
     // Built once, not per loop turn: the task wakes once per delivery, and recreating
     // (and re-registering) these futures on every wake showed in fan-out profiles.
-    let overflowed = link.overflowed();
+    let ended = link.ended();
     let shut_down = async {
         let _ = shutdown.wait_for(|down| *down).await;
     };
-    tokio::pin!(overflowed, shut_down);
+    tokio::pin!(ended, shut_down);
     loop {
         tokio::select! {
             inbound = socket.next() => {
@@ -229,9 +242,9 @@ async fn run_loop(
                     return exit;
                 }
             }
-            _ = &mut overflowed => {
-                tracing::info!(conn = %conn.id(), "closing slow consumer");
-                return Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON);
+            why = &mut ended => {
+                tracing::info!(conn = %conn.id(), reason = ?why, "closing the connection");
+                return ending_close(why);
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() >= state.limits.idle_timeout {
@@ -313,7 +326,7 @@ async fn guarded<T>(
 ) -> Result<T, Exit> {
     tokio::select! {
         written = write => written.map_err(|_| Exit::Gone),
-        _ = link.overflowed() => Err(Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON)),
+        why = link.ended() => Err(ending_close(why)),
         _ = tokio::time::sleep(stall) => Err(Exit::Close(
             close::TRY_AGAIN_LATER,
             "slow consumer: not reading",

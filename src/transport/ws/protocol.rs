@@ -6,7 +6,7 @@
 //! server → client  {"ack": "c1", "ok": true, "data": <reply or null>}
 //! server → client  {"ack": "c1", "ok": false, "error": {"code", "message", "details"?}}
 //! server → client  {"event": "$error", "data": {"code", "message"}}
-//! server → client  {"event": "$welcome", "data": {"conn", "node"}}
+//! server → client  {"event": "$welcome", "data": {"conn", "node", "session", "resume_ttl"}}
 //! ```
 
 use serde::Serialize;
@@ -137,10 +137,15 @@ pub fn error_event(failure: &Failure) -> Utf8Bytes {
     })
 }
 
-pub fn welcome(conn: &str, node: &str) -> Utf8Bytes {
+pub fn welcome(conn: &str, node: &str, session: &str, resume_ttl_secs: u64) -> Utf8Bytes {
     to_frame(&Event {
         event: "$welcome",
-        data: serde_json::json!({ "conn": conn, "node": node }),
+        data: serde_json::json!({
+            "conn": conn,
+            "node": node,
+            "session": session,
+            "resume_ttl": resume_ttl_secs,
+        }),
     })
 }
 

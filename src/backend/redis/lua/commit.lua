@@ -1,15 +1,20 @@
--- Commit a transaction: check every read version, apply the writes, publish the
--- deliveries, all in one atomic step (or nothing at all).
+-- Commit a transaction: check every read version, apply the writes, place and publish
+-- the deliveries, all in one atomic step (or nothing at all). `place` is stream.lua's.
 --
--- KEYS: pairs `P v:<key>`, `P s:<key>` for every key read or written.
+-- KEYS: pairs `P v:<key>`, `P s:<key>` for every key read or written, then pairs
+--       `P pos:<room>`, `P hist:<room>` for every room with history delivered to.
 -- ARGV[1]: JSON `{ "r": [[v_index, version], ...],
 --                  "w": [[v_index, s_index, kind, items, ttl_ms], ...],
---                  "p": [[channel, message], ...] }`
+--                  "p": [[channel, message], ...],
+--                  "s": [[pos_index, hist_index, size, ttl_ms, epoch, channel, header,
+--                         unplaced], ...] }`
 --          indexes into KEYS (1-based); kind is 'json', 'hash', 'set', 'list' or 'del';
---          items as the kind's write command takes them; ttl_ms 0 for none.
+--          items as the kind's write command takes them; ttl_ms 0 for none; "p" plain
+--          deliveries, "s" deliveries to rooms with history (see stream.lua).
 -- ARGV[2]: how many items one write command may take (Lua's `unpack` stack limit).
 -- ARGV[3]: '1' to skip the version check (the lost-update demonstration only).
--- Returns 1 when committed, 0 when a read version changed (nothing written).
+-- Returns 0 when a read version changed (nothing written), else
+-- { 1, { epoch, offset } per "s" entry, in order }.
 local spec = cjson.decode(ARGV[1])
 if ARGV[3] ~= '1' then
   for _, r in ipairs(spec.r) do
@@ -32,4 +37,8 @@ for _, w in ipairs(spec.w) do
   if ttl > 0 and kind ~= 'del' then redis.call('PEXPIRE', key, ttl) end
 end
 for _, p in ipairs(spec.p) do redis.call('PUBLISH', p[1], p[2]) end
-return 1
+local placed = { 1 }
+for _, s in ipairs(spec.s or {}) do
+  placed[#placed + 1] = place(KEYS[s[1]], KEYS[s[2]], s[3], s[4], s[5], s[6], s[7], s[8])
+end
+return placed

@@ -1,0 +1,43 @@
+-- A room's position, and its deliveries after an offset.
+--
+-- KEYS[1]: `P pos:<room>`; KEYS[2]: `P hist:<room>`
+-- ARGV[1]: after (an offset; 0 for the whole history)
+-- ARGV[2]: limit (most entries returned; 0 for the position alone)
+-- ARGV[3]: ttl_ms (entries older than this are gone, whatever the stream still holds)
+-- ARGV[4]: a fresh random epoch, used only if the room has none (its old history, if
+--          any, is dropped: it belongs to a lost epoch)
+-- Returns { epoch, head, complete, offset1, frame1, offset2, frame2, ... }: `complete`
+-- is 1 when nothing between `after` and min(head, after + limit) is missing.
+local pos, hist = KEYS[1], KEYS[2]
+local after, limit, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local epoch = ARGV[4]
+if redis.call('HSETNX', pos, 'epoch', epoch) == 1 then
+  redis.call('HSETNX', pos, 'offset', 0)
+  redis.call('DEL', hist)
+else
+  epoch = redis.call('HGET', pos, 'epoch')
+end
+local head = tonumber(redis.call('HGET', pos, 'offset') or '0')
+local out = { epoch, head, 1 }
+if after >= head or limit == 0 then return out end
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl_ms
+local entries = redis.call('XRANGE', hist, (after + 1) .. '-0', '+', 'COUNT', limit)
+local expect = after + 1
+for _, e in ipairs(entries) do
+  local offset = tonumber(string.match(e[1], '^(%d+)'))
+  local t, f = nil, nil
+  for i = 1, #e[2], 2 do
+    if e[2][i] == 't' then t = tonumber(e[2][i + 1]) elseif e[2][i] == 'f' then f = e[2][i + 1] end
+  end
+  if offset ~= expect or t == nil or t < oldest or f == nil then
+    out[3] = 0
+    return out
+  end
+  out[#out + 1] = offset
+  out[#out + 1] = f
+  expect = expect + 1
+end
+local wanted = math.min(head, after + limit)
+if expect <= wanted then out[3] = 0 end
+return out

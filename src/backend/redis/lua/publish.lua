@@ -1,0 +1,7 @@
+-- Place one delivery in its room's stream and publish it (a delivery no commit
+-- carries). `place` is stream.lua's.
+--
+-- KEYS[1]: `P pos:<room>`; KEYS[2]: `P hist:<room>`
+-- ARGV: size, ttl_ms, epoch, channel, header, unplaced (see stream.lua)
+-- Returns { epoch, offset }.
+return place(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])

@@ -1,0 +1,33 @@
+-- Shared by commit.lua and publish.lua (prepended to each): place one delivery in its
+-- room's stream and publish it.
+--
+-- pos_key   `P pos:<room>`  hash: `epoch`, `offset` (the last offset given)
+-- hist_key  `P hist:<room>` stream: one entry per delivery, id `<offset>-0`, fields
+--           `t` (Redis time in ms when appended) and `f` (the complete frame)
+-- size, ttl_ms   the room's history policy
+-- epoch          a fresh random epoch, used only if the room has none (new, or its
+--                position was lost: then its old history is dropped with it)
+-- channel        where to PUBLISH ('' for nobody but this node)
+-- header         the message up to the epoch: `origin \n exclude \n target \n`
+-- unplaced       the frame up to its offset: `{"event":…,"data":…,"room":…,"offset":`
+-- Returns { epoch, offset }.
+local function place(pos_key, hist_key, size, ttl_ms, epoch, channel, header, unplaced)
+  if redis.call('HSETNX', pos_key, 'epoch', epoch) == 1 then
+    redis.call('DEL', hist_key)
+  else
+    epoch = redis.call('HGET', pos_key, 'epoch')
+  end
+  local offset = redis.call('HINCRBY', pos_key, 'offset', 1)
+  local frame = unplaced .. offset .. '}'
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('XADD', hist_key, 'MAXLEN', size, offset .. '-0', 't', ms, 'f', frame)
+  redis.call('PEXPIRE', hist_key, ttl_ms)
+  -- The position outlives the history by a day, so a client of a room that went quiet
+  -- resumes with nothing missed rather than with a new epoch.
+  redis.call('PEXPIRE', pos_key, ttl_ms + 86400000)
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, header .. epoch .. '\n' .. offset .. '\n' .. frame)
+  end
+  return { epoch, offset }
+end

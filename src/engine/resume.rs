@@ -1,0 +1,347 @@
+//! `$resume`: a new connection takes over the rooms of a session whose connection
+//! dropped, and gets, per room with history, every delivery it missed.
+//!
+//! ```text
+//! {"event": "$resume", "data": {"session": "…", "rooms": {"lobby": {"epoch": "…", "offset": 41}}}, "id": "r1"}
+//! ```
+//!
+//! The session must exist (live, or closed within the resume TTL) and belong to the
+//! same user (an anonymous one resumes only anonymously). Its old connection, if it
+//! still looks open (a phone that switched networks), is ended with 4000 wherever it
+//! is. Then each of its rooms is joined (announced by `$joined`, no script runs) and,
+//! for a room with history whose epoch matches the client's, the deliveries after the
+//! client's offset are replayed before the live ones, exactly once and in order: the
+//! new member's place in the stream is set under the same lock that orders live
+//! deliveries, after a history read that covers everything up to there. A room that
+//! cannot be replayed whole (history trimmed or expired, more than the replay limit, a
+//! new epoch) is joined at its current position and reported `recovered: false`:
+//! never a partial replay.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::{Conn, Detail, Engine, ErrorCode, Failure, Outcome};
+use crate::delivery::{Activated, ConnId, HistoryPolicy, RoomChange};
+
+/// The event name of a resume request.
+pub(super) const RESUME: &str = "$resume";
+/// Most rooms one resume request may describe.
+const MAX_ROOMS: usize = 1_000;
+/// How often a replay is read again when live deliveries overtook the history read.
+const REPLAY_ATTEMPTS: usize = 4;
+
+/// Where the client says it is in one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claim {
+    epoch: String,
+    offset: u64,
+}
+
+/// A parsed `$resume` payload.
+#[derive(Debug)]
+struct Request {
+    session: String,
+    rooms: BTreeMap<String, Option<Claim>>,
+}
+
+/// What became of one room.
+enum Restored {
+    Recovered { replayed: usize },
+    NotRecovered,
+}
+
+impl Engine {
+    pub(super) async fn resume(self: &Arc<Self>, conn: &mut Conn, data: Value) -> Outcome {
+        let outcome = self.resume_inner(conn, data).await;
+        let label = match &outcome {
+            Ok(Some(report)) => {
+                let rooms = report["rooms"].as_object();
+                let all = rooms.is_none_or(|r| r.values().all(|v| v["recovered"] == true));
+                if all {
+                    "recovered"
+                } else {
+                    "partial"
+                }
+            }
+            Ok(None) => "recovered",
+            Err(f) => match f.code {
+                ErrorCode::SessionExpired => "expired",
+                ErrorCode::Unauthorized => "refused",
+                ErrorCode::InvalidPayload | ErrorCode::BadFrame => "invalid",
+                _ => "failed",
+            },
+        };
+        metrics::counter!("wss_resumes_total", "outcome" => label).increment(1);
+        outcome
+    }
+
+    async fn resume_inner(self: &Arc<Self>, conn: &mut Conn, data: Value) -> Outcome {
+        if !conn.may_resume {
+            return Err(Failure::new(
+                ErrorCode::BadFrame,
+                "`$resume` is accepted only before a connection's first other event",
+            ));
+        }
+        let request = parse(&data)?;
+        let Some(session) = self.store.session(&request.session).await? else {
+            return Err(Failure::new(
+                ErrorCode::SessionExpired,
+                "unknown or expired session: join your rooms again",
+            ));
+        };
+        if session.user.as_deref() != conn.caller.user.as_deref() {
+            return Err(Failure::new(
+                ErrorCode::Unauthorized,
+                "the session belongs to another user",
+            ));
+        }
+        let me = conn.caller.id.clone();
+        if session.conn != *me {
+            // The old connection may still look open (a phone that switched networks):
+            // end it wherever it is. Best effort: a node that is gone ends it anyway.
+            if let Err(e) = self.bus.take_over(&session.conn).await {
+                tracing::info!(conn = %me, old = %session.conn, error = %e, "could not reach the resumed session's old connection");
+            }
+        }
+        let mut report = Map::new();
+        for room in session.rooms.iter().take(MAX_ROOMS) {
+            let claim = request.rooms.get(room).cloned().flatten();
+            let restored = self.restore(&me, room, claim).await?;
+            report.insert(
+                room.clone(),
+                match restored {
+                    Restored::Recovered { replayed } => {
+                        metrics::counter!("wss_replayed_total").increment(replayed as u64);
+                        json!({ "recovered": true, "replayed": replayed })
+                    }
+                    Restored::NotRecovered => json!({ "recovered": false }),
+                },
+            );
+            self.store.join(room, &me).await?;
+        }
+        conn.may_resume = false;
+        tracing::debug!(conn = %me, old = %session.conn, rooms = report.len(), "session resumed");
+        Ok(Some(json!({ "rooms": report })))
+    }
+
+    /// Join one room of the session; for a room with history, replay what the client
+    /// missed since `claim`, or place it at the room's position.
+    async fn restore(
+        &self,
+        conn: &ConnId,
+        room: &str,
+        claim: Option<Claim>,
+    ) -> Result<Restored, Failure> {
+        let policy = self.pack.rooms.history_for(room);
+        let change = self.router.join(conn, room, policy.is_some());
+        if change == RoomChange::Unchanged {
+            // Already joined (its `$connect` hook put it there): its `$joined` stands.
+            return Ok(Restored::NotRecovered);
+        }
+        let first = matches!(change, RoomChange::FirstLocal(_));
+        if let Err(failure) = self.watch_and_start(room, first, policy.as_ref()).await {
+            self.exit(conn, room);
+            return Err(failure);
+        }
+        let Some(policy) = policy else {
+            return Ok(Restored::NotRecovered);
+        };
+        if let Some(claim) = claim {
+            if let Some(replayed) = self.replay(conn, room, &policy, &claim).await? {
+                return Ok(Restored::Recovered { replayed });
+            }
+        }
+        match self.router.activate(conn, room, None) {
+            Activated::At { .. } | Activated::Plain => Ok(Restored::NotRecovered),
+            other => {
+                self.exit(conn, room);
+                Err(Failure::new(
+                    ErrorCode::Unavailable,
+                    format!("could not rejoin `{room}`: {other:?}"),
+                ))
+            }
+        }
+    }
+
+    /// Place `conn` at the client's offset with everything since replayed; `None` when
+    /// that cannot be done whole.
+    async fn replay(
+        &self,
+        conn: &ConnId,
+        room: &str,
+        policy: &HistoryPolicy,
+        claim: &Claim,
+    ) -> Result<Option<usize>, Failure> {
+        for _ in 0..REPLAY_ATTEMPTS {
+            let Some((epoch, last)) = self.router.stream_position(room) else {
+                return Ok(None);
+            };
+            if *epoch != *claim.epoch {
+                return Ok(None);
+            }
+            let behind = last.saturating_sub(claim.offset);
+            if behind > self.sessions.max_replay as u64 {
+                return Ok(None);
+            }
+            let read = if behind == 0 {
+                None
+            } else {
+                let read = self
+                    .store
+                    .history(room, policy, claim.offset, self.sessions.max_replay)
+                    .await?;
+                if *read.epoch != *claim.epoch || !read.complete {
+                    return Ok(None);
+                }
+                Some(read)
+            };
+            let entries = read.as_ref().map_or(&[][..], |r| &r.entries[..]);
+            match self
+                .router
+                .activate(conn, room, Some((claim.offset, entries)))
+            {
+                Activated::Replayed { replayed, .. } => return Ok(Some(replayed)),
+                // Live deliveries moved the stream past what was read: read again.
+                Activated::NeedsHistory { .. } => continue,
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Check and read a `$resume` payload; every problem becomes a detail.
+fn parse(data: &Value) -> Result<Request, Failure> {
+    let mut details = Vec::new();
+    let mut detail = |path: &str, message: &str| {
+        details.push(Detail {
+            path: path.to_string(),
+            message: message.to_string(),
+        })
+    };
+    let Some(object) = data.as_object() else {
+        detail("", "`$resume` data is an object with `session` and `rooms`");
+        return Err(invalid(details));
+    };
+    for key in object.keys() {
+        if key != "session" && key != "rooms" {
+            detail(
+                &format!("/{key}"),
+                "unknown field: `$resume` takes `session` and `rooms`",
+            );
+        }
+    }
+    let session = match object.get("session") {
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            s.clone()
+        }
+        Some(_) => {
+            detail(
+                "/session",
+                "`session` is the session id from `$welcome` (letters and digits)",
+            );
+            String::new()
+        }
+        None => {
+            detail("", "`session` is required");
+            String::new()
+        }
+    };
+    let mut rooms = BTreeMap::new();
+    match object.get("rooms") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) if map.len() <= MAX_ROOMS => {
+            for (room, position) in map {
+                let path = format!("/rooms/{}", room.replace('~', "~0").replace('/', "~1"));
+                rooms.insert(room.clone(), claim(position, &path, &mut detail));
+            }
+        }
+        Some(Value::Object(_)) => {
+            detail("/rooms", &format!("at most {MAX_ROOMS} rooms"));
+        }
+        Some(_) => detail("/rooms", "`rooms` maps room names to `{epoch, offset}`"),
+    }
+    if !details.is_empty() {
+        return Err(invalid(details));
+    }
+    Ok(Request { session, rooms })
+}
+
+/// One room's `{epoch, offset}`; `{}` (a room without history) is no claim.
+fn claim(position: &Value, path: &str, detail: &mut impl FnMut(&str, &str)) -> Option<Claim> {
+    let Some(map) = position.as_object() else {
+        detail(path, "a room's position is `{epoch, offset}`, or `{}`");
+        return None;
+    };
+    match (map.get("epoch"), map.get("offset")) {
+        (None, None) => None,
+        (Some(Value::String(epoch)), Some(offset)) => match offset.as_u64() {
+            Some(offset) if epoch.len() <= 64 => Some(Claim {
+                epoch: epoch.clone(),
+                offset,
+            }),
+            _ => {
+                detail(
+                    &format!("{path}/offset"),
+                    "`offset` is a non-negative integer from `$joined` or a delivery",
+                );
+                None
+            }
+        },
+        _ => {
+            detail(
+                path,
+                "a room's position has both `epoch` (a string) and `offset`",
+            );
+            None
+        }
+    }
+}
+
+fn invalid(details: Vec<Detail>) -> Failure {
+    let mut failure = Failure::new(ErrorCode::InvalidPayload, "malformed `$resume`");
+    failure.details = details;
+    failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_payloads_are_checked_field_by_field() {
+        let ok = parse(&json!({
+            "session": "ab12",
+            "rooms": { "lobby": { "epoch": "e", "offset": 4 }, "plain": {} }
+        }))
+        .expect("valid");
+        assert_eq!(ok.session, "ab12");
+        assert_eq!(
+            ok.rooms["lobby"],
+            Some(Claim {
+                epoch: "e".into(),
+                offset: 4
+            })
+        );
+        assert_eq!(ok.rooms["plain"], None);
+
+        let bad = parse(&json!({
+            "session": 7,
+            "rooms": { "a/b": { "epoch": "e", "offset": -1 }, "c": 3 },
+            "extra": true
+        }))
+        .expect_err("invalid");
+        assert_eq!(bad.code, ErrorCode::InvalidPayload);
+        let paths: Vec<&str> = bad.details.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/extra", "/session", "/rooms/a~1b/offset", "/rooms/c"]
+        );
+        assert!(parse(&json!("x")).is_err());
+        assert!(parse(&json!({})).is_err());
+    }
+}
