@@ -48,7 +48,7 @@ const BROKEN: &[(&str, &[Expected])] = &[
     ),
     (
         "unknown-top-key",
-        &[at("pack.yaml", 5, 1, "unknown field \"version\" in pack file (allowed: events)")],
+        &[at("pack.yaml", 5, 1, "unknown field \"version\" in pack file (allowed: events, rooms)")],
     ),
     (
         "misspelt-top-key",
@@ -260,6 +260,89 @@ const BROKEN: &[(&str, &[Expected])] = &[
     (
         "test-unknown-key",
         &[at("pack.yaml", 8, 9, "unknown field \"expcet\" in test case, did you mean \"expect\"?")],
+    ),
+    // --- rooms
+    (
+        "rooms-bad-glob",
+        &[at(
+            "pack.yaml",
+            8,
+            3,
+            "rooms pattern `doc:[0-9]*` uses `[`, which is not supported: `*` (any run of characters, `:` included) is the only wildcard",
+        )],
+    ),
+    (
+        "rooms-empty-pattern",
+        &[at("pack.yaml", 7, 3, "a rooms pattern is empty: name a room (`lobby`) or use `*`")],
+    ),
+    (
+        "rooms-pattern-too-long",
+        &[at("pack.yaml", 7, 3, "is 257 bytes long; the limit is 256")],
+    ),
+    (
+        "rooms-size-zero",
+        &[at(
+            "pack.yaml",
+            7,
+            31,
+            "`history.size` of rooms pattern `lobby` must be a whole number from 1 to 100000 (deliveries kept), not 0",
+        )],
+    ),
+    (
+        "rooms-size-too-large",
+        &[at("pack.yaml", 9, 13, "from 1 to 100000 (deliveries kept), not 100001")],
+    ),
+    (
+        "rooms-ttl-negative",
+        &[at(
+            "pack.yaml",
+            7,
+            41,
+            "`history.ttl` of rooms pattern `lobby` must be a whole number from 1 to 2592000 (seconds; 30 days), not -5",
+        )],
+    ),
+    (
+        "rooms-ttl-float",
+        &[at("pack.yaml", 7, 41, "`history.ttl` of rooms pattern `lobby` must be a whole number from 1 to 2592000 (seconds; 30 days), not 1.5")],
+    ),
+    (
+        "rooms-missing-history",
+        &[at("pack.yaml", 7, 12, "rooms pattern `lobby` needs `history: { size: <deliveries kept>, ttl: <seconds> }`")],
+    ),
+    (
+        "rooms-unknown-key",
+        &[at(
+            "pack.yaml",
+            7,
+            14,
+            "unknown field \"histroy\" in rooms pattern `lobby`, did you mean \"history\"?",
+        )],
+    ),
+    (
+        "rooms-history-unknown-key",
+        &[at(
+            "pack.yaml",
+            7,
+            36,
+            "unknown field \"tll\" in history of rooms pattern `lobby`, did you mean \"ttl\"?",
+        )],
+    ),
+    (
+        "rooms-not-a-map",
+        &[at("pack.yaml", 7, 3, "`rooms` must be a mapping of room patterns to settings")],
+    ),
+    (
+        "rooms-duplicate-pattern",
+        &[at(
+            "b.yaml",
+            3,
+            3,
+            "rooms pattern `doc:*` is already declared at tests/fixtures/broken/rooms-duplicate-pattern/a.yaml:7",
+        )],
+    ),
+    (
+        "rooms-without-events",
+        &[at("", 1, 1, "the pack defines no events: add an `events:` map to one of its files")],
     ),
     // --- every problem, not just the first
     (

@@ -5,6 +5,7 @@
 //! yaml.rs    YAML → Node tree with positions
 //! decode.rs  Node tree → EventDefs, one field at a time, every problem collected
 //! checks.rs  checks across fields (`to` against the schema, fields with no effect)
+//! rooms.rs   `rooms:` patterns, their settings and the lookup deliveries use
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
@@ -19,6 +20,7 @@ mod checks;
 mod decode;
 pub mod diagnostic;
 mod files;
+mod rooms;
 mod schema;
 mod scripts;
 pub mod target;
@@ -35,6 +37,7 @@ use crate::script::ScriptRuntime;
 pub use decode::{check_keys, string_field, CONNECT_HOOK, DISCONNECT_HOOK};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use files::pack_files;
+pub use rooms::{HistoryPolicy, RoomRule, RoomRules};
 pub use target::{TargetError, TargetSpec, Template, TemplateContext};
 
 /// The JSON Schema of the pack format, as printed by `wss-engine schema`.
@@ -111,6 +114,8 @@ pub struct Pack {
     pub root: PathBuf,
     pub events: BTreeMap<String, Arc<EventDef>>,
     pub hooks: Hooks,
+    /// The `rooms:` entries of every file, in file order: which rooms keep history.
+    pub rooms: RoomRules,
     /// Hash of every file of the pack: nodes compare it to spot mixed deployments.
     pub fingerprint: String,
 }
@@ -129,6 +134,7 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
         mut diags,
         events,
         hooks,
+        rooms,
         fingerprint,
         ..
     } = loader;
@@ -141,6 +147,7 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
             root: dir.to_path_buf(),
             events,
             hooks,
+            rooms,
             fingerprint: fingerprint.hex(),
         },
         diags,
