@@ -692,6 +692,33 @@ const WARNINGS: &[(&str, &[Expected])] = &[
         )],
     ),
     (
+        "rooms-unreachable",
+        &[at(
+            "pack.yaml",
+            16,
+            3,
+            "rooms pattern `chat:*` matches no room any event delivers to (`to:` or `emit`): its history is never used",
+        )],
+    ),
+    (
+        "rooms-shadowed",
+        &[at(
+            "pack.yaml",
+            8,
+            3,
+            "rooms pattern `lobby` never applies: `*` at tests/fixtures/warnings/rooms-shadowed/pack.yaml:7 comes first",
+        )],
+    ),
+    (
+        "rooms-local-scope",
+        &[at(
+            "pack.yaml",
+            5,
+            9,
+            "event `chat.typing` has `scope: local`, but room `lobby` keeps history (rooms pattern `lob*` at tests/fixtures/warnings/rooms-local-scope/pack.yaml:12): deliveries to a room with history are published to every node whatever the event's scope",
+        )],
+    ),
+    (
         "pointless-fields",
         &[
             at("pack.yaml", 5, 14, "`emit_as` has no effect without `to`"),

@@ -42,7 +42,21 @@ pub(super) struct Loader<'a> {
     pub(super) events: BTreeMap<String, Arc<EventDef>>,
     pub(super) hooks: Hooks,
     pub(super) rooms: RoomRules,
+    /// What the rooms checks need to know about the pack's deliveries.
+    pub(super) deliveries: RoomDeliveries,
     pub(super) fingerprint: Fingerprint,
+}
+
+/// The rooms the pack's events deliver to, gathered while decoding them, for the
+/// checks of `rooms:` patterns once every file is read (a pattern may come in an
+/// earlier or a later file than the events that reach it).
+pub(super) struct RoomDeliveries {
+    /// Every room a `to:` or an `emit` may name, as a glob (`{{…}}` → `*`); `None` once
+    /// a script emits to a target computed at run time, which could be any room.
+    pub(super) reached: Option<Vec<String>>,
+    /// `scope: local` events whose `to:` is one fixed room: (file, `to:` position,
+    /// event, room).
+    pub(super) local_fixed: Vec<(PathBuf, Pos, String, String)>,
 }
 
 /// What the files read so far declare, to refuse a name declared twice and to notice
@@ -120,6 +134,10 @@ impl<'a> Loader<'a> {
             events: BTreeMap::new(),
             hooks: Hooks::default(),
             rooms: RoomRules::default(),
+            deliveries: RoomDeliveries {
+                reached: Some(Vec::new()),
+                local_fixed: Vec::new(),
+            },
             fingerprint: Fingerprint::new(),
         }
     }
@@ -157,6 +175,7 @@ impl<'a> Loader<'a> {
                 "the pack defines no events: add an `events:` map to one of its files (a file may hold `events:`, `rooms:` or both)",
             );
         }
+        self.check_rooms();
     }
 
     fn load_file(&mut self, file: &Path, defined: &mut Defined) {
@@ -357,6 +376,7 @@ impl<'a> Loader<'a> {
         if self.diags.error_count() > errors_before {
             return;
         }
+        let to_pos = def.get("to").map_or(pos, |n| n.pos);
         let event = Arc::new(EventDef {
             name: name.to_string(),
             scope,
@@ -372,11 +392,40 @@ impl<'a> Loader<'a> {
             file: file.to_path_buf(),
             line: pos.line,
         });
+        self.note_room_deliveries(&event, to_pos);
         match name {
             CONNECT_HOOK => self.hooks.on_connect = Some(event),
             DISCONNECT_HOOK => self.hooks.on_disconnect = Some(event),
             _ => {
                 self.events.insert(name.to_string(), event);
+            }
+        }
+    }
+
+    /// Remember the rooms `event` delivers to, for the checks of `rooms:` patterns.
+    fn note_room_deliveries(&mut self, event: &EventDef, to_pos: Pos) {
+        let deliveries = &mut self.deliveries;
+        if let TargetSpec::Room(template) = &event.to {
+            if let Some(reached) = deliveries.reached.as_mut() {
+                reached.push(template.glob());
+            }
+            if let (Scope::Local, Some(room)) = (event.scope, template.literal()) {
+                deliveries.local_fixed.push((
+                    event.file.clone(),
+                    to_pos,
+                    event.name.clone(),
+                    room.to_string(),
+                ));
+            }
+        }
+        if let Some(script) = &event.script {
+            match super::scripts::emitted_rooms(&script.ast) {
+                Some(rooms) => {
+                    if let Some(reached) = deliveries.reached.as_mut() {
+                        reached.extend(rooms);
+                    }
+                }
+                None => deliveries.reached = None,
             }
         }
     }

@@ -5,6 +5,7 @@
 //! yaml.rs    YAML → Node tree with positions
 //! decode.rs  Node tree → EventDefs, one field at a time, every problem collected
 //! checks.rs  checks across fields (`to` against the schema, fields with no effect)
+//!            and across the pack (`rooms:` patterns against the rooms events reach)
 //! rooms.rs   `rooms:` patterns, their settings and the lookup deliveries use
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
