@@ -649,8 +649,43 @@ fn list_prints_the_events_of_a_valid_pack() {
         .iter()
         .find(|e| e["name"] == "counter.add")
         .expect("counter.add listed");
+    assert_eq!(add["kind"], "event");
     assert_eq!(add["scope"], "cluster");
     assert_eq!(add["to"], "all");
+}
+
+#[test]
+fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
+    let dir = "tests/fixtures/valid/rooms-only-file";
+    let out = run(&["check", dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // `archive:*` is reached by no `to:`, but a script's target is computed: no warning.
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains(": ok, 1 events, 2 room rule(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["check", "--list", dir]);
+    assert_eq!(
+        text(&out.stdout),
+        "doc.open\tcluster\tnone\t\n\
+         room\tdoc:*\thistory size=1000 ttl=3600s\n\
+         room\tarchive:*\thistory size=10 ttl=60s\n"
+    );
+
+    // One array as before rooms existed: events first, then the rules, told apart by `kind`.
+    let json = run(&["check", "--list", "--format", "json", dir]);
+    let list: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        list,
+        serde_json::json!([
+            {"kind": "event", "name": "doc.open", "scope": "cluster", "to": "none", "description": null},
+            {"kind": "room", "room": "doc:*", "history": {"size": 1000, "ttl": 3600}},
+            {"kind": "room", "room": "archive:*", "history": {"size": 10, "ttl": 60}},
+        ])
+    );
 }
 
 #[test]
