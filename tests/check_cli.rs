@@ -622,6 +622,17 @@ fn list_prints_the_events_of_a_valid_pack() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out.stdout);
     let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    // Event lines have four columns, rooms rules three (an event may be called `room`).
+    let (rows, rooms): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 4);
+    assert_eq!(
+        rooms,
+        [vec!["room", "*", "history size=100 ttl=3600s"]],
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("history size=100 ttl=3600s\n"),
+        "rooms come last: {stdout}"
+    );
     let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
     assert_eq!(
         names,
