@@ -332,6 +332,15 @@ const BROKEN: &[(&str, &[Expected])] = &[
         &[at("pack.yaml", 7, 3, "`rooms` must be a mapping of room patterns to settings")],
     ),
     (
+        "rooms-unquoted-star",
+        &[at(
+            "pack.yaml",
+            7,
+            3,
+            "a key or value starting with `*` must be quoted, as in `\"*\": …`",
+        )],
+    ),
+    (
         "rooms-duplicate-pattern",
         &[at(
             "b.yaml",

@@ -205,8 +205,15 @@ impl<'a> Loader<'a> {
                 return;
             }
             Err(e) => {
+                // `*: …` under `rooms:` is the natural thing to write, and YAML reads
+                // it as an alias, which its own message leaves the reader to work out.
+                let hint = if e.message.contains("anchor") {
+                    "; a key or value starting with `*` must be quoted, as in `\"*\": …`"
+                } else {
+                    ""
+                };
                 self.diags
-                    .error(file, e.pos, format!("invalid YAML: {}", e.message));
+                    .error(file, e.pos, format!("invalid YAML: {}{hint}", e.message));
                 defined.broken_file = true;
                 return;
             }
