@@ -29,17 +29,22 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     match args.format {
         OutputFormat::Json => {
             if let (true, Some(pack)) = (args.list, &pack) {
-                let events: Vec<_> = pack
-                    .events
-                    .values()
-                    .map(|e| {
-                        serde_json::json!({
-                            "name": e.name, "scope": e.scope.as_str(), "to": e.to.to_string(),
-                            "description": e.description,
-                        })
+                // One array, as before rooms existed, so tools that look events up by
+                // `name` keep working; `kind` tells the two sorts of entry apart.
+                let events = pack.events.values().map(|e| {
+                    serde_json::json!({
+                        "kind": "event", "name": e.name, "scope": e.scope.as_str(),
+                        "to": e.to.to_string(), "description": e.description,
                     })
-                    .collect();
-                serde_json::to_writer_pretty(&mut out, &events)?;
+                });
+                let rooms = pack.rooms.iter().map(|r| {
+                    serde_json::json!({
+                        "kind": "room", "room": r.pattern,
+                        "history": { "size": r.history.size, "ttl": r.history.ttl.as_secs() },
+                    })
+                });
+                let list: Vec<_> = events.chain(rooms).collect();
+                serde_json::to_writer_pretty(&mut out, &list)?;
             } else {
                 serde_json::to_writer_pretty(&mut out, &diags.0)?;
             }
@@ -58,6 +63,17 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                         e.description.as_deref().unwrap_or("").trim()
                     )?;
                 }
+                // Three columns where an event line has four: an event may be called
+                // `room`, so the column count is what tells the lines apart.
+                for r in pack.rooms.iter() {
+                    writeln!(
+                        out,
+                        "room\t{}\thistory size={} ttl={}s",
+                        r.pattern,
+                        r.history.size,
+                        r.history.ttl.as_secs()
+                    )?;
+                }
             }
         }
     }
@@ -65,13 +81,17 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let warnings = diags.0.len() - errors;
     match &pack {
         Some(pack) => eprintln!(
-            "{}: ok, {} events{}{}",
+            "{}: ok, {} events{}{}{}",
             args.dir.display(),
             pack.events.len(),
             if pack.hooks.on_connect.is_some() || pack.hooks.on_disconnect.is_some() {
                 " and hooks"
             } else {
                 ""
+            },
+            match pack.rooms.len() {
+                0 => String::new(),
+                n => format!(", {n} room rule(s)"),
             },
             if warnings > 0 {
                 format!(", {warnings} warning(s)")

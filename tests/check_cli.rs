@@ -48,7 +48,7 @@ const BROKEN: &[(&str, &[Expected])] = &[
     ),
     (
         "unknown-top-key",
-        &[at("pack.yaml", 5, 1, "unknown field \"version\" in pack file (allowed: events)")],
+        &[at("pack.yaml", 5, 1, "unknown field \"version\" in pack file (allowed: events, rooms)")],
     ),
     (
         "misspelt-top-key",
@@ -260,6 +260,98 @@ const BROKEN: &[(&str, &[Expected])] = &[
     (
         "test-unknown-key",
         &[at("pack.yaml", 8, 9, "unknown field \"expcet\" in test case, did you mean \"expect\"?")],
+    ),
+    // --- rooms
+    (
+        "rooms-bad-glob",
+        &[at(
+            "pack.yaml",
+            8,
+            3,
+            "rooms pattern `doc:[0-9]*` uses `[`, which is not supported: `*` (any run of characters, `:` included) is the only wildcard",
+        )],
+    ),
+    (
+        "rooms-empty-pattern",
+        &[at("pack.yaml", 7, 3, "a rooms pattern is empty: name a room (`lobby`) or use `*`")],
+    ),
+    (
+        "rooms-pattern-too-long",
+        &[at("pack.yaml", 7, 3, "is 257 bytes long; the limit is 256")],
+    ),
+    (
+        "rooms-size-zero",
+        &[at(
+            "pack.yaml",
+            7,
+            31,
+            "`history.size` of rooms pattern `lobby` must be a whole number from 1 to 100000 (deliveries kept), not 0",
+        )],
+    ),
+    (
+        "rooms-size-too-large",
+        &[at("pack.yaml", 9, 13, "from 1 to 100000 (deliveries kept), not 100001")],
+    ),
+    (
+        "rooms-ttl-negative",
+        &[at(
+            "pack.yaml",
+            7,
+            41,
+            "`history.ttl` of rooms pattern `lobby` must be a whole number from 1 to 2592000 (seconds; 30 days), not -5",
+        )],
+    ),
+    (
+        "rooms-ttl-float",
+        &[at("pack.yaml", 7, 41, "`history.ttl` of rooms pattern `lobby` must be a whole number from 1 to 2592000 (seconds; 30 days), not 1.5")],
+    ),
+    (
+        "rooms-missing-history",
+        &[at("pack.yaml", 7, 12, "rooms pattern `lobby` needs `history: { size: <deliveries kept>, ttl: <seconds> }`")],
+    ),
+    (
+        "rooms-unknown-key",
+        &[at(
+            "pack.yaml",
+            7,
+            14,
+            "unknown field \"histroy\" in rooms pattern `lobby`, did you mean \"history\"?",
+        )],
+    ),
+    (
+        "rooms-history-unknown-key",
+        &[at(
+            "pack.yaml",
+            7,
+            36,
+            "unknown field \"tll\" in history of rooms pattern `lobby`, did you mean \"ttl\"?",
+        )],
+    ),
+    (
+        "rooms-not-a-map",
+        &[at("pack.yaml", 7, 3, "`rooms` must be a mapping of room patterns to settings")],
+    ),
+    (
+        "rooms-unquoted-star",
+        &[at(
+            "pack.yaml",
+            7,
+            3,
+            "a key or value starting with `*` must be quoted, as in `\"*\": …`",
+        )],
+    ),
+    (
+        "rooms-duplicate-pattern",
+        &[at(
+            "b.yaml",
+            3,
+            3,
+            "rooms pattern `doc:*` is already declared at tests/fixtures/broken/rooms-duplicate-pattern/a.yaml:7",
+        )],
+    ),
+    (
+        "rooms-without-events",
+        &[at("", 1, 1, "the pack defines no events: add an `events:` map to one of its files")],
     ),
     // --- every problem, not just the first
     (
@@ -539,6 +631,17 @@ fn list_prints_the_events_of_a_valid_pack() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out.stdout);
     let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    // Event lines have four columns, rooms rules three (an event may be called `room`).
+    let (rows, rooms): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 4);
+    assert_eq!(
+        rooms,
+        [vec!["room", "*", "history size=100 ttl=3600s"]],
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("history size=100 ttl=3600s\n"),
+        "rooms come last: {stdout}"
+    );
     let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
     assert_eq!(
         names,
@@ -566,8 +669,43 @@ fn list_prints_the_events_of_a_valid_pack() {
         .iter()
         .find(|e| e["name"] == "counter.add")
         .expect("counter.add listed");
+    assert_eq!(add["kind"], "event");
     assert_eq!(add["scope"], "cluster");
     assert_eq!(add["to"], "all");
+}
+
+#[test]
+fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
+    let dir = "tests/fixtures/valid/rooms-only-file";
+    let out = run(&["check", dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // `archive:*` is reached by no `to:`, but a script's target is computed: no warning.
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains(": ok, 1 events, 2 room rule(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["check", "--list", dir]);
+    assert_eq!(
+        text(&out.stdout),
+        "doc.open\tcluster\tnone\t\n\
+         room\tdoc:*\thistory size=1000 ttl=3600s\n\
+         room\tarchive:*\thistory size=10 ttl=60s\n"
+    );
+
+    // One array as before rooms existed: events first, then the rules, told apart by `kind`.
+    let json = run(&["check", "--list", "--format", "json", dir]);
+    let list: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        list,
+        serde_json::json!([
+            {"kind": "event", "name": "doc.open", "scope": "cluster", "to": "none", "description": null},
+            {"kind": "room", "room": "doc:*", "history": {"size": 1000, "ttl": 3600}},
+            {"kind": "room", "room": "archive:*", "history": {"size": 10, "ttl": 60}},
+        ])
+    );
 }
 
 #[test]
@@ -606,6 +744,33 @@ const WARNINGS: &[(&str, &[Expected])] = &[
             10,
             9,
             "`to` reads `data.room`, which the schema does not require",
+        )],
+    ),
+    (
+        "rooms-unreachable",
+        &[at(
+            "pack.yaml",
+            16,
+            3,
+            "rooms pattern `chat:*` matches no room any event delivers to (`to:` or `emit`): its history is never used",
+        )],
+    ),
+    (
+        "rooms-shadowed",
+        &[at(
+            "pack.yaml",
+            8,
+            3,
+            "rooms pattern `lobby` never applies: `*` at tests/fixtures/warnings/rooms-shadowed/pack.yaml:7 comes first",
+        )],
+    ),
+    (
+        "rooms-local-scope",
+        &[at(
+            "pack.yaml",
+            5,
+            9,
+            "event `chat.typing` has `scope: local`, but room `lobby` keeps history (rooms pattern `lob*` at tests/fixtures/warnings/rooms-local-scope/pack.yaml:12): a `local` event's deliveries stay on this node, carry no offset and are not kept",
         )],
     ),
     (

@@ -119,12 +119,22 @@ fn common_mistakes_fail_the_pack_schema_where_they_are() {
         ("reserved-name", "/events: \"$join\" does not match"),
         ("invalid-event-name", "/events: \"chat message!\" does not match"),
         ("unknown-top-key", ": Additional properties are not allowed ('version'"),
-        ("misspelt-top-key", ": \"events\" is a required property"),
+        ("misspelt-top-key", ": Additional properties are not allowed ('evnets'"),
         ("events-not-a-map", "/events: [\"chat.join\",\"chat.leave\"] is not of types"),
         ("script-wrong-type", "/events/ping/script: 42 is not valid under any of the schemas"),
         ("keys-not-a-list", "/events/counter.add/keys: \"counter:{{data.name}}\" is not of type \"array\""),
         ("test-missing-expect", "/events/ping/tests/0: \"expect\" is a required property"),
         ("test-unknown-key", "/events/ping/tests/0: Additional properties are not allowed ('expcet'"),
+        ("rooms-bad-glob", "/rooms: \"doc:[0-9]*\" does not match"),
+        ("rooms-empty-pattern", "/rooms: \"\" is shorter than 1 character"),
+        ("rooms-size-zero", "/rooms/lobby/history/size: 0 is less than the minimum of 1"),
+        ("rooms-size-too-large", "/rooms/lobby/history/size: 100001 is greater than the maximum of 100000"),
+        ("rooms-ttl-negative", "/rooms/lobby/history/ttl: -5 is less than the minimum of 1"),
+        ("rooms-ttl-float", "/rooms/lobby/history/ttl: 1.5 is not of type \"integer\""),
+        ("rooms-missing-history", "/rooms/lobby: \"history\" is a required property"),
+        ("rooms-unknown-key", "/rooms/lobby: Additional properties are not allowed ('histroy'"),
+        ("rooms-history-unknown-key", "/rooms/lobby/history: Additional properties are not allowed ('tll'"),
+        ("rooms-not-a-map", "/rooms: [\"lobby\"] is not of types"),
     ];
     let mut failures = Vec::new();
     for (fixture, want) in cases {
@@ -142,6 +152,18 @@ fn common_mistakes_fail_the_pack_schema_where_they_are() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_file_may_hold_events_rooms_or_both_but_not_neither() {
+    let validator = pack_schema();
+    let dir = root().join("tests/fixtures/valid/rooms-only-file");
+    for file in config::pack_files(&dir).expect("fixture files") {
+        let errors = errors_of(&validator, &yaml_as_json(&file));
+        assert!(errors.is_empty(), "{}: {errors:#?}", file.display());
+    }
+    assert!(!validator.is_valid(&serde_json::json!({})));
+    assert!(validator.is_valid(&serde_json::json!({"rooms": null})));
 }
 
 #[test]

@@ -1,8 +1,10 @@
-//! Checks across fields of one event: what no single field's decoder can see.
+//! Checks across fields of one event, and of `rooms:` patterns against every event of
+//! the pack: what no single field's decoder can see.
 
 use std::path::Path;
 
 use super::decode::Loader;
+use super::rooms::{glob_covers, globs_intersect};
 use super::target::TargetSpec;
 use super::yaml::{Node, NodeKind, Pos};
 use crate::suggest::suggest;
@@ -92,6 +94,84 @@ impl Loader<'_> {
                 file,
                 *pos,
                 "these keys do not share one `{hash tag}`, so on Redis Cluster they may sit in different slots and the script fails there; put the common part in braces, e.g. `poll:{{{data.id}}}` and `poll:{{{data.id}}}:votes`",
+            );
+        }
+    }
+}
+
+impl Loader<'_> {
+    /// `rooms:` patterns against the pack's deliveries, once every file is read.
+    pub(super) fn check_rooms(&mut self) {
+        let Loader {
+            rooms,
+            deliveries,
+            diags,
+            ..
+        } = self;
+        for (file, pos, event, room) in &deliveries.local_fixed {
+            if let Some(rule) = rooms.rule_for(room) {
+                diags.warning(
+                    file,
+                    *pos,
+                    format!(
+                        "event `{event}` has `scope: local`, but room `{room}` keeps history (rooms pattern `{}` at {}:{}): a `local` event's deliveries stay on this node, carry no offset and are not kept in the room's history (nor replayed on a resume); say `scope: cluster` if they belong in it",
+                        rule.pattern,
+                        rule.file.display(),
+                        rule.line
+                    ),
+                );
+            }
+        }
+
+        let rules: Vec<_> = rooms.iter().collect();
+        let mut shadowed = vec![false; rules.len()];
+        for (j, later) in rules.iter().enumerate() {
+            let Some(earlier) = rules[..j]
+                .iter()
+                .find(|earlier| glob_covers(&earlier.pattern, &later.pattern))
+            else {
+                continue;
+            };
+            shadowed[j] = true;
+            diags.warning(
+                &later.file,
+                Pos { line: later.line, col: later.col },
+                format!(
+                    "rooms pattern `{}` never applies: `{}` at {}:{} comes first and matches every room it does; move this entry above it or remove it",
+                    later.pattern,
+                    earlier.pattern,
+                    earlier.file.display(),
+                    earlier.line
+                ),
+            );
+        }
+
+        // Which rooms are reached is knowable only when every event was decoded and no
+        // script computes a target at run time.
+        let Some(mut reached) = deliveries.reached.take() else {
+            return;
+        };
+        if diags.has_errors() {
+            return;
+        }
+        // Many events deliver to the same rooms (`room:{{data.room}}` is `*`).
+        reached.sort_unstable();
+        reached.dedup();
+        for (rule, shadowed) in rules.iter().zip(shadowed) {
+            if shadowed
+                || reached
+                    .iter()
+                    .any(|room| globs_intersect(&rule.pattern, room))
+            {
+                continue;
+            }
+            diags.warning(
+                &rule.file,
+                Pos { line: rule.line, col: rule.col },
+                format!(
+                    "rooms pattern `{}` matches no room any event delivers to (`to:` or `emit`): its history is never used; correct the pattern or remove the entry",
+                    rule.pattern
+                ),
             );
         }
     }

@@ -2,11 +2,12 @@
 //! Every problem becomes a diagnostic and decoding goes on, so one `check` run lists
 //! them all; an event with an error is left out of the pack.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::files::{pack_files, Fingerprint};
+use super::rooms::RoomRules;
 use super::schema::SchemaFiles;
 use super::target::{TargetSpec, Template};
 use super::yaml::{self, Node, NodeKind, Pos};
@@ -18,7 +19,7 @@ pub const CONNECT_HOOK: &str = "$connect";
 pub const DISCONNECT_HOOK: &str = "$disconnect";
 const MAX_EVENT_NAME: usize = 128;
 
-const TOP_KEYS: &[&str] = &["events"];
+const TOP_KEYS: &[&str] = &["events", "rooms"];
 const EVENT_KEYS: &[&str] = &[
     "description",
     "scope",
@@ -40,7 +41,35 @@ pub(super) struct Loader<'a> {
     pub(super) schemas: SchemaFiles,
     pub(super) events: BTreeMap<String, Arc<EventDef>>,
     pub(super) hooks: Hooks,
+    pub(super) rooms: RoomRules,
+    /// What the rooms checks need to know about the pack's deliveries.
+    pub(super) deliveries: RoomDeliveries,
     pub(super) fingerprint: Fingerprint,
+}
+
+/// The rooms the pack's events deliver to, gathered while decoding them, for the
+/// checks of `rooms:` patterns once every file is read (a pattern may come in an
+/// earlier or a later file than the events that reach it).
+pub(super) struct RoomDeliveries {
+    /// Every room a `to:` or an `emit` may name, as a glob (`{{…}}` → `*`); `None` once
+    /// a script emits to a target computed at run time, which could be any room.
+    pub(super) reached: Option<Vec<String>>,
+    /// `scope: local` events whose `to:` is one fixed room: (file, `to:` position,
+    /// event, room).
+    pub(super) local_fixed: Vec<(PathBuf, Pos, String, String)>,
+}
+
+/// What the files read so far declare, to refuse a name declared twice and to notice
+/// a pack without events.
+#[derive(Default)]
+struct Defined {
+    /// Event (and hook) names, valid or not, to where they first appear.
+    events: BTreeMap<String, (PathBuf, usize)>,
+    /// `rooms:` patterns, valid or not, to where they first appear.
+    rooms: HashMap<String, (PathBuf, usize)>,
+    /// A file's top level could not be read (unreadable, not YAML, not a mapping, a
+    /// misspelt key; each already reported): it may be the one meant to hold events.
+    broken_file: bool,
 }
 
 /// Report keys of `node` that are not in `allowed` (nor in `reported_elsewhere`, keys
@@ -104,6 +133,11 @@ impl<'a> Loader<'a> {
             schemas: SchemaFiles::default(),
             events: BTreeMap::new(),
             hooks: Hooks::default(),
+            rooms: RoomRules::default(),
+            deliveries: RoomDeliveries {
+                reached: Some(Vec::new()),
+                local_fixed: Vec::new(),
+            },
             fingerprint: Fingerprint::new(),
         }
     }
@@ -128,18 +162,29 @@ impl<'a> Loader<'a> {
             );
             return;
         }
-        let mut defined: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+        let mut defined = Defined::default();
         for file in files {
             self.load_file(&file, &mut defined);
         }
+        // A file may hold only `rooms:`, but a pack serves events. Not said after a
+        // broken file: its events may be what is missing, and that is reported.
+        if defined.events.is_empty() && !defined.broken_file {
+            self.diags.error(
+                dir,
+                Pos::default(),
+                "the pack defines no events: add an `events:` map to one of its files (a file may hold `events:`, `rooms:` or both)",
+            );
+        }
+        self.check_rooms();
     }
 
-    fn load_file(&mut self, file: &Path, defined: &mut BTreeMap<String, (PathBuf, usize)>) {
+    fn load_file(&mut self, file: &Path, defined: &mut Defined) {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
                 self.diags
                     .error(file, Pos::default(), format!("cannot read file: {e}"));
+                defined.broken_file = true;
                 return;
             }
         };
@@ -160,8 +205,16 @@ impl<'a> Loader<'a> {
                 return;
             }
             Err(e) => {
+                // `*: …` under `rooms:` is the natural thing to write, and YAML reads
+                // it as an alias, which its own message leaves the reader to work out.
+                let hint = if e.message.contains("anchor") {
+                    "; a key or value starting with `*` must be quoted, as in `\"*\": …`"
+                } else {
+                    ""
+                };
                 self.diags
-                    .error(file, e.pos, format!("invalid YAML: {}", e.message));
+                    .error(file, e.pos, format!("invalid YAML: {}{hint}", e.message));
+                defined.broken_file = true;
                 return;
             }
         };
@@ -170,21 +223,35 @@ impl<'a> Loader<'a> {
                 file,
                 root.pos,
                 format!(
-                    "a pack file is a mapping with `events:`, not {}",
+                    "a pack file is a mapping with `events:` and/or `rooms:`, not {}",
                     root.type_name()
                 ),
             );
+            defined.broken_file = true;
             return;
         }
         let misspelt = check_keys(&mut self.diags, file, &root, TOP_KEYS, &[], "pack file");
+        if !misspelt.is_empty() {
+            // `evnets:` has its "did you mean"; "no events" on top of it says nothing new.
+            defined.broken_file = true;
+        }
+        if let Some(rooms) = root.get("rooms") {
+            self.load_rooms(file, rooms, &mut defined.rooms);
+        }
         let Some(events) = root.get("events") else {
-            if !misspelt.contains(&"events") {
-                self.diags.error(file, root.pos, "missing `events:` map");
+            if misspelt.is_empty() && root.get("rooms").is_none() {
+                self.diags.error(
+                    file,
+                    root.pos,
+                    "a pack file needs an `events:` map, a `rooms:` map or both",
+                );
+                defined.broken_file = true;
             }
             return;
         };
         let Some(entries) = events.as_map() else {
             if !matches!(events.kind, NodeKind::Null) {
+                defined.broken_file = true;
                 self.diags.error(
                     file,
                     events.pos,
@@ -197,7 +264,7 @@ impl<'a> Loader<'a> {
             return;
         };
         for (key, def) in entries {
-            if let Some((other_file, other_line)) = defined.get(&key.name) {
+            if let Some((other_file, other_line)) = defined.events.get(&key.name) {
                 self.diags.error(
                     file,
                     key.pos,
@@ -210,7 +277,9 @@ impl<'a> Loader<'a> {
                 );
                 continue;
             }
-            defined.insert(key.name.clone(), (file.to_path_buf(), key.pos.line));
+            defined
+                .events
+                .insert(key.name.clone(), (file.to_path_buf(), key.pos.line));
             self.load_event(file, &text, &key.name, key.pos, def);
         }
     }
@@ -314,6 +383,7 @@ impl<'a> Loader<'a> {
         if self.diags.error_count() > errors_before {
             return;
         }
+        let to_pos = def.get("to").map_or(pos, |n| n.pos);
         let event = Arc::new(EventDef {
             name: name.to_string(),
             scope,
@@ -329,11 +399,40 @@ impl<'a> Loader<'a> {
             file: file.to_path_buf(),
             line: pos.line,
         });
+        self.note_room_deliveries(&event, to_pos);
         match name {
             CONNECT_HOOK => self.hooks.on_connect = Some(event),
             DISCONNECT_HOOK => self.hooks.on_disconnect = Some(event),
             _ => {
                 self.events.insert(name.to_string(), event);
+            }
+        }
+    }
+
+    /// Remember the rooms `event` delivers to, for the checks of `rooms:` patterns.
+    fn note_room_deliveries(&mut self, event: &EventDef, to_pos: Pos) {
+        let deliveries = &mut self.deliveries;
+        if let TargetSpec::Room(template) = &event.to {
+            if let Some(reached) = deliveries.reached.as_mut() {
+                reached.push(template.glob());
+            }
+            if let (Scope::Local, Some(room)) = (event.scope, template.literal()) {
+                deliveries.local_fixed.push((
+                    event.file.clone(),
+                    to_pos,
+                    event.name.clone(),
+                    room.to_string(),
+                ));
+            }
+        }
+        if let Some(script) = &event.script {
+            match super::scripts::emitted_rooms(&script.ast) {
+                Some(rooms) => {
+                    if let Some(reached) = deliveries.reached.as_mut() {
+                        reached.extend(rooms);
+                    }
+                }
+                None => deliveries.reached = None,
             }
         }
     }

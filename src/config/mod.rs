@@ -5,6 +5,8 @@
 //! yaml.rs    YAML → Node tree with positions
 //! decode.rs  Node tree → EventDefs, one field at a time, every problem collected
 //! checks.rs  checks across fields (`to` against the schema, fields with no effect)
+//!            and across the pack (`rooms:` patterns against the rooms events reach)
+//! rooms.rs   `rooms:` patterns, their settings and the lookup deliveries use
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
@@ -36,7 +38,7 @@ use crate::script::ScriptRuntime;
 pub use decode::{check_keys, string_field, CONNECT_HOOK, DISCONNECT_HOOK};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use files::pack_files;
-pub use rooms::RoomRules;
+pub use rooms::{HistoryPolicy, RoomRule, RoomRules};
 pub use target::{TargetError, TargetSpec, Template, TemplateContext};
 
 /// The JSON Schema of the pack format, as printed by `wss-engine schema`.
@@ -113,7 +115,7 @@ pub struct Pack {
     pub root: PathBuf,
     pub events: BTreeMap<String, Arc<EventDef>>,
     pub hooks: Hooks,
-    /// `rooms:`: which rooms keep a history of their deliveries.
+    /// The `rooms:` entries of every file, in file order: which rooms keep history.
     pub rooms: RoomRules,
     /// Hash of every file of the pack: nodes compare it to spot mixed deployments.
     pub fingerprint: String,
@@ -133,6 +135,7 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
         mut diags,
         events,
         hooks,
+        rooms,
         fingerprint,
         ..
     } = loader;
@@ -145,7 +148,7 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
             root: dir.to_path_buf(),
             events,
             hooks,
-            rooms: RoomRules::default(),
+            rooms,
             fingerprint: fingerprint.hex(),
         },
         diags,

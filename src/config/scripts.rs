@@ -3,9 +3,12 @@
 
 use std::path::Path;
 
+use rhai::{ASTNode, Expr, Stmt, AST};
+
 use super::decode::{check_keys, Loader};
 use super::yaml::{Node, NodeKind, Pos};
 use super::ScriptDef;
+use crate::delivery::target::{split, TargetKind};
 
 impl Loader<'_> {
     /// Compile a script; returns it with its source text.
@@ -90,6 +93,93 @@ impl Loader<'_> {
     }
 }
 
+/// The rooms a script's `emit` calls may deliver to, as globs (`*` any run, as in
+/// `rooms:` patterns); `None` when the source does not tell.
+///
+/// A target is read from its leading string literal: `"room:lobby"` is the room
+/// `lobby`, `"room:doc:" + data.id` any room `doc:*`, `"user:" + conn.user` no room at
+/// all. A target without one (a variable, `data.target`, `` `room:${r}` ``), a leading
+/// literal too short to tell (`"ro" + rest`), `emit` called as a method, and calls
+/// through a function pointer (`call`, `curry`: `emit` in disguise, perhaps) make the
+/// answer `None`. Read from the compiled AST, so comments and strings that merely
+/// contain `emit(` do not count, and function bodies and closures do.
+pub(super) fn emitted_rooms(ast: &AST) -> Option<Vec<String>> {
+    let mut rooms = Vec::new();
+    let mut known = true;
+    ast.walk(&mut |path| {
+        let (call, as_method) = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, _)) | ASTNode::Stmt(Stmt::FnCall(call, _))) => {
+                (call, false)
+            }
+            Some(ASTNode::Expr(Expr::MethodCall(call, _))) => (call, true),
+            _ => return true,
+        };
+        match call.name.as_str() {
+            "call" | "curry" => known = false,
+            "emit" if as_method => known = false,
+            "emit" => match call.args.first().map(emit_target) {
+                Some(EmitTarget::Rooms(glob)) => rooms.push(glob),
+                Some(EmitTarget::NotARoom) => {}
+                Some(EmitTarget::Unknown) | None => known = false,
+            },
+            _ => {}
+        }
+        // Once one target is unknown, the rest do not matter.
+        known
+    });
+    known.then_some(rooms)
+}
+
+enum EmitTarget {
+    /// Rooms matching this glob.
+    Rooms(String),
+    NotARoom,
+    Unknown,
+}
+
+/// What the first argument of an `emit` call can name.
+fn emit_target(expr: &Expr) -> EmitTarget {
+    // `a + b + c` is `(a + b) + c`: the leftmost operand leads the string.
+    let mut lead = expr;
+    let mut concatenated = false;
+    while let Expr::FnCall(call, _) = lead {
+        match call.args.first() {
+            Some(left) if call.op_token.is_some() && call.name == "+" && call.args.len() == 2 => {
+                lead = left;
+                concatenated = true;
+            }
+            _ => break,
+        }
+    }
+    let Some(text) = string_constant(lead) else {
+        return EmitTarget::Unknown;
+    };
+    if !concatenated {
+        // A target that does not parse fails at run time; it names no room.
+        return match split(&text) {
+            Ok((TargetKind::Room, room)) => EmitTarget::Rooms(room.to_string()),
+            _ => EmitTarget::NotARoom,
+        };
+    }
+    match text.strip_prefix("room:") {
+        Some(room) => EmitTarget::Rooms(format!("{room}*")),
+        None if "room:".starts_with(text.as_str()) => EmitTarget::Unknown,
+        None => EmitTarget::NotARoom,
+    }
+}
+
+/// A string the compiler knows: a literal, or one Rhai's optimizer folded
+/// (`"room:" + "lobby"`).
+fn string_constant(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::StringConstant(s, _) => Some(s.to_string()),
+        Expr::DynamicConstant(value, _) if value.is_string() => {
+            value.as_ref().clone().into_string().ok()
+        }
+        _ => None,
+    }
+}
+
 /// Where line 1, column 1 of an inline script sits in its YAML file, as (line, columns
 /// before the script's first column).
 ///
@@ -109,6 +199,64 @@ fn inline_script_origin(text: &str, source: &str, pos: Pos) -> (usize, usize) {
                 pos.line.saturating_sub(blank_lines).max(1),
                 pos.col.saturating_sub(1),
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::{ScriptLimits, ScriptRuntime};
+
+    fn rooms(source: &str) -> Option<Vec<String>> {
+        let runtime = ScriptRuntime::new(&ScriptLimits::default());
+        let ast = runtime
+            .compile(source)
+            .unwrap_or_else(|e| panic!("{source}: {e:?}"));
+        emitted_rooms(&ast)
+    }
+
+    #[test]
+    fn literal_targets_name_their_rooms() {
+        assert_eq!(
+            rooms(r#"emit("room:lobby", "e", 1); emit("all", "e", 2); emit("user:ann", "e", 3);"#),
+            Some(vec!["lobby".to_string()])
+        );
+        assert_eq!(rooms("reply(1);"), Some(vec![]));
+        // Mentions that are not calls do not count.
+        assert_eq!(
+            rooms("// emit(x, \"e\", 1)\nlet s = \"emit(y)\"; reply(s);"),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn computed_targets_are_read_from_their_leading_literal() {
+        assert_eq!(
+            rooms(r#"emit("room:doc:" + data.id + ":v", "e", 1);"#),
+            Some(vec!["doc:*".to_string()])
+        );
+        assert_eq!(
+            rooms(r#"emit("room:" + data.room, "e", 1);"#),
+            Some(vec!["*".to_string()])
+        );
+        assert_eq!(rooms(r#"emit("user:" + conn.user, "e", 1);"#), Some(vec![]));
+        // Too short to tell whether it is a room.
+        assert_eq!(rooms(r#"emit("ro" + data.rest, "e", 1);"#), None);
+    }
+
+    #[test]
+    fn targets_the_source_does_not_tell_make_rooms_unknown() {
+        for source in [
+            r#"let t = "room:" + data.room; emit(t, "e", 1);"#,
+            r#"emit(data.target, "e", 1);"#,
+            r#"emit(`room:${data.room}`, "e", 1);"#,
+            r#"fn send(r) { emit(r, "e", 1) } send("room:a");"#,
+            r#"let f = Fn("emit"); f.call("room:a", "e", 1);"#,
+            r#"call(Fn("emit"), "room:a", "e", 1);"#,
+            r#""room:a".emit("e", 1);"#,
+        ] {
+            assert_eq!(rooms(source), None, "{source}");
         }
     }
 }

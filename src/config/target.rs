@@ -185,6 +185,27 @@ impl Template {
         (end > 0).then(|| rest[..end].to_string())
     }
 
+    /// Every name the template can render, as a `rooms:`-style glob: each `{{…}}` is
+    /// `*`. A literal `*` stays `*`, which only widens the set (the checks that use
+    /// this then warn less, never wrongly).
+    pub fn glob(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.as_str(),
+                Part::Data(_) | Part::ConnId | Part::ConnUser => "*",
+            })
+            .collect()
+    }
+
+    /// The one name the template renders when it has no `{{…}}`.
+    pub fn literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [Part::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn data_paths(&self) -> Vec<&[String]> {
         self.parts
             .iter()
@@ -277,6 +298,16 @@ mod tests {
                 .as_deref(),
             Some("fixed")
         );
+    }
+
+    #[test]
+    fn glob_and_literal_of_a_template() {
+        let t = Template::parse("doc:{{data.id}}:{{conn.user}}").unwrap();
+        assert_eq!(t.glob(), "doc:*:*");
+        assert_eq!(t.literal(), None);
+        let t = Template::parse("lobby").unwrap();
+        assert_eq!(t.glob(), "lobby");
+        assert_eq!(t.literal(), Some("lobby"));
     }
 
     #[test]

@@ -88,25 +88,33 @@ impl Engine {
             };
             let target = def.to.resolve(&cx).map_err(|e| unresolved(def, e))?;
             let exclude = def.exclude_sender.then(|| conn.id.clone());
-            out.push(self.envelope(target, exclude, &def.emit_as, data));
+            out.push(self.envelope(def.scope, target, exclude, &def.emit_as, data));
         }
         for emit in &effects.emits {
-            out.push(self.envelope(emit.target.clone(), None, &emit.event, &emit.data));
+            out.push(self.envelope(
+                def.scope,
+                emit.target.clone(),
+                None,
+                &emit.event,
+                &emit.data,
+            ));
         }
         Ok(out)
     }
 
-    /// One delivery, serialized. To a room with history it is left unplaced, for the
-    /// backend to give it its offset; every member receives it, the sender included,
-    /// whatever `exclude_sender` says: a member's offsets must follow one another.
+    /// One delivery, serialized. A `cluster` delivery to a room with history is left
+    /// unplaced, for the backend to give it its offset; every member receives it, the
+    /// sender included, whatever `exclude_sender` says: a member's offsets must follow
+    /// one another. A `local` one stays ephemeral: no offset, not kept.
     fn envelope(
         &self,
+        scope: Scope,
         target: Target,
         exclude: Option<ConnId>,
         event: &str,
         data: &Value,
     ) -> Envelope {
-        if let Target::Room(room) = &target {
+        if let (Target::Room(room), Scope::Cluster) = (&target, scope) {
             if let Some(policy) = self.pack.rooms.history_for(room) {
                 return Envelope {
                     frame: delivery::unplaced_frame(event, data, room),
@@ -135,9 +143,7 @@ impl Engine {
     }
 
     /// The async half of every event: cluster-wide presence for the room changes, then
-    /// the deliveries no commit carried. A delivery to a room with history is
-    /// published whatever the event's scope: its offset must mean the same on every
-    /// node. The ack waits (briefly) until this node's members have every such
+    /// the deliveries no commit carried. The ack waits (briefly) until this node's members have every such
     /// delivery, so a client sees them before the ack of the event that made them.
     pub(super) async fn finish(&self, conn: &ConnId, def: &EventDef, run: Committed) -> Outcome {
         // Idempotent, so replaying every requested change (not only the effective ones)
@@ -151,11 +157,9 @@ impl Engine {
         }
         let mut placed = run.placed;
         for envelope in run.unsent {
-            let streamed = matches!(envelope.position, Position::Unplaced(_));
-            if def.scope == Scope::Local && !streamed {
-                self.sink.deliver(&envelope);
-            } else if let Some(placement) = self.bus.publish(envelope).await? {
-                placed.push(placement);
+            match def.scope {
+                Scope::Local => self.sink.deliver(&envelope),
+                Scope::Cluster => placed.extend(self.bus.publish(envelope).await?),
             }
         }
         for placement in &placed {

@@ -25,7 +25,7 @@ use super::txn::Txn;
 use super::{Engine, ErrorCode, Failure, MAX_ATTEMPTS};
 use crate::backend::CommitOutcome;
 use crate::config::{EventDef, Scope, TemplateContext};
-use crate::delivery::{Envelope, Position};
+use crate::delivery::Envelope;
 use crate::script::{ScriptFailure, ScriptInput};
 
 /// Most runs one commit takes: bounds the work (and the retry) of one batch.
@@ -288,17 +288,13 @@ impl Engine {
             .zip(batch)
             .map(|(outcome, p)| {
                 outcome.map(|(effects, deliveries)| {
-                    // A committing run's cluster deliveries, and every delivery to a
-                    // room with history, go out with its writes.
-                    let mut unsent = Vec::new();
-                    for envelope in deliveries {
-                        let streamed = matches!(envelope.position, Position::Unplaced(_));
-                        if commits && (p.def.scope == Scope::Cluster || streamed) {
-                            publish.push(envelope);
-                        } else {
-                            unsent.push(envelope);
-                        }
-                    }
+                    // A committing run's cluster deliveries go out with its writes.
+                    let unsent = if commits && p.def.scope == Scope::Cluster {
+                        publish.extend(deliveries);
+                        Vec::new()
+                    } else {
+                        deliveries
+                    };
                     Committed {
                         reply: effects.reply,
                         room_ops: effects.room_ops,

@@ -42,6 +42,8 @@ pub struct ExpectedDelivery {
     pub to: String,
     pub event: String,
     pub data: Option<Value>,
+    /// The offset the delivery got in its room's stream (rooms with history only).
+    pub offset: Option<u64>,
 }
 
 /// The cases of one event, in file order.
@@ -228,10 +230,24 @@ impl Reader {
                         &mut self.diags,
                         file,
                         item,
-                        &["to", "event", "data"],
+                        &["to", "event", "data", "offset"],
                         &[],
                         "expected delivery",
                     );
+                    let offset = match item.get("offset") {
+                        None => None,
+                        Some(n) => match n.as_f64() {
+                            Some(v) if v >= 0.0 && v.fract() == 0.0 => Some(v as u64),
+                            _ => {
+                                self.diags.error(
+                                    file,
+                                    n.pos,
+                                    "`offset` is the delivery's position in its room's stream: a whole number (1 for a fresh room's first delivery)",
+                                );
+                                None
+                            }
+                        },
+                    };
                     let (Some(to), Some(event)) = (
                         item.get("to").and_then(Node::as_str),
                         item.get("event").and_then(Node::as_str),
@@ -247,6 +263,7 @@ impl Reader {
                         to: to.into(),
                         event: event.into(),
                         data: item.get("data").map(Node::to_json),
+                        offset,
                     });
                 }
                 Some(out)

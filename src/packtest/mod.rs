@@ -164,7 +164,7 @@ async fn run_case(
     }
     let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());
     let outcome = engine.handle(&mut conn, &def.name, case.send.clone()).await;
-    let deliveries: Vec<(String, String, Value)> = recorder
+    let deliveries: Vec<(String, String, Value, Option<u64>)> = recorder
         .0
         .lock()
         .iter()
@@ -178,6 +178,7 @@ async fn run_case(
                 to,
                 frame["event"].as_str().unwrap_or_default().to_string(),
                 frame["data"].clone(),
+                frame["offset"].as_u64(),
             )
         })
         .collect();
@@ -214,7 +215,10 @@ async fn run_case(
             let shown = || {
                 deliveries
                     .iter()
-                    .map(|(to, ev, data)| format!("{to} {ev} {data}"))
+                    .map(|(to, ev, data, offset)| match offset {
+                        Some(o) => format!("{to} {ev} {data} @{o}"),
+                        None => format!("{to} {ev} {data}"),
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             };
@@ -226,14 +230,18 @@ async fn run_case(
                     shown()
                 ));
             }
-            for (i, (want, (to, event, data))) in expected.iter().zip(&deliveries).enumerate() {
+            for (i, (want, (to, event, data, offset))) in
+                expected.iter().zip(&deliveries).enumerate()
+            {
                 let data_matches = want.data.as_ref().is_none_or(|d| d == data);
-                if &want.to != to || &want.event != event || !data_matches {
+                let offset_matches = want.offset.is_none_or(|o| Some(o) == *offset);
+                if &want.to != to || &want.event != event || !data_matches || !offset_matches {
                     return Err(format!(
-                        "delivery {i}: expected {} {} {}, got [{}]",
+                        "delivery {i}: expected {} {} {}{}, got [{}]",
                         want.to,
                         want.event,
                         want.data.clone().unwrap_or(Value::Null),
+                        want.offset.map(|o| format!(" @{o}")).unwrap_or_default(),
                         shown()
                     ));
                 }
