@@ -284,6 +284,8 @@ const ENGINE_ENV: &[&str] = &[
     "WSS_IDLE_TIMEOUT",
     "WSS_PING_INTERVAL",
     "WSS_SHUTDOWN_TIMEOUT",
+    "WSS_RESUME_TTL",
+    "WSS_RESUME_MAX_REPLAY",
 ];
 
 fn strip_ansi(line: &str) -> String {

@@ -365,6 +365,39 @@ impl Client {
     }
 
     /// Close from the client side with 1000 and wait (bounded) for the server's reply.
+    /// The oldest frame set aside while waiting for an ack, if any.
+    pub fn take_backlog(&mut self) -> Option<Value> {
+        self.backlog.pop_front()
+    }
+
+    /// This connection's session, from `$welcome`.
+    pub fn session(&self) -> String {
+        self.welcome["data"]["session"]
+            .as_str()
+            .unwrap_or_else(|| panic!("$welcome without a session: {}", self.welcome))
+            .to_string()
+    }
+
+    /// Send `$resume` for `session` with the client's `rooms` positions as its first
+    /// frame; returns the ack (frames before it stay for `recv`, in order).
+    pub async fn resume(&mut self, session: &str, rooms: Value) -> Value {
+        self.next_id += 1;
+        let id = json!(format!("r{}", self.next_id));
+        self.send_json(json!({
+            "event": "$resume",
+            "data": { "session": session, "rooms": rooms },
+            "id": id,
+        }))
+        .await;
+        self.ack(&id).await
+    }
+
+    /// Drop the TCP connection without a closing handshake: a phone that lost its
+    /// network, a laptop lid closed.
+    pub fn drop_abruptly(self) {
+        drop(self.ws);
+    }
+
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(
             WAIT,

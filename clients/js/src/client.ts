@@ -435,9 +435,17 @@ export class WssClient<T extends EventTypes = EventTypes> {
       this.#rooms.delete(room);
       this.#emit('left', { room });
     } else if (event === '$gap') {
-      // The server could not fill a hole: no position to check or resume from until
-      // the next `$joined`; a resume meanwhile reports the room as not recovered.
-      if (pos) delete pos.offset;
+      // The server could not fill a hole: deliveries up to `offset` are lost for good.
+      // The stream goes on from there (in `epoch`, new when the room's history was
+      // lost); without a position the room is unchecked until the next `$joined`.
+      if (pos) {
+        if (typeof data.epoch === 'string' && typeof data.offset === 'number') {
+          pos.epoch = data.epoch;
+          pos.offset = data.offset;
+        } else {
+          delete pos.offset;
+        }
+      }
       this.#emit('gap', { room });
     }
   }

@@ -48,8 +48,9 @@ test('acks resolve with the reply; deliveries carry data and the raw event name'
     assert.deepEqual(await b.send('chat.join', { room: 'acks' }), { room: 'acks', members: 2 });
     const [data, meta] = await withTimeout(joined, 5000, 'chat.joined for b');
     assert.deepEqual(data, { room: 'acks', conn: bConn, user: null });
-    // A room without history: neither position field, not even as undefined.
-    assert.deepEqual(meta, { event: 'chat.joined' });
+    // examples/chat keeps every room's history: the delivery carries its position
+    // (a's join was offset 1, b's announcement 2).
+    assert.deepEqual(meta, { event: 'chat.joined', room: 'acks', offset: 2 });
 
     // No reply from the script: the ack's data is null.
     const got = new Promise<unknown>((resolve) => a.on('chat.message', resolve));

@@ -206,8 +206,10 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
         tracing::info!(channels = channels.len(), "Redis Pub/Sub subscribed");
         if std::mem::replace(&mut reconnected, true) {
             // Whatever was published while this node was away never arrives: rooms
-            // with history read it back.
+            // with history read it back. And Redis may have restarted empty between
+            // two health pings: presence and sessions are written again.
             this.local.resync();
+            this.recoveries.send_modify(|n| *n += 1);
         }
         backoff = Duration::from_millis(50);
         let node_id = this.node_id.clone();

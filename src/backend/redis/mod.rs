@@ -156,7 +156,8 @@ impl RedisBackend {
         &self.node_id
     }
 
-    /// Changes each time Redis comes back after an outage: local presence is re-asserted then.
+    /// Changes each time Redis comes back after an outage (the health ping failed, or
+    /// the Pub/Sub connection broke): local presence is written again then.
     pub fn recoveries(&self) -> watch::Receiver<u64> {
         self.recoveries.subscribe()
     }

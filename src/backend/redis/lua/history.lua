@@ -14,6 +14,8 @@ local epoch = ARGV[4]
 if redis.call('HSETNX', pos, 'epoch', epoch) == 1 then
   redis.call('HSETNX', pos, 'offset', 0)
   redis.call('DEL', hist)
+  -- A position read creates the room's epoch; it lives as a publish would keep it.
+  redis.call('PEXPIRE', pos, ttl_ms + 86400000)
 else
   epoch = redis.call('HGET', pos, 'epoch')
 end
