@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// The pack directory.
     #[arg(long, env = "WSS_CONFIG", default_value = "events")]
     pub config: PathBuf,
+    /// Reload the pack when its files change (also on SIGHUP, always). The new pack is
+    /// checked in full first; one with errors leaves the served pack as it is.
+    #[arg(long, env = "WSS_WATCH")]
+    pub watch: bool,
     /// Address to listen on; port 0 picks a free port (the log says which).
     /// `SERVER_PORT` (a bare port) is honoured for compatibility.
     #[arg(long, env = "WSS_LISTEN")]

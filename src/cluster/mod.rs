@@ -116,6 +116,8 @@ impl NodeRegistry {
     /// since its last beat.
     async fn heartbeat(&mut self) -> Result<bool, BackendError> {
         self.info.connections = self.engine.router().connection_count();
+        // A reload changes it; the registry is how `wss-engine nodes` sees a mixed fleet.
+        self.info.fingerprint = self.engine.pack().fingerprint.clone();
         let info = serde_json::to_string(&self.info).unwrap_or_default();
         let added = self.backend.heartbeat(&info, self.ttl).await?;
         let was_registered = std::mem::replace(&mut self.registered, true);

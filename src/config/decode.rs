@@ -45,6 +45,8 @@ pub(super) struct Loader<'a> {
     /// What the rooms checks need to know about the pack's deliveries.
     pub(super) deliveries: RoomDeliveries,
     pub(super) fingerprint: Fingerprint,
+    /// Every file read (pack files, scripts; schemas are in `schemas.read`).
+    pub(super) sources: std::collections::BTreeSet<PathBuf>,
 }
 
 /// The rooms the pack's events deliver to, gathered while decoding them, for the
@@ -139,6 +141,7 @@ impl<'a> Loader<'a> {
                 local_fixed: Vec::new(),
             },
             fingerprint: Fingerprint::new(),
+            sources: std::collections::BTreeSet::new(),
         }
     }
 
@@ -194,6 +197,7 @@ impl<'a> Loader<'a> {
                 .unwrap_or_default(),
         );
         self.fingerprint.write(text.as_bytes());
+        self.sources.insert(file.to_path_buf());
         let root = match yaml::parse(&text) {
             Ok(Some(root)) => root,
             Ok(None) => {

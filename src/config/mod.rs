@@ -119,6 +119,9 @@ pub struct Pack {
     pub rooms: RoomRules,
     /// Hash of every file of the pack: nodes compare it to spot mixed deployments.
     pub fingerprint: String,
+    /// Every file the pack was read from (pack files, scripts, schemas): what a
+    /// `--watch` reload watches.
+    pub sources: Vec<PathBuf>,
 }
 
 impl Pack {
@@ -136,12 +139,30 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
         events,
         hooks,
         rooms,
-        fingerprint,
+        mut fingerprint,
+        mut sources,
+        schemas,
         ..
     } = loader;
     diags.sort();
     if diags.has_errors() {
         return Err(diags);
+    }
+    // Schema files count too (in path order, so the hash does not depend on the order
+    // events referred to them): a changed schema is a changed pack.
+    // Named relative to the pack (or by file name), so the fingerprint does not depend
+    // on where on disk a node keeps the pack.
+    let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for (path, text) in &schemas.read {
+        let name = path
+            .strip_prefix(&root)
+            .ok()
+            .map(Path::as_os_str)
+            .or_else(|| path.file_name())
+            .unwrap_or_default();
+        fingerprint.write(name.as_encoded_bytes());
+        fingerprint.write(text.as_bytes());
+        sources.insert(path.clone());
     }
     Ok((
         Pack {
@@ -150,6 +171,7 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
             hooks,
             rooms,
             fingerprint: fingerprint.hex(),
+            sources: sources.into_iter().collect(),
         },
         diags,
     ))

@@ -20,6 +20,9 @@ use crate::suggest::suggest;
 #[derive(Default)]
 pub struct SchemaFiles {
     docs: HashMap<PathBuf, Option<Arc<Node>>>,
+    /// Every schema file read, with its text: part of the pack's fingerprint and of
+    /// what a `--watch` reload watches.
+    pub(super) read: std::collections::BTreeMap<PathBuf, String>,
 }
 
 struct Preloaded(HashMap<String, Value>);
@@ -55,6 +58,11 @@ pub fn file_uri(path: &Path) -> String {
 }
 
 impl SchemaFiles {
+    fn remember(&mut self, canonical: &Path, text: String) -> String {
+        self.read.insert(canonical.to_path_buf(), text.clone());
+        text
+    }
+
     /// Parse a schema file once; report its problems once. `canonical` identifies the
     /// file; `path` is how the pack names it, which is what the operator should read.
     fn load(
@@ -76,7 +84,7 @@ impl SchemaFiles {
                 None
             }
             // JSON is YAML, so one parser gives positions for both kinds of schema file.
-            Ok(text) => match yaml::parse(&text) {
+            Ok(text) => match yaml::parse(&self.remember(canonical, text)) {
                 Ok(Some(node)) => Some(Arc::new(node)),
                 Ok(None) => {
                     diags.error(path, Pos::default(), "schema file is empty");

@@ -38,6 +38,7 @@ impl Loader<'_> {
                 match std::fs::read_to_string(&path) {
                     Ok(source) => {
                         self.fingerprint.write(source.as_bytes());
+                        self.sources.insert(path.clone());
                         (source, path, 1, 0)
                     }
                     Err(e) => {

@@ -115,7 +115,7 @@ impl Engine {
         data: &Value,
     ) -> Envelope {
         if let (Target::Room(room), Scope::Cluster) = (&target, scope) {
-            if let Some(policy) = self.pack.rooms.history_for(room) {
+            if let Some(policy) = self.pack.load().rooms.history_for(room) {
                 return Envelope {
                     frame: delivery::unplaced_frame(event, data, room),
                     target,
@@ -217,7 +217,7 @@ impl Engine {
 
     /// Put a connection in a room, announced by `$joined`. `Ok(false)`: it already was.
     pub(super) async fn enter(&self, conn: &ConnId, room: &str) -> Result<bool, Failure> {
-        let policy = self.pack.rooms.history_for(room);
+        let policy = self.pack.load().rooms.history_for(room);
         let change = self.router.join(conn, room, policy.is_some());
         if change == RoomChange::Unchanged {
             return Ok(false);

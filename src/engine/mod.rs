@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use crate::backend::{Bus, Channel, StateStore};
@@ -146,7 +147,9 @@ impl TokenBucket {
 }
 
 pub struct Engine {
-    pub pack: Arc<Pack>,
+    /// The pack being served. A reload swaps it whole; a message being handled keeps
+    /// the pack it started with (its event definition is an `Arc` of that pack's).
+    pack: Arc<ArcSwap<Pack>>,
     pub node_id: Arc<str>,
     scripts: Arc<ScriptRuntime>,
     store: Arc<dyn StateStore>,
@@ -178,12 +181,12 @@ pub struct EngineParts {
 /// The backend's room histories, as the router reads them to fill a hole in a stream.
 struct StoreHistory {
     store: Arc<dyn StateStore>,
-    pack: Arc<Pack>,
+    pack: Arc<ArcSwap<Pack>>,
 }
 
 impl History for StoreHistory {
     fn read(&self, room: &str, after: u64, limit: usize) -> BoxFuture<'_, Option<HistoryRead>> {
-        let Some(policy) = self.pack.rooms.history_for(room) else {
+        let Some(policy) = self.pack.load().rooms.history_for(room) else {
             return Box::pin(std::future::ready(None));
         };
         let room = room.to_string();
@@ -208,12 +211,13 @@ pub enum Hook {
 
 impl Engine {
     pub fn new(parts: EngineParts) -> Arc<Self> {
+        let pack = Arc::new(ArcSwap::new(parts.pack));
         parts.router.set_history(Arc::new(StoreHistory {
             store: parts.store.clone(),
-            pack: parts.pack.clone(),
+            pack: pack.clone(),
         }));
         Arc::new(Self {
-            pack: parts.pack,
+            pack,
             node_id: parts.node_id,
             scripts: parts.scripts,
             store: parts.store,
@@ -230,6 +234,22 @@ impl Engine {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// The pack served now.
+    pub fn pack(&self) -> Arc<Pack> {
+        self.pack.load_full()
+    }
+
+    /// Serve `pack` from now on; returns the one it replaces. Messages already being
+    /// handled finish on the old one.
+    pub fn replace_pack(&self, pack: Arc<Pack>) -> Arc<Pack> {
+        self.pack.swap(pack)
+    }
+
+    /// The script runtime, to compile a new pack with the same limits.
+    pub fn scripts(&self) -> &Arc<ScriptRuntime> {
+        &self.scripts
     }
 
     /// A new connection id: `<node>-<n>`, unique in the cluster and routable to its node.
@@ -275,7 +295,7 @@ impl Engine {
             },
         };
         // Unknown names would let a client create unbounded label sets.
-        let event_label = if self.pack.events.contains_key(event) {
+        let event_label = if self.pack.load().events.contains_key(event) {
             event.to_string()
         } else {
             "<unknown>".into()
@@ -313,7 +333,7 @@ impl Engine {
         event: &str,
         data: Value,
     ) -> Outcome {
-        let Some(def) = self.pack.event(event).cloned() else {
+        let Some(def) = self.pack.load().event(event).cloned() else {
             return Err(Failure::new(
                 ErrorCode::UnknownEvent,
                 format!("unknown event `{event}`"),
@@ -351,14 +371,15 @@ impl Engine {
 
     /// Run a lifecycle hook for a caller, if the pack has one with a script.
     pub async fn run_hook(self: &Arc<Self>, caller: &Caller, hook: Hook) -> Outcome {
-        let def = match hook {
-            Hook::Connect => &self.pack.hooks.on_connect,
-            Hook::Disconnect => &self.pack.hooks.on_disconnect,
+        let def = {
+            let pack = self.pack.load();
+            match hook {
+                Hook::Connect => pack.hooks.on_connect.clone(),
+                Hook::Disconnect => pack.hooks.on_disconnect.clone(),
+            }
         };
         match def {
-            Some(def) if def.script.is_some() => {
-                self.execute(caller, def.clone(), Value::Null).await
-            }
+            Some(def) if def.script.is_some() => self.execute(caller, def, Value::Null).await,
             _ => Ok(None),
         }
     }

@@ -134,7 +134,7 @@ impl Engine {
         room: &str,
         claim: Option<Claim>,
     ) -> Result<Restored, Failure> {
-        let policy = self.pack.rooms.history_for(room);
+        let policy = self.pack.load().rooms.history_for(room);
         let change = self.router.join(conn, room, policy.is_some());
         if change == RoomChange::Unchanged {
             // Already joined (its `$connect` hook put it there): its `$joined` stands.

@@ -6,14 +6,27 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
+/// 200 when the node can serve, 503 otherwise; the body says why, which node this is
+/// and which pack it serves (a rollout's progress, as a load balancer sees it).
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    if *state.shutdown.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    let (status, text) = if *state.shutdown.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if !(state.ready)() {
-        (StatusCode::SERVICE_UNAVAILABLE, "backend unavailable").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "backend unavailable")
     } else {
-        "ready".into_response()
-    }
+        (StatusCode::OK, "ready")
+    };
+    let body = serde_json::json!({
+        "status": text,
+        "node": &*state.engine.node_id,
+        "pack": state.engine.pack().fingerprint,
+    });
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {

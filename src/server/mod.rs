@@ -1,4 +1,7 @@
-//! The composition root: picks the backend, builds the engine, serves until shutdown.
+//! The composition root: picks the backend, builds the engine, serves until shutdown,
+//! reloading the pack on `SIGHUP` or `--watch` ([`reload`]).
+
+pub mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,6 +70,10 @@ pub struct ServerConfig {
     /// `Skip` only for the lost-update demonstration (`--unsafe-skip-version-check`).
     pub version_check: VersionCheck,
     pub sessions: SessionConfig,
+    /// Reload the pack on `SIGHUP` (the binary; in-process servers leave the signal be).
+    pub reload_on_sighup: bool,
+    /// Reload the pack when its files change (`--watch`).
+    pub watch: bool,
 }
 
 impl ServerConfig {
@@ -82,6 +89,8 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             version_check: VersionCheck::Enforce,
             sessions: SessionConfig::default(),
+            reload_on_sighup: false,
+            watch: false,
         }
     }
 }
@@ -149,6 +158,16 @@ pub async fn run(
         let task = NodeRegistry::new(backend.clone(), engine.clone(), info, *ttl);
         tokio::spawn(task.run(shutdown_rx.clone()))
     });
+    reload::record_pack(None, &pack.fingerprint);
+    if config.reload_on_sighup || config.watch {
+        tokio::spawn(reload::run(
+            engine.clone(),
+            pack.root.clone(),
+            config.reload_on_sighup,
+            config.watch,
+            shutdown_rx.clone(),
+        ));
+    }
     let ready_bus = bus.clone();
     let windows = WriteWindows::start(config.limits.write_coalesce);
     let state = AppState {
@@ -272,6 +291,8 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
             resume_ttl: args.resume_ttl,
             max_replay: args.resume_max_replay,
         },
+        reload_on_sighup: true,
+        watch: args.watch,
     };
     run(listener, config, shutdown_signal()).await
 }
