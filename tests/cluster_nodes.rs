@@ -124,3 +124,47 @@ async fn nodes_lists_live_nodes_and_warns_when_packs_differ() {
     );
     assert_eq!(list.len(), 2, "{list:?}");
 }
+
+/// Copy `tests/packs/cluster/basic` to a fresh directory a node can be reloaded from.
+fn own_pack() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(pack("basic").join("pack.yaml")).expect("read the pack");
+    std::fs::write(dir.path().join("pack.yaml"), text).expect("copy the pack");
+    dir
+}
+
+/// Whether `nodes` warns that the live nodes serve different packs.
+fn mixed(cluster: &Cluster) -> bool {
+    nodes(cluster, false).stderr.contains("different packs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_shows_a_mixed_fleet_then_agreement() {
+    let _serial = serial();
+    let (one, two) = (own_pack(), own_pack());
+    let mut cluster = Cluster::start_pack(0, &pack("basic"), &["--node-ttl", "1"]).await;
+    cluster.add_node(Some(one.path())).await;
+    cluster.add_node(Some(two.path())).await;
+    let settle = || tokio::time::sleep(Duration::from_millis(900));
+    settle().await;
+    assert!(!mixed(&cluster), "identical packs in two places are one pack");
+
+    let extra = "\n  rollout.marker:\n    scope: local\n    schema: {}\n";
+    for (dir, node) in [(&one, 0), (&two, 1)] {
+        let file = dir.path().join("pack.yaml");
+        let mut text = std::fs::read_to_string(&file).expect("read");
+        text.push_str(extra);
+        std::fs::write(&file, text).expect("write");
+        cluster.nodes[node].sighup();
+        settle().await;
+        let fingerprints: Vec<String> = listed(&nodes(&cluster, true))
+            .iter()
+            .map(|(_, _, info)| info["fingerprint"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if node == 0 {
+            assert!(mixed(&cluster), "one node reloaded: {fingerprints:?}");
+        } else {
+            assert!(!mixed(&cluster), "both reloaded: {fingerprints:?}");
+        }
+    }
+}

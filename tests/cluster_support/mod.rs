@@ -431,6 +431,11 @@ impl Node {
         signal(self.pid(), "TERM");
     }
 
+    /// SIGHUP: reload the pack.
+    pub fn sighup(&self) {
+        signal(self.pid(), "HUP");
+    }
+
     /// SIGKILL and reap: the node gets no chance to deregister or clean up.
     pub fn sigkill(&mut self) {
         let _ = self.child.kill();
