@@ -131,6 +131,30 @@ pub struct ServeArgs {
     /// connection is closed (slowloris protection; also idle keep-alive connections).
     #[arg(long, env = "WSS_HEADER_TIMEOUT", default_value = "10", value_parser = parse_secs)]
     pub header_timeout: Duration,
+    /// Origins (globs, comma-separated: `https://*.example.com`, or `*`) whose pages may
+    /// open sockets; default: the server's own origin only. Requests without an
+    /// `Origin` header (non-browser clients) always pass.
+    #[arg(long, env = "WSS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Sockets this node holds at most; more are refused with 503.
+    #[arg(long, env = "WSS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Sockets one client address may hold on this node; more are refused with 429.
+    #[arg(long, env = "WSS_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Sockets one authenticated user may hold on this node; more are refused with 429.
+    #[arg(long, env = "WSS_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+    /// Proxies (addresses or blocks, comma-separated) whose `X-Forwarded-For` gives the
+    /// client's address for the per-address limit.
+    #[arg(long, env = "WSS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::transport::edge::Cidr>,
+    /// TLS certificate chain (PEM): serve `wss://` without a proxy. Reloaded on SIGHUP.
+    #[arg(long, env = "WSS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "WSS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds a closed connection's session stays resumable (`$resume`).
     #[arg(long, env = "WSS_RESUME_TTL", default_value = "120", value_parser = parse_secs)]
     pub resume_ttl: Duration,

@@ -31,6 +31,7 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod engine;
+mod glob;
 pub mod packtest;
 pub mod script;
 pub mod server;

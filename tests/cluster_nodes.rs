@@ -147,7 +147,10 @@ async fn a_rollout_shows_a_mixed_fleet_then_agreement() {
     cluster.add_node(Some(two.path())).await;
     let settle = || tokio::time::sleep(Duration::from_millis(900));
     settle().await;
-    assert!(!mixed(&cluster), "identical packs in two places are one pack");
+    assert!(
+        !mixed(&cluster),
+        "identical packs in two places are one pack"
+    );
 
     let extra = "\n  rollout.marker:\n    scope: local\n    schema: {}\n";
     for (dir, node) in [(&one, 0), (&two, 1)] {

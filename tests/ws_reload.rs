@@ -97,17 +97,29 @@ async fn sighup_swaps_a_valid_pack_and_refuses_an_invalid_one_without_dropping_a
 
     write_atomically(&file, BROKEN);
     server.signal("HUP");
-    eventually(Duration::from_secs(10), "the refused reload is counted", || {
-        let server = &server;
-        async move { (metric(server, "wss_pack_reloads_total", "invalid").await >= 1.0).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the refused reload is counted",
+        || {
+            let server = &server;
+            async move {
+                (metric(server, "wss_pack_reloads_total", "invalid").await >= 1.0).then_some(())
+            }
+        },
+    )
     .await;
     assert_eq!(version(&mut c).await, 2, "the old pack keeps serving");
     assert_eq!(ready_pack(&server).await, second);
     let log = server.log_text();
-    assert!(log.contains("unknown field \"scpoe\""), "diagnostics are logged:\n{log}");
+    assert!(
+        log.contains("unknown field \"scpoe\""),
+        "diagnostics are logged:\n{log}"
+    );
     assert!(log.contains("pack reload refused"), "{log}");
-    assert_eq!(metric(&server, "wss_pack_reloads_total", "\"ok\"").await, 1.0);
+    assert_eq!(
+        metric(&server, "wss_pack_reloads_total", "\"ok\"").await,
+        1.0
+    );
     assert_eq!(metric(&server, "wss_pack_info", &second).await, 1.0);
     assert_eq!(metric(&server, "wss_pack_info", &first).await, 0.0);
 
@@ -153,7 +165,10 @@ async fn watch_follows_rename_saves_and_configmap_symlink_swaps_and_debounces_bu
     until_version(&mut c, 119, "the burst's last version is served").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let reloads = metric(&server, "wss_pack_reloads_total", "").await - before;
-    assert!((1.0..=3.0).contains(&reloads), "{reloads} reloads for one burst");
+    assert!(
+        (1.0..=3.0).contains(&reloads),
+        "{reloads} reloads for one burst"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@
 //! every delivery to a room) and the star-glob algebra that `check` uses to tell which
 //! patterns no delivery can reach (see `checks.rs`).
 
+use crate::glob::{glob_matches, Glob};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,62 +113,6 @@ impl RoomRules {
             self.literals.entry(rule.pattern.clone()).or_insert(index);
         }
         self.rules.push(rule);
-    }
-}
-
-/// A pattern with at least one `*`, split at its stars: `doc:*:v*` is `["doc:", ":v",
-/// ""]`. The first part must start the name, the last must end it, and the ones between
-/// must appear in order; taking each at its leftmost place is always right when `*` is
-/// the only wildcard, so matching is a few substring searches and never backtracks.
-#[derive(Debug, Clone)]
-struct Glob {
-    /// At least two parts (one more than there are stars).
-    parts: Vec<String>,
-}
-
-impl Glob {
-    fn new(pattern: &str) -> Self {
-        Self {
-            parts: pattern.split('*').map(str::to_string).collect(),
-        }
-    }
-
-    fn matches(&self, text: &str) -> bool {
-        let Some((first, rest)) = self.parts.split_first() else {
-            return text.is_empty();
-        };
-        let Some((last, middle)) = rest.split_last() else {
-            return text == first;
-        };
-        if text.len() < first.len() + last.len()
-            || !text.starts_with(first.as_str())
-            || !text.ends_with(last.as_str())
-        {
-            return false;
-        }
-        // Both bounds are char boundaries: they end `first` and start `last`.
-        let Some(mut rest) = text.get(first.len()..text.len() - last.len()) else {
-            return false;
-        };
-        for part in middle {
-            match rest.find(part.as_str()) {
-                Some(at) => match rest.get(at + part.len()..) {
-                    Some(after) => rest = after,
-                    None => return false,
-                },
-                None => return false,
-            }
-        }
-        true
-    }
-}
-
-/// Whether `pattern` (`*` a wildcard, all else literal) matches `text`.
-pub(super) fn glob_matches(pattern: &str, text: &str) -> bool {
-    if pattern.contains('*') {
-        Glob::new(pattern).matches(text)
-    } else {
-        pattern == text
     }
 }
 

@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use arc_swap::ArcSwap;
+use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::backend::{Bus, Channel, StateStore};

@@ -5,6 +5,7 @@ pub mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,7 +23,8 @@ use crate::config::{self, Pack};
 use crate::delivery::{Router, Sink, WriteWindows};
 use crate::engine::{Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
-use crate::transport::listener::HttpLimits;
+use crate::transport::edge::EdgeConfig;
+use crate::transport::listener::{HttpLimits, Tls};
 use crate::transport::{self, auth::Auth, AppState, Limits};
 
 pub fn init_tracing(format: LogFormat) {
@@ -74,6 +76,10 @@ pub struct ServerConfig {
     pub reload_on_sighup: bool,
     /// Reload the pack when its files change (`--watch`).
     pub watch: bool,
+    /// Origins and connection limits at the upgrade.
+    pub edge: EdgeConfig,
+    /// `(certificate, key)` PEM files: serve TLS (`wss://`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServerConfig {
@@ -91,6 +97,8 @@ impl ServerConfig {
             sessions: SessionConfig::default(),
             reload_on_sighup: false,
             watch: false,
+            edge: EdgeConfig::default(),
+            tls: None,
         }
     }
 }
@@ -110,6 +118,10 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(Tls::load(cert, key).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let node_id: Arc<str> = Arc::from(new_node_id());
     let router = Router::new();
     let addr = listener.local_addr()?;
@@ -163,6 +175,7 @@ pub async fn run(
         tokio::spawn(reload::run(
             engine.clone(),
             pack.root.clone(),
+            tls.clone().filter(|_| config.reload_on_sighup),
             config.reload_on_sighup,
             config.watch,
             shutdown_rx.clone(),
@@ -178,14 +191,20 @@ pub async fn run(
         ready: Arc::new(move || ready_bus.is_ready()),
         metrics: metrics_handle(),
         windows,
+        gate: transport::edge::Gate::new(config.edge),
     };
-    tracing::info!(%addr, node = %node_id, "listening: ws://{addr}/ws");
+    if tls.is_some() {
+        tracing::info!(%addr, node = %node_id, "listening: wss://{addr}/ws");
+    } else {
+        tracing::info!(%addr, node = %node_id, "listening: ws://{addr}/ws");
+    }
 
     let app = transport::router(state);
     let server = tokio::spawn(transport::listener::serve(
         listener,
         app,
         config.http,
+        tls,
         shutdown_tx.subscribe(),
     ));
 
@@ -293,6 +312,18 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         },
         reload_on_sighup: true,
         watch: args.watch,
+        edge: EdgeConfig {
+            allowed_origins: args.allowed_origins.clone(),
+            max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
+            max_connections_per_user: args.max_connections_per_user,
+            trusted_proxies: args.trusted_proxies.clone(),
+        },
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        },
     };
     run(listener, config, shutdown_signal()).await
 }

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Pack};
 use crate::engine::Engine;
+use crate::transport::listener::Tls;
 
 /// Quiet time after the last file event before a reload starts.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -115,11 +116,12 @@ pub async fn reload(engine: &Arc<Engine>, dir: &Path) -> Reloaded {
     outcome
 }
 
-/// Reload on `SIGHUP` (when `sighup`) and on file changes (when `watch_files`) until
-/// `shutdown` flips.
+/// Reload on `SIGHUP` (when `sighup`; the TLS certificate too) and on file changes
+/// (when `watch_files`) until `shutdown` flips.
 pub async fn run(
     engine: Arc<Engine>,
     dir: PathBuf,
+    tls: Option<Arc<Tls>>,
     sighup: bool,
     watch_files: bool,
     mut shutdown: watch::Receiver<bool>,
@@ -144,6 +146,12 @@ pub async fn run(
                 }
             } => {
                 tracing::info!("SIGHUP: reloading the pack");
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS certificate reload refused: the old one is still served"),
+                    }
+                }
             }
             Some(()) = changes.recv() => {
                 debounce(&mut changes).await;

@@ -9,11 +9,21 @@
 //! to a WebSocket, the socket's own limits take over.
 //!
 //! axum's `serve` does not expose hyper's HTTP/1 builder, where both limits live, hence
-//! this loop.
+//! this loop. It also terminates TLS (`--tls-cert`/`--tls-key`) for deployments without
+//! a proxy in front; the certificate is reloaded on `SIGHUP` without touching the
+//! connections already open (each keeps the certificate it was accepted with).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -21,7 +31,7 @@ use axum::http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
@@ -50,6 +60,50 @@ impl Default for HttpLimits {
 /// hyper refuses to work with a smaller read buffer than this, and the head must fit in it.
 pub const MIN_HEAD_BYTES: usize = 8 * 1024;
 
+/// The TLS side of the listener: a certificate and key from PEM files, swapped whole on
+/// reload.
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    acceptor: ArcSwap<TlsAcceptor>,
+}
+
+impl Tls {
+    /// Read the certificate chain and key; errors name the file and what is wrong.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self {
+            acceptor: ArcSwap::from_pointee(acceptor(cert, key)?),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }))
+    }
+
+    /// Read the files again; on any error the certificate served stays as it was.
+    pub fn reload(&self) -> Result<(), String> {
+        self.acceptor
+            .store(Arc::new(acceptor(&self.cert, &self.key)?));
+        Ok(())
+    }
+}
+
+fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("reading certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("private key {}: {e}", key.display()))?;
+    let mut config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate {} with its key: {e}", cert.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Accept connections and serve `app` on each until `shutdown` flips to `true`; then
 /// stop accepting and ask every open HTTP connection to finish its current request.
 /// Upgraded WebSockets are not tracked here: they watch the same signal themselves.
@@ -57,6 +111,7 @@ pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: HttpLimits,
+    tls: Option<Arc<Tls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = http1::Builder::new();
@@ -83,30 +138,79 @@ pub async fn serve(
                 continue;
             }
         };
-        tokio::spawn(serve_connection(
-            tcp,
+        // Deliveries are small frames written as they come: Nagle's algorithm would
+        // hold each behind the previous one's ACK (tens of ms with delayed ACKs).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let connection = Connection {
             peer,
-            builder.clone(),
-            app.clone(),
-            limits.max_header_line_bytes,
-            shutdown.clone(),
-        ));
+            builder: builder.clone(),
+            app: app.clone(),
+            max_header_line_bytes: limits.max_header_line_bytes,
+            shutdown: shutdown.clone(),
+        };
+        match &tls {
+            None => {
+                tokio::spawn(connection.serve(tcp));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor.load_full();
+                let handshake_timeout = limits.head_timeout;
+                tokio::spawn(async move {
+                    // The handshake is part of what a client must finish in time.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Err(e)) => {
+                            metrics::counter!("wss_tls_handshake_failures_total").increment(1);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("wss_http_head_timeouts_total").increment(1);
+                            tracing::debug!(%peer, "TLS handshake did not finish in time");
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
+/// One accepted connection, plain or TLS, before its first request.
+struct Connection {
+    peer: SocketAddr,
+    builder: http1::Builder,
+    app: axum::Router,
+    max_header_line_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            builder,
+            app,
+            max_header_line_bytes,
+            shutdown,
+        } = self;
+        serve_connection(io, peer, builder, app, max_header_line_bytes, shutdown).await
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
     peer: SocketAddr,
     builder: http1::Builder,
     app: axum::Router,
     max_header_line_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
-) {
-    // Deliveries are small frames written as they come: Nagle's algorithm would hold
-    // each behind the previous one's ACK (tens of ms with delayed ACKs).
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-    }
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let refused = oversized_header(&request, max_header_line_bytes);
         request.extensions_mut().insert(ConnectInfo(peer));
@@ -122,7 +226,7 @@ async fn serve_connection(
         }
     });
     let connection = builder
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
     let shut_down = async move {

@@ -5,9 +5,11 @@
 //! ws/          /ws: the upgrade, one task per socket, the protocol envelope
 //! http.rs      /healthz, /readyz, /metrics
 //! auth.rs      JWTs given at the upgrade
+//! edge.rs      origins and connection limits at the upgrade
 //! ```
 
 pub mod auth;
+pub mod edge;
 mod http;
 pub mod listener;
 pub mod ws;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Shared by every connection's link; `None` when writes are not coalesced.
     pub windows: Option<Arc<WriteWindows>>,
+    /// Origins and connection limits at the upgrade.
+    pub gate: Arc<edge::Gate>,
 }
 
 pub fn router(state: AppState) -> axum::Router {

@@ -188,9 +188,11 @@ pub fn spawn_binary(pack: &Path, args: &[&str]) -> BinaryServer {
     BinaryServer { child, addr, log }
 }
 
-/// The address in a `listening: ws://ADDR/ws` log line (text or JSON logs).
+/// The address in a `listening: ws://ADDR/ws` (or `wss://`) log line (text or JSON).
 pub fn listen_addr_in(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening: ws://")? + "listening: ws://".len()..];
+    let at = line.find("listening: ws")?;
+    let rest = &line[at..];
+    let rest = &rest[rest.find("://")? + 3..];
     rest[..rest.find("/ws")?].parse().ok()
 }
 

@@ -10,7 +10,9 @@ mod upgrade;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -57,6 +59,13 @@ pub(super) async fn upgrade(
     if *state.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    if let Err(refused) = state.gate.check_origin(request.headers(), peer.ip()) {
+        return (refused.status, refused.message).into_response();
+    }
     let bearer = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -65,6 +74,11 @@ pub(super) async fn upgrade(
     let identity = match state.auth.authenticate(query.token.as_deref().or(bearer)) {
         Ok(identity) => identity,
         Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    };
+    let ip = state.gate.client_ip(peer, request.headers());
+    let admission = match state.gate.admit(ip, identity.user.as_ref()) {
+        Ok(admission) => admission,
+        Err(refused) => return (refused.status, refused.message).into_response(),
     };
     // tungstenite's read buffer is allocated per connection and zero-filled on every
     // read attempt (one per wake of the connection task), so it dominates idle memory
@@ -78,7 +92,11 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(hard_cap))
         .max_frame_size(Some(hard_cap));
-    ws.on_upgrade(config, move |socket| serve_socket(socket, state, identity))
+    ws.on_upgrade(config, move |socket| async move {
+        // Held for as long as the socket is served: its place under the limits.
+        let _admission = admission;
+        serve_socket(socket, state, identity).await
+    })
 }
 
 /// How long closing may take: our close frame plus the client's reply (RFC 6455
