@@ -88,6 +88,9 @@ pub struct EventDef {
     pub scope: Scope,
     /// `None` only for hooks, which take no payload.
     pub schema: Option<Arc<Validator>>,
+    /// The schema as written, with every `$ref` into the pack's files inlined: what
+    /// documents of the pack show (`wss-engine asyncapi`). `None` only for hooks.
+    pub schema_json: Option<serde_json::Value>,
     pub to: TargetSpec,
     /// The name deliveries carry.
     pub emit_as: String,
