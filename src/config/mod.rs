@@ -10,6 +10,7 @@
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
+//! diff/      two loaded packs compared, for `wss-engine diff`
 //! ```
 //!
 //! The loader collects every problem as a [`Diagnostic`] with `file:line:col` and keeps
@@ -20,6 +21,7 @@
 mod checks;
 mod decode;
 pub mod diagnostic;
+pub mod diff;
 mod files;
 mod rooms;
 mod schema;
@@ -73,6 +75,9 @@ pub struct ScriptDef {
     pub file: PathBuf,
     /// Line of the script's first line in `file`.
     pub first_line: usize,
+    /// The source as written, so `wss-engine diff` can tell whether a script changed
+    /// (a compiled AST cannot be compared).
+    pub source: String,
 }
 
 impl std::fmt::Debug for ScriptDef {

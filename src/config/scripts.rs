@@ -68,6 +68,7 @@ impl Loader<'_> {
                     ast,
                     file: script_file,
                     first_line,
+                    source: source.clone(),
                 },
                 source,
             )),
