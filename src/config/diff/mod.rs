@@ -343,7 +343,10 @@ impl Differ {
             push(self, "to_changed", class, format!("{change}: {why}"));
         }
 
-        if o.emit_as != n.emit_as {
+        // Both at their default, on an event that delivered nothing: the name merely
+        // followed a rename and reached no one, before or after.
+        let renamed_quietly = o.emit_as == o.name && n.emit_as == n.name && !delivered_before;
+        if o.emit_as != n.emit_as && !renamed_quietly {
             let change = format!("emit_as `{}` → `{}`", o.emit_as, n.emit_as);
             if delivered_before {
                 push(
