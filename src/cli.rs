@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `check`, `test`, `schema`, `nodes`.
+//! The command line: `serve` (the default), `check`, `test`, `schema`, `nodes`, `diff`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +35,19 @@ pub enum Command {
     Schema,
     /// List the live nodes of a Redis cluster; warns when their packs differ.
     Nodes(NodesArgs),
+    /// List what changed between two packs, each change breaking or compatible for
+    /// connected clients; exit 1 if any is breaking, 2 if a pack does not load.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The pack deployed now.
+    pub old: PathBuf,
+    /// The pack about to replace it.
+    pub new: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,8 @@
 //! What each subcommand does, returning an exit code; `main` only parses and dispatches.
 
+mod diff;
+pub use diff::diff;
+
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 

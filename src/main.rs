@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Some(Command::Test(args)) => wss_engine::commands::test(&args),
         Some(Command::Schema) => wss_engine::commands::schema(),
         Some(Command::Nodes(args)) => wss_engine::commands::nodes(&args),
+        Some(Command::Diff(args)) => wss_engine::commands::diff(&args),
         Some(Command::Serve(args)) => wss_engine::commands::serve(args),
         None => wss_engine::commands::serve(cli.serve),
     };

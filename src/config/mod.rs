@@ -10,6 +10,7 @@
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
+//! diff/      two loaded packs compared, for `wss-engine diff`
 //! ```
 //!
 //! The loader collects every problem as a [`Diagnostic`] with `file:line:col` and keeps
@@ -20,6 +21,7 @@
 mod checks;
 mod decode;
 pub mod diagnostic;
+pub mod diff;
 mod files;
 mod rooms;
 mod schema;
@@ -73,6 +75,9 @@ pub struct ScriptDef {
     pub file: PathBuf,
     /// Line of the script's first line in `file`.
     pub first_line: usize,
+    /// The source as written, so `wss-engine diff` can tell whether a script changed
+    /// (a compiled AST cannot be compared).
+    pub source: String,
 }
 
 impl std::fmt::Debug for ScriptDef {
@@ -88,6 +93,9 @@ pub struct EventDef {
     pub scope: Scope,
     /// `None` only for hooks, which take no payload.
     pub schema: Option<Arc<Validator>>,
+    /// The schema as written, with every `$ref` into the pack's files inlined: what
+    /// documents of the pack show (`wss-engine asyncapi`). `None` only for hooks.
+    pub schema_json: Option<serde_json::Value>,
     pub to: TargetSpec,
     /// The name deliveries carry.
     pub emit_as: String,

@@ -69,6 +69,7 @@ impl Loader<'_> {
                     ast,
                     file: script_file,
                     first_line,
+                    source: source.clone(),
                 },
                 source,
             )),

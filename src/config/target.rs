@@ -80,6 +80,36 @@ impl TargetSpec {
         })
     }
 
+    /// The kind of recipient, as written before the `:`: what `wss-engine diff` compares
+    /// first (a message for a room going to a user instead reaches someone else).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Sender => "sender",
+            Self::All => "all",
+            Self::Room(_) => "room",
+            Self::User(_) => "user",
+            Self::Conn(_) => "conn",
+        }
+    }
+
+    /// Whether two targets reach the same recipients for every message: spacing inside
+    /// `{{ … }}` does not count, and `sender` is `conn:{{conn.id}}`.
+    pub fn same_recipients(&self, other: &TargetSpec) -> bool {
+        let is_sender = |t: &TargetSpec| match t {
+            Self::Sender => true,
+            Self::Conn(t) => t.parts == [Part::ConnId],
+            _ => false,
+        };
+        match (self, other) {
+            (Self::Room(a), Self::Room(b))
+            | (Self::User(a), Self::User(b))
+            | (Self::Conn(a), Self::Conn(b)) => a.parts == b.parts,
+            (a, b) if is_sender(a) && is_sender(b) => true,
+            (a, b) => a == b,
+        }
+    }
+
     /// Every `{{data.…}}` path the target reads, for cross-checks against the schema.
     pub fn data_paths(&self) -> Vec<&[String]> {
         match self {
