@@ -54,6 +54,7 @@
 //! ```
 
 mod bus;
+mod conn;
 mod keys;
 mod registry;
 mod store;
@@ -63,12 +64,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::Script;
 use tokio::sync::watch;
 
 use super::{BackendError, VersionCheck};
 use crate::delivery::Sink;
+use conn::{Batch, Commands};
 pub use keys::{node_of, Names};
 pub use registry::list_nodes;
 
@@ -80,7 +82,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct RedisBackend {
     node_id: Arc<str>,
     names: Names,
-    conn: ConnectionManager,
+    conn: Commands,
     local: Arc<dyn Sink>,
     pubsub: Arc<bus::PubSubState>,
     read_script: Script,
@@ -117,6 +119,7 @@ impl RedisBackend {
         .await
         .map_err(|_| unavailable(format!("could not reach Redis at {url} within 5 s")))?
         .map_err(unavailable)?;
+        let conn = Commands::Single(conn);
         let names = Names::new(prefix);
         let pubsub = Arc::new(bus::PubSubState::new([
             names.all_channel(),
@@ -178,13 +181,16 @@ impl RedisBackend {
         bounded(fut).await
     }
 
-    /// A command pipeline, run as one bounded call.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, BackendError> {
+    /// A batch of commands, run as one bounded call; the kept replies.
+    async fn run(&self, batch: &Batch) -> Result<Vec<redis::Value>, BackendError> {
         let mut c = self.conn.clone();
-        self.call(pipe.query_async(&mut c)).await
+        self.call(batch.run(&mut c)).await
+    }
+
+    /// One command, as one bounded call.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackendError> {
+        let mut c = self.conn.clone();
+        self.call(cmd.query_async(&mut c)).await
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::conn::Batch;
 use super::store::{add_conn, add_member, keep_session};
 use super::{Names, RedisBackend};
 use crate::backend::BackendError;
@@ -23,24 +24,23 @@ impl RedisBackend {
     /// node set. `true` when the entry was missing (cleaned up while this node stalled,
     /// or Redis restarted empty).
     pub async fn heartbeat(&self, info: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.names.node(&self.node_id))
-            .arg(info)
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .ignore()
-            .sadd(self.names.nodes(), &*self.node_id);
-        let (added,): (i64,) = self.run(&pipe).await?;
-        Ok(added == 1)
+        let (node, nodes) = (self.names.node(&self.node_id), self.names.nodes());
+        let mut set = redis::cmd("SET");
+        set.arg(&node).arg(info).arg("PX").arg(ttl.as_millis() as u64);
+        let mut batch = Batch::new();
+        batch
+            .add(&node, set)
+            .keep(&nodes, redis::Cmd::sadd(&nodes, &*self.node_id));
+        let replies = self.run(&batch).await?;
+        Ok(matches!(replies.first(), Some(redis::Value::Int(1))))
     }
 
     /// Write every local connection and room membership again.
     pub async fn reassert_presence(&self, local: &[ConnSnapshot]) -> Result<(), BackendError> {
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for conn in local {
             add_conn(
-                &mut pipe,
+                &mut batch,
                 &self.names,
                 &self.node_id,
                 &conn.id,
@@ -48,28 +48,32 @@ impl RedisBackend {
                 &conn.session,
             );
             for room in &conn.rooms {
-                add_member(&mut pipe, &self.names, room, &conn.id);
+                add_member(&mut batch, &self.names, room, &conn.id);
             }
         }
-        pipe.sadd(self.names.nodes(), &*self.node_id).ignore();
-        self.run(&pipe).await
+        let nodes = self.names.nodes();
+        batch.add(&nodes, redis::Cmd::sadd(&nodes, &*self.node_id));
+        self.run(&batch).await.map(drop)
     }
 
     /// Registered nodes other than this one whose heartbeat has expired.
     pub async fn dead_nodes(&self) -> Result<Vec<String>, BackendError> {
-        let nodes: Vec<String> = self
-            .run(redis::pipe().smembers(self.names.nodes()))
-            .await
-            .map(|(nodes,): (Vec<String>,)| nodes)?;
+        let nodes: Vec<String> = self.query(&redis::Cmd::smembers(self.names.nodes())).await?;
         let others: Vec<String> = nodes.into_iter().filter(|n| **n != *self.node_id).collect();
         if others.is_empty() {
             return Ok(others);
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for node in &others {
-            pipe.exists(self.names.node(node));
+            let key = self.names.node(node);
+            batch.keep(&key, redis::Cmd::exists(&key));
         }
-        let alive: Vec<bool> = self.run(&pipe).await?;
+        let alive: Vec<bool> = self
+            .run(&batch)
+            .await?
+            .iter()
+            .map(|v| matches!(v, redis::Value::Int(1) | redis::Value::Boolean(true)))
+            .collect();
         Ok(others
             .into_iter()
             .zip(alive)
@@ -84,28 +88,27 @@ impl RedisBackend {
         node: &str,
         lease: Duration,
     ) -> Result<bool, BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.names.lease(node))
+        let mut set = redis::cmd("SET");
+        set.arg(self.names.lease(node))
             .arg(&*self.node_id)
             .arg("NX")
             .arg("PX")
             .arg(lease.as_millis() as u64);
-        let (taken,): (Option<String>,) = self.run(&pipe).await?;
+        let taken: Option<String> = self.query(&set).await?;
         Ok(taken.is_some())
     }
 
     /// The connections a dead node left registered, each with its user and rooms.
     pub async fn orphans(&self, node: &str) -> Result<Vec<OrphanConn>, BackendError> {
-        let (conns,): (Vec<(String, String)>,) = self
-            .run(redis::pipe().hgetall(self.names.node_conns(node)))
+        let conns: Vec<(String, String)> = self
+            .query(&redis::Cmd::hgetall(self.names.node_conns(node)))
             .await?;
         let mut out = Vec::with_capacity(conns.len());
         for (id, info) in conns {
             let info = serde_json::from_str::<serde_json::Value>(&info).unwrap_or_default();
             let field = |name: &str| info.get(name).and_then(|u| u.as_str()).map(str::to_string);
-            let (rooms,): (Vec<String>,) = self
-                .run(redis::pipe().smembers(self.names.conn_rooms(&id)))
+            let rooms: Vec<String> = self
+                .query(&redis::Cmd::smembers(self.names.conn_rooms(&id)))
                 .await?;
             out.push(OrphanConn {
                 user: field("user"),
@@ -126,31 +129,37 @@ impl RedisBackend {
         conn: &OrphanConn,
         keep: Duration,
     ) -> Result<(), BackendError> {
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for room in &conn.rooms {
-            pipe.srem(self.names.room(room), &conn.id).ignore();
+            let key = self.names.room(room);
+            batch.add(&key, redis::Cmd::srem(&key, &conn.id));
         }
-        pipe.hdel(self.names.node_conns(node), &conn.id).ignore();
+        let conns = self.names.node_conns(node);
+        batch.add(&conns, redis::Cmd::hdel(&conns, &conn.id));
         match &conn.session {
-            Some(session) => keep_session(&mut pipe, &self.names, &conn.id, session, keep),
+            Some(session) => keep_session(&mut batch, &self.names, &conn.id, session, keep),
             None => {
-                pipe.del(self.names.conn_rooms(&conn.id)).ignore();
+                let rooms = self.names.conn_rooms(&conn.id);
+                batch.add(&rooms, redis::Cmd::del(&rooms));
             }
         }
-        self.run(&pipe).await
+        self.run(&batch).await.map(drop)
     }
 
     /// Remove a node from the registry: a dead one after its cleanup, or this one on a
     /// graceful shutdown (after its connections closed).
     pub async fn forget_node(&self, node: &str) -> Result<(), BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.del(self.names.node(node))
-            .ignore()
-            .del(self.names.node_conns(node))
-            .ignore()
-            .srem(self.names.nodes(), node)
-            .ignore();
-        self.run(&pipe).await
+        let (key, conns, nodes) = (
+            self.names.node(node),
+            self.names.node_conns(node),
+            self.names.nodes(),
+        );
+        let mut batch = Batch::new();
+        batch
+            .add(&key, redis::Cmd::del(&key))
+            .add(&conns, redis::Cmd::del(&conns))
+            .add(&nodes, redis::Cmd::srem(&nodes, node));
+        self.run(&batch).await.map(drop)
     }
 }
 

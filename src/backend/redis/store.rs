@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
+use super::conn::Batch;
 use super::{Names, RedisBackend};
 use crate::backend::{
     new_epoch, BackendError, Channel, Commit, CommitOutcome, Placement, Session, StateStore,
@@ -24,63 +25,65 @@ const LUA_CHUNK: usize = 1000;
 /// Presence is written in three places (a join, a leave, a whole node's presence again
 /// after Redis came back) and removed by a dead node's cleanup: these keep the room's
 /// member set and the connection's room set in step everywhere.
-pub(super) fn add_member(pipe: &mut redis::Pipeline, names: &Names, room: &str, conn: &str) {
-    pipe.sadd(names.room(room), conn)
-        .ignore()
-        .sadd(names.conn_rooms(conn), room)
-        .ignore();
+pub(super) fn add_member(batch: &mut Batch, names: &Names, room: &str, conn: &str) {
+    let (room_key, rooms_key) = (names.room(room), names.conn_rooms(conn));
+    batch
+        .add(&room_key, redis::Cmd::sadd(&room_key, conn))
+        .add(&rooms_key, redis::Cmd::sadd(&rooms_key, room));
 }
 
-pub(super) fn remove_member(pipe: &mut redis::Pipeline, names: &Names, room: &str, conn: &str) {
-    pipe.srem(names.room(room), conn)
-        .ignore()
-        .srem(names.conn_rooms(conn), room)
-        .ignore();
+pub(super) fn remove_member(batch: &mut Batch, names: &Names, room: &str, conn: &str) {
+    let (room_key, rooms_key) = (names.room(room), names.conn_rooms(conn));
+    batch
+        .add(&room_key, redis::Cmd::srem(&room_key, conn))
+        .add(&rooms_key, redis::Cmd::srem(&rooms_key, room));
 }
 
 /// A live connection of `node` in its registry hash, and its session (no TTL while the
 /// connection lives).
 pub(super) fn add_conn(
-    pipe: &mut redis::Pipeline,
+    batch: &mut Batch,
     names: &Names,
     node: &str,
     conn: &str,
     user: Option<&str>,
     session: &str,
 ) {
-    pipe.hset(
+    let (conns, session_key, rooms) = (
         names.node_conns(node),
-        conn,
-        serde_json::json!({ "user": user, "session": session }).to_string(),
-    )
-    .ignore()
-    .hset_multiple(
         names.session(session),
-        &[
-            ("user", serde_json::json!(user).to_string()),
-            ("conn", conn.to_string()),
-        ],
-    )
-    .ignore()
-    .persist(names.session(session))
-    .ignore()
-    .persist(names.conn_rooms(conn))
-    .ignore();
+        names.conn_rooms(conn),
+    );
+    let info = serde_json::json!({ "user": user, "session": session }).to_string();
+    batch
+        .add(&conns, redis::Cmd::hset(&conns, conn, info))
+        .add(
+            &session_key,
+            redis::Cmd::hset_multiple(
+                &session_key,
+                &[
+                    ("user", serde_json::json!(user).to_string()),
+                    ("conn", conn.to_string()),
+                ],
+            ),
+        )
+        .add(&session_key, redis::Cmd::persist(&session_key))
+        .add(&rooms, redis::Cmd::persist(&rooms));
 }
 
 /// A connection that is gone: its session and rooms are kept for `keep`.
 pub(super) fn keep_session(
-    pipe: &mut redis::Pipeline,
+    batch: &mut Batch,
     names: &Names,
     conn: &str,
     session: &str,
     keep: Duration,
 ) {
     let ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX).max(1);
-    pipe.pexpire(names.session(session), ms)
-        .ignore()
-        .pexpire(names.conn_rooms(conn), ms)
-        .ignore();
+    let (session_key, rooms) = (names.session(session), names.conn_rooms(conn));
+    batch
+        .add(&session_key, redis::Cmd::pexpire(&session_key, ms))
+        .add(&rooms, redis::Cmd::pexpire(&rooms, ms));
 }
 
 impl RedisBackend {
@@ -289,15 +292,15 @@ impl StateStore for RedisBackend {
     }
 
     fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut pipe = redis::pipe();
-        add_member(pipe.atomic(), &self.names, room, conn);
-        async move { self.run(&pipe).await }.boxed()
+        let mut batch = Batch::new().atomic();
+        add_member(&mut batch, &self.names, room, conn);
+        async move { self.run(&batch).await.map(drop) }.boxed()
     }
 
     fn leave(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut pipe = redis::pipe();
-        remove_member(pipe.atomic(), &self.names, room, conn);
-        async move { self.run(&pipe).await }.boxed()
+        let mut batch = Batch::new().atomic();
+        remove_member(&mut batch, &self.names, room, conn);
+        async move { self.run(&batch).await.map(drop) }.boxed()
     }
 
     fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
@@ -319,9 +322,9 @@ impl StateStore for RedisBackend {
         user: Option<&str>,
         session: &str,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut pipe = redis::pipe();
-        add_conn(&mut pipe, &self.names, &self.node_id, conn, user, session);
-        async move { self.run(&pipe).await }.boxed()
+        let mut batch = Batch::new();
+        add_conn(&mut batch, &self.names, &self.node_id, conn, user, session);
+        async move { self.run(&batch).await.map(drop) }.boxed()
     }
 
     fn close_conn(
@@ -331,23 +334,23 @@ impl StateStore for RedisBackend {
         rooms: &[Arc<str>],
         keep: Duration,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut batch = Batch::new().atomic();
         for room in rooms {
             // Out of the room's members; the connection keeps the room in its set, for
             // a resume.
-            pipe.srem(self.names.room(room), conn.as_ref()).ignore();
+            let key = self.names.room(room);
+            batch.add(&key, redis::Cmd::srem(&key, conn.as_ref()));
         }
-        pipe.hdel(self.names.node_conns(&self.node_id), conn.as_ref())
-            .ignore();
-        keep_session(&mut pipe, &self.names, conn, session, keep);
-        async move { self.run(&pipe).await }.boxed()
+        let conns = self.names.node_conns(&self.node_id);
+        batch.add(&conns, redis::Cmd::hdel(&conns, conn.as_ref()));
+        keep_session(&mut batch, &self.names, conn, session, keep);
+        async move { self.run(&batch).await.map(drop) }.boxed()
     }
 
     fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
         let key = self.names.session(id);
         async move {
-            let (fields,): (Vec<(String, String)>,) = self.run(redis::pipe().hgetall(&key)).await?;
+            let fields: Vec<(String, String)> = self.query(&redis::Cmd::hgetall(&key)).await?;
             let field = |name: &str| {
                 fields
                     .iter()
@@ -360,8 +363,8 @@ impl StateStore for RedisBackend {
             let user = field("user")
                 .and_then(|u| serde_json::from_str::<Option<String>>(&u).ok())
                 .flatten();
-            let (mut rooms,): (Vec<String>,) = self
-                .run(redis::pipe().smembers(self.names.conn_rooms(&conn)))
+            let mut rooms: Vec<String> = self
+                .query(&redis::Cmd::smembers(self.names.conn_rooms(&conn)))
                 .await?;
             rooms.sort();
             Ok(Some(Session { user, conn, rooms }))
