@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `check`, `test`, `schema`, `nodes`.
+//! The command line: `serve` (the default), `check`, `test`, `schema`, `asyncapi`, `nodes`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub enum Command {
     Test(TestArgs),
     /// Print the JSON Schema of the pack format.
     Schema,
+    /// Print the AsyncAPI 3.0 document of a pack: what a client sends and receives.
+    Asyncapi(AsyncapiArgs),
     /// List the live nodes of a Redis cluster; warns when their packs differ.
     Nodes(NodesArgs),
 }
@@ -68,6 +70,20 @@ pub struct CheckArgs {
     /// Print the events of a valid pack (name, scope, to, description).
     #[arg(long)]
     pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AsyncapiArgs {
+    /// The pack directory.
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: DocFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DocFormat {
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]

@@ -383,11 +383,16 @@ impl<'a> Loader<'a> {
         if self.diags.error_count() > errors_before {
             return;
         }
+        let schema_json = match (&schema, def.get("schema")) {
+            (Some(_), Some(node)) => Some(self.schemas.inlined(file, node)),
+            _ => None,
+        };
         let to_pos = def.get("to").map_or(pos, |n| n.pos);
         let event = Arc::new(EventDef {
             name: name.to_string(),
             scope,
             schema,
+            schema_json,
             to,
             emit_as,
             exclude_sender,

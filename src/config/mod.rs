@@ -10,6 +10,8 @@
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
+//! shapes.rs  what a script emits, replies and delivers, read from its source
+//! asyncapi.rs the AsyncAPI document of a pack (`wss-engine asyncapi`)
 //! ```
 //!
 //! The loader collects every problem as a [`Diagnostic`] with `file:line:col` and keeps
@@ -17,6 +19,7 @@
 //! touches the network or starts a runtime. `tests:` cases are the business of
 //! `crate::packtest`, which reads them from the same files.
 
+pub mod asyncapi;
 mod checks;
 mod decode;
 pub mod diagnostic;
@@ -24,6 +27,7 @@ mod files;
 mod rooms;
 mod schema;
 mod scripts;
+pub mod shapes;
 pub mod target;
 pub mod yaml;
 
@@ -88,6 +92,9 @@ pub struct EventDef {
     pub scope: Scope,
     /// `None` only for hooks, which take no payload.
     pub schema: Option<Arc<Validator>>,
+    /// The schema as written, with every `$ref` into the pack's files inlined: what
+    /// documents of the pack show (`wss-engine asyncapi`). `None` only for hooks.
+    pub schema_json: Option<serde_json::Value>,
     pub to: TargetSpec,
     /// The name deliveries carry.
     pub emit_as: String,
