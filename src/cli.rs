@@ -184,6 +184,10 @@ pub struct ServeArgs {
     /// Demonstration only: commit without checking read versions (lost updates).
     #[arg(long, hide = true)]
     pub unsafe_skip_version_check: bool,
+    /// Serve the files of this directory at `/` (a web page for the pack); `/ws`,
+    /// `/healthz`, `/readyz` and `/metrics` keep their meaning.
+    #[arg(long = "static", env = "WSS_STATIC", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
     /// HS256 secret for verifying client JWTs.
     #[arg(long, env = "WSS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -20,6 +20,7 @@ use crate::delivery::{Router, Sink, WriteWindows};
 use crate::engine::{Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
 use crate::transport::listener::HttpLimits;
+use crate::transport::static_files::StaticFiles;
 use crate::transport::{self, auth::Auth, AppState, Limits};
 
 pub fn init_tracing(format: LogFormat) {
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     /// `Skip` only for the lost-update demonstration (`--unsafe-skip-version-check`).
     pub version_check: VersionCheck,
     pub sessions: SessionConfig,
+    /// `--static DIR`: a web page served at `/`.
+    pub static_files: Option<StaticFiles>,
 }
 
 impl ServerConfig {
@@ -82,6 +85,7 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             version_check: VersionCheck::Enforce,
             sessions: SessionConfig::default(),
+            static_files: None,
         }
     }
 }
@@ -159,6 +163,7 @@ pub async fn run(
         ready: Arc::new(move || ready_bus.is_ready()),
         metrics: metrics_handle(),
         windows,
+        static_files: config.static_files.map(Arc::new),
     };
     tracing::info!(%addr, node = %node_id, "listening: ws://{addr}/ws");
 
@@ -240,6 +245,15 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         VersionCheck::Enforce
     };
+    let static_files = match &args.static_dir {
+        Some(dir) => {
+            let files = StaticFiles::new(dir)
+                .with_context(|| format!("--static {}: not a readable directory", dir.display()))?;
+            tracing::info!(dir = %files.root().display(), "serving static files at /");
+            Some(files)
+        }
+        None => None,
+    };
     let listen: SocketAddr = args.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -272,6 +286,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
             resume_ttl: args.resume_ttl,
             max_replay: args.resume_max_replay,
         },
+        static_files,
     };
     run(listener, config, shutdown_signal()).await
 }

@@ -4,12 +4,14 @@
 //! listener.rs  accept loop: HTTP/1 connections, request heads bounded in size and time
 //! ws/          /ws: the upgrade, one task per socket, the protocol envelope
 //! http.rs      /healthz, /readyz, /metrics
+//! static_files.rs  `--static DIR`: a web page's files at `/`, the router's fallback
 //! auth.rs      JWTs given at the upgrade
 //! ```
 
 pub mod auth;
 mod http;
 pub mod listener;
+pub mod static_files;
 pub mod ws;
 
 use std::sync::Arc;
@@ -56,13 +58,21 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Shared by every connection's link; `None` when writes are not coalesced.
     pub windows: Option<Arc<WriteWindows>>,
+    /// `--static DIR`: files served at `/` where no other route matches.
+    pub static_files: Option<Arc<static_files::StaticFiles>>,
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    axum::Router::new()
+    let router = axum::Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics))
-        .with_state(state)
+        .route("/metrics", get(http::metrics));
+    // A fallback, so every route above wins over a file of the same name.
+    let router = if state.static_files.is_some() {
+        router.fallback(static_files::serve)
+    } else {
+        router
+    };
+    router.with_state(state)
 }
