@@ -378,13 +378,24 @@ pub fn shape(expr: &Expr, input: Option<&Value>) -> Value {
     }
 }
 
-/// The schema of `data.a.b` in `schema` (through `properties` only).
+/// The schema of `data.a.b` in `schema` (through `properties` only). A property that
+/// is not `required` may be absent, which a script reads as `()`: `null` when sent on.
 fn property_schema(schema: &Value, path: &[&str]) -> Option<Value> {
     let mut at = schema;
+    let mut optional = false;
     for p in path {
+        let required = at
+            .get("required")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.contains(&json!(p)));
+        optional |= !required;
         at = at.get("properties")?.get(*p)?;
     }
-    Some(at.clone())
+    Some(if optional {
+        json!({ "anyOf": [at, { "type": "null" }] })
+    } else {
+        at.clone()
+    })
 }
 
 /// The shape of a constant.
