@@ -125,8 +125,13 @@ fn the_chat_example_has_an_operation_per_event_and_inlined_schemas() {
 
     // Emitted by a script: the map literal's fields, `room` typed from the payload.
     let joined = &message(&doc, "receive.chat.joined")["payload"]["properties"]["data"];
-    assert_eq!(joined["required"], json!(["room", "conn", "user"]));
+    assert_eq!(joined["required"], json!(["room", "conn", "user", "name"]));
     assert_eq!(joined["properties"]["room"]["type"], "string");
+    // `name` is optional in the payload: absent, the script sends null on.
+    assert_eq!(
+        joined["properties"]["name"]["anyOf"][1],
+        json!({ "type": "null" })
+    );
     let reply = &message(&doc, "ack.chat.join")["payload"]["properties"]["data"];
     assert_eq!(reply["properties"]["members"], json!({ "type": "integer" }));
 

@@ -64,12 +64,12 @@ impl StaticFiles {
     /// The file a request path names, or why none is served.
     fn resolve(&self, path: &str) -> Result<Found, StatusCode> {
         let mut file = self.root.clone();
-        let mut segments = path.split('/').peekable();
+        let mut segments = path.split('/');
         // The path of an origin-form request starts with `/`: the first segment is empty.
         if segments.next() != Some("") {
             return Err(StatusCode::BAD_REQUEST);
         }
-        while let Some(raw) = segments.next() {
+        for raw in segments {
             if raw.is_empty() {
                 continue;
             }
