@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `check`, `test`, `schema`, `nodes`, `diff`.
+//! The command line: `serve` (the default), `check`, `test`, `schema`, `asyncapi`, `nodes`, `diff`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub enum Command {
     Test(TestArgs),
     /// Print the JSON Schema of the pack format.
     Schema,
+    /// Print the AsyncAPI 3.0 document of a pack: what a client sends and receives.
+    Asyncapi(AsyncapiArgs),
     /// List the live nodes of a Redis cluster; warns when their packs differ.
     Nodes(NodesArgs),
     /// List what changed between two packs, each change breaking or compatible for
@@ -81,6 +83,20 @@ pub struct CheckArgs {
     /// Print the events of a valid pack (name, scope, to, description).
     #[arg(long)]
     pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AsyncapiArgs {
+    /// The pack directory.
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: DocFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DocFormat {
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +225,10 @@ pub struct ServeArgs {
     /// Demonstration only: commit without checking read versions (lost updates).
     #[arg(long, hide = true)]
     pub unsafe_skip_version_check: bool,
+    /// Serve the files of this directory at `/` (a web page for the pack); `/ws`,
+    /// `/healthz`, `/readyz` and `/metrics` keep their meaning.
+    #[arg(long = "static", env = "WSS_STATIC", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
     /// HS256 secret for verifying client JWTs.
     #[arg(long, env = "WSS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

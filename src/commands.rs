@@ -8,12 +8,46 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{CheckArgs, NodesArgs, OutputFormat, ServeArgs, TestArgs};
+use crate::cli::{
+    AsyncapiArgs, CheckArgs, DocFormat, NodesArgs, OutputFormat, ServeArgs, TestArgs,
+};
 use crate::config::{self, Diagnostics};
 use crate::script::{ScriptLimits, ScriptRuntime};
 
 pub fn schema() -> anyhow::Result<ExitCode> {
     print!("{}", config::PACK_SCHEMA);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The AsyncAPI document of a pack; a pack with errors prints them (as `check` does)
+/// and fails.
+pub fn asyncapi(args: &AsyncapiArgs) -> anyhow::Result<ExitCode> {
+    let runtime = ScriptRuntime::new(&ScriptLimits::default());
+    let pack = match config::load(&args.dir, &runtime) {
+        Ok((pack, _warnings)) => pack,
+        Err(diags) => {
+            print_diagnostics(&mut std::io::stderr().lock(), &diags)?;
+            eprintln!(
+                "{}: the pack has errors; run `wss-engine check {}`",
+                args.dir.display(),
+                args.dir.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let title = std::fs::canonicalize(&args.dir)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| args.dir.display().to_string());
+    let doc = config::asyncapi::document(&pack, &title);
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        DocFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
+        }
+        DocFormat::Yaml => write!(out, "{}", config::asyncapi::to_yaml(&doc))?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

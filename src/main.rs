@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => wss_engine::commands::check(&args),
         Some(Command::Test(args)) => wss_engine::commands::test(&args),
         Some(Command::Schema) => wss_engine::commands::schema(),
+        Some(Command::Asyncapi(args)) => wss_engine::commands::asyncapi(&args),
         Some(Command::Nodes(args)) => wss_engine::commands::nodes(&args),
         Some(Command::Diff(args)) => wss_engine::commands::diff(&args),
         Some(Command::Serve(args)) => wss_engine::commands::serve(args),

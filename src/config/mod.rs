@@ -11,6 +11,8 @@
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
 //! diff/      two loaded packs compared, for `wss-engine diff`
+//! shapes.rs  what a script emits, replies and delivers, read from its source
+//! asyncapi.rs the AsyncAPI document of a pack (`wss-engine asyncapi`)
 //! ```
 //!
 //! The loader collects every problem as a [`Diagnostic`] with `file:line:col` and keeps
@@ -18,6 +20,7 @@
 //! touches the network or starts a runtime. `tests:` cases are the business of
 //! `crate::packtest`, which reads them from the same files.
 
+pub mod asyncapi;
 mod checks;
 mod decode;
 pub mod diagnostic;
@@ -26,6 +29,7 @@ mod files;
 mod rooms;
 mod schema;
 mod scripts;
+pub mod shapes;
 pub mod target;
 pub mod yaml;
 

@@ -25,6 +25,7 @@ use crate::engine::{Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
 use crate::transport::edge::EdgeConfig;
 use crate::transport::listener::{HttpLimits, Tls};
+use crate::transport::static_files::StaticFiles;
 use crate::transport::{self, auth::Auth, AppState, Limits};
 
 pub fn init_tracing(format: LogFormat) {
@@ -80,6 +81,8 @@ pub struct ServerConfig {
     pub edge: EdgeConfig,
     /// `(certificate, key)` PEM files: serve TLS (`wss://`).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--static DIR`: a web page served at `/`.
+    pub static_files: Option<StaticFiles>,
 }
 
 impl ServerConfig {
@@ -99,6 +102,7 @@ impl ServerConfig {
             watch: false,
             edge: EdgeConfig::default(),
             tls: None,
+            static_files: None,
         }
     }
 }
@@ -192,6 +196,7 @@ pub async fn run(
         metrics: metrics_handle(),
         windows,
         gate: transport::edge::Gate::new(config.edge),
+        static_files: config.static_files.map(Arc::new),
     };
     if tls.is_some() {
         tracing::info!(%addr, node = %node_id, "listening: wss://{addr}/ws");
@@ -278,6 +283,15 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         VersionCheck::Enforce
     };
+    let static_files = match &args.static_dir {
+        Some(dir) => {
+            let files = StaticFiles::new(dir)
+                .with_context(|| format!("--static {}: not a readable directory", dir.display()))?;
+            tracing::info!(dir = %files.root().display(), "serving static files at /");
+            Some(files)
+        }
+        None => None,
+    };
     let listen: SocketAddr = args.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -324,6 +338,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         },
+        static_files,
     };
     run(listener, config, shutdown_signal()).await
 }

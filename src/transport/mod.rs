@@ -4,6 +4,7 @@
 //! listener.rs  accept loop: HTTP/1 connections, request heads bounded in size and time
 //! ws/          /ws: the upgrade, one task per socket, the protocol envelope
 //! http.rs      /healthz, /readyz, /metrics
+//! static_files.rs  `--static DIR`: a web page's files at `/`, the router's fallback
 //! auth.rs      JWTs given at the upgrade
 //! edge.rs      origins and connection limits at the upgrade
 //! ```
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod edge;
 mod http;
 pub mod listener;
+pub mod static_files;
 pub mod ws;
 
 use std::sync::Arc;
@@ -60,13 +62,21 @@ pub struct AppState {
     pub windows: Option<Arc<WriteWindows>>,
     /// Origins and connection limits at the upgrade.
     pub gate: Arc<edge::Gate>,
+    /// `--static DIR`: files served at `/` where no other route matches.
+    pub static_files: Option<Arc<static_files::StaticFiles>>,
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    axum::Router::new()
+    let router = axum::Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(http::readyz))
-        .route("/metrics", get(http::metrics))
-        .with_state(state)
+        .route("/metrics", get(http::metrics));
+    // A fallback, so every route above wins over a file of the same name.
+    let router = if state.static_files.is_some() {
+        router.fallback(static_files::serve)
+    } else {
+        router
+    };
+    router.with_state(state)
 }

@@ -47,7 +47,7 @@ test('acks resolve with the reply; deliveries carry data and the raw event name'
     a.on('error', (e) => errors.push(e));
     assert.deepEqual(await b.send('chat.join', { room: 'acks' }), { room: 'acks', members: 2 });
     const [data, meta] = await withTimeout(joined, 5000, 'chat.joined for b');
-    assert.deepEqual(data, { room: 'acks', conn: bConn, user: null });
+    assert.deepEqual(data, { room: 'acks', conn: bConn, user: null, name: null });
     // examples/chat keeps every room's history: the delivery carries its position
     // (a's join was offset 1, b's announcement 2).
     assert.deepEqual(meta, { event: 'chat.joined', room: 'acks', offset: 2 });

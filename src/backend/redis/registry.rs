@@ -26,7 +26,10 @@ impl RedisBackend {
     pub async fn heartbeat(&self, info: &str, ttl: Duration) -> Result<bool, BackendError> {
         let (node, nodes) = (self.names.node(&self.node_id), self.names.nodes());
         let mut set = redis::cmd("SET");
-        set.arg(&node).arg(info).arg("PX").arg(ttl.as_millis() as u64);
+        set.arg(&node)
+            .arg(info)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
         let mut batch = Batch::new();
         batch
             .add(&node, set)
@@ -58,7 +61,9 @@ impl RedisBackend {
 
     /// Registered nodes other than this one whose heartbeat has expired.
     pub async fn dead_nodes(&self) -> Result<Vec<String>, BackendError> {
-        let nodes: Vec<String> = self.query(&redis::Cmd::smembers(self.names.nodes())).await?;
+        let nodes: Vec<String> = self
+            .query(&redis::Cmd::smembers(self.names.nodes()))
+            .await?;
         let others: Vec<String> = nodes.into_iter().filter(|n| **n != *self.node_id).collect();
         if others.is_empty() {
             return Ok(others);

@@ -10,8 +10,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
 use super::conn::Batch;
+use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
 use super::{Names, RedisBackend};
 use crate::backend::{
     new_epoch, BackendError, Channel, Commit, CommitOutcome, Placement, Session, StateStore,
