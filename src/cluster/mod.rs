@@ -8,9 +8,13 @@
 //! connections from rooms and runs their `$disconnect` hooks, once. A node that finds
 //! itself missing from `P nodes` (cleaned up while it was stalled, or Redis restarted
 //! empty) writes its local presence again.
+//!
+//! A missing heartbeat proves a node dead only to a node that itself reached Redis for
+//! a whole TTL: after a stall or an outage every node's heartbeat may have expired, and
+//! the live ones need one TTL to beat again before anyone may reap them.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -45,6 +49,9 @@ pub struct NodeRegistry {
     /// Set after the first successful heartbeat: a later "newly added" means someone
     /// removed this node from the registry.
     registered: bool,
+    /// Since when every heartbeat of this node succeeded (`None` after a failure or a
+    /// Redis recovery): others are judged only once this is a TTL old.
+    beating_since: Option<Instant>,
 }
 
 fn now_secs() -> u64 {
@@ -79,6 +86,7 @@ impl NodeRegistry {
             info,
             ttl,
             registered: false,
+            beating_since: None,
         }
     }
 
@@ -93,7 +101,9 @@ impl NodeRegistry {
                 _ = tick.tick() => {}
                 changed = recoveries.changed() => {
                     if changed.is_err() { return; }
-                    // Redis came back: it may have restarted empty.
+                    // Redis came back: it may have restarted empty, and every heartbeat
+                    // may have expired meanwhile.
+                    self.beating_since = None;
                     self.reassert_presence().await;
                 }
                 _ = async { let _ = shutdown.wait_for(|down| *down).await; } => break,
@@ -104,7 +114,15 @@ impl NodeRegistry {
                     self.reassert_presence().await;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+                Err(e) => {
+                    self.beating_since = None;
+                    tracing::debug!(error = %e, "heartbeat failed");
+                    continue;
+                }
+            }
+            let since = *self.beating_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.ttl {
+                continue;
             }
             if let Err(e) = self.reap_dead_nodes().await {
                 tracing::debug!(error = %e, "dead-node scan failed");
