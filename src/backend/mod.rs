@@ -40,6 +40,9 @@ pub enum BackendError {
     WrongType { key: String, expected: &'static str },
     #[error("backend protocol error: {0}")]
     Protocol(String),
+    /// Keys one script touches are in different Redis Cluster slots.
+    #[error("state keys {} are in different Redis Cluster slots, which one script cannot span: give them one hash tag, e.g. `{{room1}}:count` and `{{room1}}:list` (or declare `keys:` so `check --redis-cluster` finds it)", keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))]
+    CrossSlot { keys: Vec<String> },
 }
 
 /// One key's value in its native shape. Every element is JSON text in Redis, so the

@@ -70,6 +70,11 @@ impl From<crate::backend::BackendError> for Failure {
     /// Whatever goes wrong between the engine and its backend (unreachable, or a reply
     /// it did not expect), the client can only be told the service is unavailable.
     fn from(e: crate::backend::BackendError) -> Self {
-        Failure::new(ErrorCode::Unavailable, e.to_string())
+        let code = match e {
+            // The pack's mistake, not the backend's: the client learns which keys.
+            crate::backend::BackendError::CrossSlot { .. } => ErrorCode::ScriptError,
+            _ => ErrorCode::Unavailable,
+        };
+        Failure::new(code, e.to_string())
     }
 }

@@ -21,9 +21,9 @@ use serde_json::Value;
 
 use super::effects::{Committed, Effects, RoomOp};
 use super::host::{ConnView, Host};
-use super::txn::Txn;
+use super::txn::{Txn, TxnError};
 use super::{Engine, ErrorCode, Failure, MAX_ATTEMPTS};
-use crate::backend::CommitOutcome;
+use crate::backend::{BackendError, CommitOutcome};
 use crate::config::{EventDef, Scope, TemplateContext};
 use crate::delivery::Envelope;
 use crate::script::{ScriptFailure, ScriptInput};
@@ -62,6 +62,9 @@ enum Attempt {
     Done(Vec<Result<Committed, Failure>>),
     /// The commit found a read version changed; nothing was written. The keys involved.
     Conflict(Vec<String>),
+    /// The runs of this batch touch keys in different Redis Cluster slots, which one
+    /// commit cannot span (they met on a lock stripe): each goes on its own.
+    Split,
 }
 
 impl Engine {
@@ -105,6 +108,8 @@ impl Engine {
                     self.conflicted(&pending.def, &touched);
                     lock_keys = touched;
                 }
+                // A lone run is never split (its own cross-slot keys are its error).
+                Attempt::Split => return Err(lost()),
             }
         }
         self.run_locked(pending, &lock_keys, &runtime)
@@ -168,6 +173,12 @@ impl Engine {
                     }
                     return;
                 }
+                Ok(Attempt::Split) => {
+                    for p in batch {
+                        self.execute_batch(std::slice::from_ref(p), runtime);
+                    }
+                    return;
+                }
                 Ok(Attempt::Conflict(touched)) => {
                     for p in batch {
                         self.conflicted(&p.def, &touched);
@@ -214,7 +225,12 @@ impl Engine {
             }
         }
         if !prefetch.is_empty() {
-            txn.prefetch(prefetch)?;
+            match txn.prefetch(prefetch) {
+                Err(TxnError::Backend(BackendError::CrossSlot { .. })) if batch.len() > 1 => {
+                    return Ok(Attempt::Split)
+                }
+                other => other?,
+            }
         }
 
         // Each run: its outcome, and on success the deliveries it makes.
@@ -325,6 +341,10 @@ impl Engine {
             Ok(CommitOutcome::Conflict) => {
                 self.undo_all(batch, applied, runtime);
                 Ok(Attempt::Conflict(touched))
+            }
+            Err(BackendError::CrossSlot { .. }) if batch.len() > 1 => {
+                self.undo_all(batch, applied, runtime);
+                Ok(Attempt::Split)
             }
             Err(e) => {
                 self.undo_all(batch, applied, runtime);

@@ -12,7 +12,9 @@ use redis::Value as RedisValue;
 
 use super::store::unplaced;
 use super::wire::{decode_message, encode_message, encode_take_over, Message};
-use super::{bounded, node_of, unavailable, RedisBackend, MAX_BACKOFF, OP_TIMEOUT};
+use std::sync::Arc;
+
+use super::{bounded, node_of, unavailable, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT};
 use crate::backend::{BackendError, Bus, Channel, Placement};
 use crate::delivery::Envelope;
 
@@ -39,14 +41,6 @@ impl PubSubState {
     pub(super) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
-
-    /// Wait (bounded) for the first subscription, so a fresh node does not miss events.
-    pub(super) async fn wait_ready(&self, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.is_ready() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
 }
 
 impl Bus for RedisBackend {
@@ -58,23 +52,7 @@ impl Bus for RedisBackend {
             if let Some((room, policy)) = unplaced(&envelope) {
                 return self.place(&envelope, room, policy).await.map(Some);
             }
-            if self.needs_publish(&envelope) {
-                if let Some(channel) = self.names.target_channel(&envelope.target) {
-                    let message = encode_message(&self.node_id, &envelope);
-                    let mut c = self.conn.clone();
-                    self.call(
-                        redis::cmd("PUBLISH")
-                            .arg(&channel)
-                            .arg(message)
-                            .query_async::<i64>(&mut c),
-                    )
-                    .await?;
-                    metrics::counter!("wss_bus_published_total").increment(1);
-                }
-            }
-            // Local recipients are served directly; this node drops its own echo.
-            self.local.deliver(&envelope);
-            Ok(None)
+            self.publish_plain(&envelope).await.map(|()| None)
         }
         .boxed()
     }
@@ -87,14 +65,10 @@ impl Bus for RedisBackend {
                 self.local.take_over(&conn);
                 return Ok(());
             }
-            let mut c = self.conn.clone();
-            self.call(
-                redis::cmd("PUBLISH")
-                    .arg(self.names.node_channel(node))
-                    .arg(encode_take_over(&self.node_id, &conn))
-                    .query_async::<i64>(&mut c),
-            )
-            .await?;
+            let mut cmd = redis::cmd(self.publish_command());
+            cmd.arg(self.names.node_channel(node))
+                .arg(encode_take_over(&self.node_id, &conn));
+            self.query::<i64>(&cmd).await?;
             Ok(())
         }
         .boxed()
@@ -103,58 +77,94 @@ impl Bus for RedisBackend {
     fn watch(&self, channel: Channel) -> BoxFuture<'_, Result<(), BackendError>> {
         let name = self.names.channel(&channel);
         async move {
-            // Counted under the sink lock, so a second watcher cannot return (and its
-            // client be told "joined") while the first one's SUBSCRIBE is still in flight.
-            let mut sink = self.pubsub.sink.lock().await;
-            let first = {
-                let mut wanted = self.pubsub.wanted.lock();
-                let count = wanted.entry(name.clone()).or_insert(0);
-                *count += 1;
-                *count == 1
-            };
-            if !first {
-                return Ok(());
+            match &self.subscriber {
+                Subscriber::Single(state) => state.watch(name).await,
+                Subscriber::Cluster(shards) => shards.watch(name).await,
             }
-            let result = match sink.as_mut() {
-                Some(s) => bounded(s.subscribe(&name)).await,
-                None => Err(unavailable("Pub/Sub connection to Redis is down")),
-            };
-            // On failure the channel stays wanted: the reconnect loop subscribes every
-            // wanted channel, and the caller balances with `unwatch` if it gives up.
-            result
         }
         .boxed()
     }
 
     fn unwatch(&self, channel: Channel) {
         let name = self.names.channel(&channel);
-        self.unwatch_name(&name);
+        match &self.subscriber {
+            Subscriber::Single(state) => state.unwatch(name),
+            Subscriber::Cluster(shards) => shards.unwatch(name),
+        }
     }
 
     fn is_ready(&self) -> bool {
-        self.is_healthy() && self.pubsub.is_ready()
+        self.is_healthy() && self.subscribed()
     }
 }
 
 impl RedisBackend {
-    fn unwatch_name(&self, name: &str) {
+    /// `PUBLISH`, or `SPUBLISH` (the channel's shard only) on a Redis Cluster.
+    pub(super) fn publish_command(&self) -> &'static str {
+        if self.names.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Publish a delivery without a place in a stream, and deliver it here.
+    pub(super) async fn publish_plain(&self, envelope: &Envelope) -> Result<(), BackendError> {
+        if self.needs_publish(envelope) {
+            if let Some(channel) = self.names.target_channel(&envelope.target) {
+                let mut cmd = redis::cmd(self.publish_command());
+                cmd.arg(&channel)
+                    .arg(encode_message(&self.node_id, envelope));
+                self.query::<i64>(&cmd).await?;
+                metrics::counter!("wss_bus_published_total").increment(1);
+            }
+        }
+        // Local recipients are served directly; this node drops its own echo.
+        self.local.deliver(envelope);
+        Ok(())
+    }
+}
+
+impl PubSubState {
+    /// A local recipient appeared for `channel`; resolves once subscribed.
+    pub(super) async fn watch(&self, name: String) -> Result<(), BackendError> {
+        // Counted under the sink lock, so a second watcher cannot return (and its
+        // client be told "joined") while the first one's SUBSCRIBE is still in flight.
+        let mut sink = self.sink.lock().await;
+        let first = {
+            let mut wanted = self.wanted.lock();
+            let count = wanted.entry(name.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if !first {
+            return Ok(());
+        }
+        // On failure the channel stays wanted: the reconnect loop subscribes every
+        // wanted channel, and the caller balances with `unwatch` if it gives up.
+        match sink.as_mut() {
+            Some(s) => bounded(s.subscribe(&name)).await,
+            None => Err(unavailable("Pub/Sub connection to Redis is down")),
+        }
+    }
+
+    pub(super) fn unwatch(self: &Arc<Self>, name: String) {
         let last = {
-            let mut wanted = self.pubsub.wanted.lock();
-            match wanted.get_mut(name) {
+            let mut wanted = self.wanted.lock();
+            match wanted.get_mut(&name) {
                 Some(count) if *count > 1 => {
                     *count -= 1;
                     false
                 }
                 Some(_) => {
-                    wanted.remove(name);
+                    wanted.remove(&name);
                     true
                 }
                 None => false,
             }
         };
         if last {
-            let pubsub = self.pubsub.clone();
-            let name = name.to_string();
+            let pubsub = self.clone();
             tokio::spawn(async move {
                 let mut sink = pubsub.sink.lock().await;
                 // Re-check: a join may have wanted it again while we waited for the lock.
@@ -178,6 +188,10 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
         let Some(this) = backend.upgrade() else {
             return;
         };
+        let Subscriber::Single(state) = &this.subscriber else {
+            return;
+        };
+        let state = state.clone();
         let connected =
             tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
         let pubsub = match connected {
@@ -190,8 +204,8 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        let mut guard = this.pubsub.sink.lock().await;
-        let channels: Vec<String> = this.pubsub.wanted.lock().keys().cloned().collect();
+        let mut guard = state.sink.lock().await;
+        let channels: Vec<String> = state.wanted.lock().keys().cloned().collect();
         let subscribed = bounded(sink.subscribe(&channels)).await;
         if subscribed.is_err() {
             drop(guard);
@@ -202,7 +216,7 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
         }
         *guard = Some(sink);
         drop(guard);
-        this.pubsub.ready.store(true, Ordering::Release);
+        state.ready.store(true, Ordering::Release);
         tracing::info!(channels = channels.len(), "Redis Pub/Sub subscribed");
         if std::mem::replace(&mut reconnected, true) {
             // Whatever was published while this node was away never arrives: rooms
@@ -214,7 +228,6 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
         backoff = Duration::from_millis(50);
         let node_id = this.node_id.clone();
         let local = this.local.clone();
-        let state = this.pubsub.clone();
         drop(this);
 
         // Forward messages until the connection ends. A ping every few seconds notices a

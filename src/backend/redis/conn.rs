@@ -85,10 +85,6 @@ impl Batch {
         self
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.cmds.is_empty()
-    }
-
     /// Send the batch; the replies of the kept commands, in order.
     pub async fn run(&self, conn: &mut Commands) -> redis::RedisResult<Vec<Value>> {
         if self.cmds.is_empty() {

@@ -38,6 +38,10 @@ impl Names {
         self.cluster
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// `{name}` on a cluster: what follows a kind of key decides its slot.
     fn tagged(&self, kind: &str, name: &str) -> String {
         if self.cluster {

@@ -57,6 +57,7 @@ mod bus;
 mod conn;
 mod keys;
 mod registry;
+mod shards;
 mod store;
 mod wire;
 
@@ -73,6 +74,7 @@ use crate::delivery::Sink;
 use conn::{Batch, Commands};
 pub use keys::{node_of, Names};
 pub use registry::list_nodes;
+use shards::{ShardPushes, Shards};
 
 /// Longest any single Redis call may take before the caller gets `unavailable`.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,7 +86,7 @@ pub struct RedisBackend {
     names: Names,
     conn: Commands,
     local: Arc<dyn Sink>,
-    pubsub: Arc<bus::PubSubState>,
+    subscriber: Subscriber,
     read_script: Script,
     commit_script: Script,
     publish_script: Script,
@@ -97,6 +99,8 @@ pub struct RedisBackend {
 
 impl RedisBackend {
     /// Connect, start the Pub/Sub and health tasks, subscribe the always-on channels.
+    /// `url` is `redis://…` (one Redis) or `redis+cluster://h1:p1,h2:p2,…` (a Redis
+    /// Cluster: any of its nodes; the rest is discovered).
     pub async fn connect(
         url: &str,
         prefix: &str,
@@ -104,33 +108,44 @@ impl RedisBackend {
         local: Arc<dyn Sink>,
         version_check: VersionCheck,
     ) -> Result<Arc<Self>, BackendError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| BackendError::Protocol(format!("bad Redis URL `{url}`: {e}")))?;
-        // Defaults give up reconnecting after a few seconds; a node must outlive any outage.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(usize::MAX / 2)
-            .set_max_delay(MAX_BACKOFF)
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(OP_TIMEOUT));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable(format!("could not reach Redis at {url} within 5 s")))?
-        .map_err(unavailable)?;
-        let conn = Commands::Single(conn);
-        let names = Names::new(prefix);
-        let pubsub = Arc::new(bus::PubSubState::new([
-            names.all_channel(),
-            names.node_channel(&node_id),
-        ]));
+        let cluster = cluster_nodes(url);
+        let names = match cluster {
+            Some(_) if prefix.contains(['{', '}']) => {
+                return Err(BackendError::Protocol(format!(
+                    "--redis-prefix `{prefix}` holds a brace: on a Redis Cluster braces are hash tags, which the prefix must not decide"
+                )))
+            }
+            Some(_) => Names::clustered(prefix),
+            None => Names::new(prefix),
+        };
+        let always = [names.all_channel(), names.node_channel(&node_id)];
+        let (conn, subscriber, client) = match cluster {
+            None => {
+                let client = redis::Client::open(url)
+                    .map_err(|e| BackendError::Protocol(format!("bad Redis URL `{url}`: {e}")))?;
+                let conn = single_connection(&client, url).await?;
+                let state = Arc::new(bus::PubSubState::new(always));
+                (conn, Subscriber::Single(state), Some(client))
+            }
+            Some(nodes) => {
+                let shards = Shards::new(node_id.clone(), names.clone(), local.clone(), always);
+                let conn = cluster_connection(nodes, Some(&shards)).await?;
+                let Commands::Cluster(cluster_conn) = &conn else {
+                    return Err(BackendError::Protocol(
+                        "expected a cluster connection".into(),
+                    ));
+                };
+                shards.attach(cluster_conn.clone());
+                shards.resubscribe_all().await;
+                (conn, Subscriber::Cluster(shards), None)
+            }
+        };
         let backend = Arc::new(Self {
             node_id,
             names,
             conn,
             local,
-            pubsub,
+            subscriber,
             read_script: Script::new(include_str!("lua/read.lua")),
             commit_script: Script::new(concat!(
                 include_str!("lua/stream.lua"),
@@ -145,10 +160,24 @@ impl RedisBackend {
             healthy: Arc::new(AtomicBool::new(true)),
             recoveries: watch::channel(0).0,
         });
-        tokio::spawn(bus::pubsub_task(client, Arc::downgrade(&backend)));
+        if let Some(client) = client {
+            tokio::spawn(bus::pubsub_task(client, Arc::downgrade(&backend)));
+        }
         tokio::spawn(health_task(Arc::downgrade(&backend)));
-        backend.pubsub.wait_ready(Duration::from_secs(5)).await;
+        // Wait (bounded) for the first subscriptions, so a fresh node misses nothing.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !backend.subscribed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(backend)
+    }
+
+    /// Whether every wanted subscription is in place.
+    fn subscribed(&self) -> bool {
+        match &self.subscriber {
+            Subscriber::Single(state) => state.is_ready(),
+            Subscriber::Cluster(shards) => shards.is_ready(),
+        }
     }
 
     pub fn names(&self) -> &Names {
@@ -191,6 +220,89 @@ impl RedisBackend {
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackendError> {
         let mut c = self.conn.clone();
         self.call(cmd.query_async(&mut c)).await
+    }
+}
+
+/// How deliveries reach this node: one Pub/Sub connection, or sharded subscriptions.
+enum Subscriber {
+    Single(Arc<bus::PubSubState>),
+    Cluster(Arc<Shards>),
+}
+
+/// The nodes of a `redis+cluster://h1:p1,h2:p2` URL, as `redis://` URLs.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let hosts = rest.split(['/', '?']).next().unwrap_or(rest);
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| format!("redis://{}", h.trim()))
+            .collect(),
+    )
+}
+
+/// One Redis, reconnecting by itself: the defaults give up after a few seconds, and a
+/// node must outlive any outage.
+async fn single_connection(client: &redis::Client, url: &str) -> Result<Commands, BackendError> {
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(usize::MAX / 2)
+        .set_max_delay(MAX_BACKOFF)
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(OP_TIMEOUT));
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| unavailable(format!("could not reach Redis at {url} within 5 s")))?
+    .map_err(unavailable)?;
+    Ok(Commands::Single(conn))
+}
+
+/// A Redis Cluster connection (one per shard, following slots and failovers). With
+/// `shards`, RESP3 pushes (sharded Pub/Sub) go to it.
+async fn cluster_connection(
+    nodes: Vec<String>,
+    shards: Option<&Arc<Shards>>,
+) -> Result<Commands, BackendError> {
+    if nodes.is_empty() {
+        return Err(BackendError::Protocol(
+            "redis+cluster:// needs at least one host:port".into(),
+        ));
+    }
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+        .retries(6)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(OP_TIMEOUT);
+    if let Some(shards) = shards {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(ShardPushes(Arc::downgrade(shards)));
+    }
+    let client = builder
+        .build()
+        .map_err(|e| BackendError::Protocol(format!("bad Redis Cluster nodes {nodes:?}: {e}")))?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), client.get_async_connection())
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "could not reach the Redis Cluster at {nodes:?} within 5 s"
+            ))
+        })?
+        .map_err(unavailable)?;
+    Ok(Commands::Cluster(conn))
+}
+
+/// A command connection for a one-off tool (`wss-engine nodes`).
+pub(super) async fn tool_connection(url: &str) -> Result<Commands, BackendError> {
+    match cluster_nodes(url) {
+        Some(nodes) => cluster_connection(nodes, None).await,
+        None => {
+            let client = redis::Client::open(url)
+                .map_err(|e| BackendError::Protocol(format!("bad Redis URL `{url}`: {e}")))?;
+            single_connection(&client, url).await
+        }
     }
 }
 

@@ -171,13 +171,12 @@ impl RedisBackend {
 /// The registered nodes as `wss-engine nodes` shows them: `(id, heartbeat JSON if
 /// alive)`, sorted by id. Opens its own short-lived connection.
 pub async fn list_nodes(url: &str, prefix: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
-    let client = redis::Client::open(url)?;
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await??;
-    let names = Names::new(prefix);
+    let mut conn = super::tool_connection(url).await?;
+    let names = if url.starts_with("redis+cluster://") {
+        Names::clustered(prefix)
+    } else {
+        Names::new(prefix)
+    };
     let mut ids: Vec<String> = redis::cmd("SMEMBERS")
         .arg(names.nodes())
         .query_async(&mut conn)

@@ -97,6 +97,15 @@ impl RedisBackend {
     }
 
     async fn commit_inner(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
+        if self.names.is_cluster() {
+            return self.commit_then_publish(commit).await;
+        }
+        self.commit_state(commit).await
+    }
+
+    /// The commit script: versions checked, writes applied and (on one Redis) the
+    /// deliveries placed and published, in one atomic step.
+    async fn commit_state(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
         let mut keys: Vec<String> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         // KEYS holds `v:<key>`, `s:<key>` pairs; Lua indexes are 1-based.
@@ -194,6 +203,62 @@ impl RedisBackend {
         Ok(CommitOutcome::Committed(placed))
     }
 
+    /// A commit on a Redis Cluster. A script's state keys share one slot, but the rooms
+    /// and users it delivers to live in slots of their own, which one atomic script
+    /// cannot reach. So the state is committed first (version check and writes, in the
+    /// state keys' slot), and the deliveries are published after it, each in its own
+    /// slot (a room's placement and `SPUBLISH` still one step). A node that dies
+    /// between the two keeps the writes and loses those deliveries; its client got no
+    /// ack (README, "Delivery guarantees").
+    async fn commit_then_publish(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
+        let keys: Vec<&str> = commit
+            .reads
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .chain(commit.writes.iter().map(|w| w.key.as_str()))
+            .collect();
+        self.one_slot(&keys)?;
+        let publish = commit.publish.clone();
+        let state_only = Commit {
+            publish: Vec::new(),
+            ..commit
+        };
+        if self.commit_state(state_only).await? == CommitOutcome::Conflict {
+            return Ok(CommitOutcome::Conflict);
+        }
+        if !publish.is_empty() && abort_after_commit() {
+            tracing::error!(
+                "WSS_TEST_ABORT_AFTER_COMMIT: aborting between a commit and its deliveries"
+            );
+            std::process::abort();
+        }
+        let mut placed = Vec::new();
+        for envelope in &publish {
+            match unplaced(envelope) {
+                Some((room, policy)) => placed.push(self.place(envelope, room, policy).await?),
+                None => self.publish_plain(envelope).await?,
+            }
+        }
+        Ok(CommitOutcome::Committed(placed))
+    }
+
+    /// The state keys of one script must share a Redis Cluster slot.
+    pub(super) fn one_slot(&self, keys: &[&str]) -> Result<(), BackendError> {
+        let mut slots = keys
+            .iter()
+            .map(|k| super::conn::slot(self.names.state(k).as_bytes()));
+        let Some(first) = slots.next() else {
+            return Ok(());
+        };
+        if slots.all(|s| s == first) {
+            return Ok(());
+        }
+        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys.dedup();
+        Err(BackendError::CrossSlot { keys })
+    }
+
     /// Place one delivery in its room's stream and publish it.
     pub(super) async fn place(
         &self,
@@ -208,6 +273,11 @@ impl RedisBackend {
             .arg(policy.size)
             .arg(ttl_ms(policy))
             .arg(&*new_epoch())
+            .arg(if self.names.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            })
             .arg(self.names.channel(&Channel::Room(room.to_string())))
             .arg(header(&self.node_id, envelope))
             .arg(&envelope.frame[..]);
@@ -244,6 +314,14 @@ impl RedisBackend {
     }
 }
 
+/// `WSS_TEST_ABORT_AFTER_COMMIT=1`: abort the process between a Redis Cluster commit
+/// and its deliveries. Fault injection for the test that shows what that window costs;
+/// never set in production.
+fn abort_after_commit() -> bool {
+    static ABORT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ABORT.get_or_init(|| std::env::var_os("WSS_TEST_ABORT_AFTER_COMMIT").is_some())
+}
+
 /// The room and policy of a delivery that still needs its place in a stream.
 pub(super) fn unplaced(envelope: &Envelope) -> Option<(&str, &HistoryPolicy)> {
     match (&envelope.target, &envelope.position) {
@@ -261,6 +339,10 @@ fn ttl_ms(policy: &HistoryPolicy) -> u64 {
 impl StateStore for RedisBackend {
     fn read(&self, keys: Vec<String>) -> BoxFuture<'_, Result<Vec<Versioned>, BackendError>> {
         async move {
+            if self.names.is_cluster() {
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.one_slot(&refs)?;
+            }
             let mut invocation = self.read_script.prepare_invoke();
             for key in &keys {
                 invocation

@@ -8,6 +8,8 @@
 --                  "p": [[channel, message], ...],
 --                  "s": [[pos_index, hist_index, size, ttl_ms, epoch, channel, header,
 --                         unplaced], ...] }`
+--          (on a Redis Cluster "p" and "s" are empty: deliveries live in other slots
+--          and are published after the commit)
 --          indexes into KEYS (1-based); kind is 'json', 'hash', 'set', 'list' or 'del';
 --          items as the kind's write command takes them; ttl_ms 0 for none; "p" plain
 --          deliveries, "s" deliveries to rooms with history (see stream.lua).
@@ -39,6 +41,6 @@ end
 for _, p in ipairs(spec.p) do redis.call('PUBLISH', p[1], p[2]) end
 local placed = { 1 }
 for _, s in ipairs(spec.s or {}) do
-  placed[#placed + 1] = place(KEYS[s[1]], KEYS[s[2]], s[3], s[4], s[5], s[6], s[7], s[8])
+  placed[#placed + 1] = place(KEYS[s[1]], KEYS[s[2]], s[3], s[4], s[5], 'PUBLISH', s[6], s[7], s[8])
 end
 return placed

@@ -2,6 +2,6 @@
 -- carries). `place` is stream.lua's.
 --
 -- KEYS[1]: `P pos:<room>`; KEYS[2]: `P hist:<room>`
--- ARGV: size, ttl_ms, epoch, channel, header, unplaced (see stream.lua)
+-- ARGV: size, ttl_ms, epoch, publish, channel, header, unplaced (see stream.lua)
 -- Returns { epoch, offset }.
-return place(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return place(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])

@@ -7,11 +7,13 @@
 -- size, ttl_ms   the room's history policy
 -- epoch          a fresh random epoch, used only if the room has none (new, or its
 --                position was lost: then its old history is dropped with it)
--- channel        where to PUBLISH ('' for nobody but this node)
+-- publish        'PUBLISH', or 'SPUBLISH' on a Redis Cluster (the channel shares the
+--                room's hash tag, so it lives in the slot this script runs on)
+-- channel        where to publish ('' for nobody but this node)
 -- header         the message up to the epoch: `origin \n exclude \n target \n`
 -- unplaced       the frame up to its offset: `{"event":…,"data":…,"room":…,"offset":`
 -- Returns { epoch, offset }.
-local function place(pos_key, hist_key, size, ttl_ms, epoch, channel, header, unplaced)
+local function place(pos_key, hist_key, size, ttl_ms, epoch, publish, channel, header, unplaced)
   if redis.call('HSETNX', pos_key, 'epoch', epoch) == 1 then
     redis.call('DEL', hist_key)
   else
@@ -27,7 +29,7 @@ local function place(pos_key, hist_key, size, ttl_ms, epoch, channel, header, un
   -- resumes with nothing missed rather than with a new epoch.
   redis.call('PEXPIRE', pos_key, ttl_ms + 86400000)
   if channel ~= '' then
-    redis.call('PUBLISH', channel, header .. epoch .. '\n' .. offset .. '\n' .. frame)
+    redis.call(publish, channel, header .. epoch .. '\n' .. offset .. '\n' .. frame)
   end
   return { epoch, offset }
 end
