@@ -1,6 +1,8 @@
 //! Backend conformance: the same state and bus tests against the memory backend and the
-//! Redis backend (a real `redis-server` per test, a unique key prefix), at the library
-//! level through the `StateStore` and `Bus` contracts.
+//! Redis backend (a real `redis-server` per test, or a Redis Cluster with
+//! `WSS_TEST_REDIS=cluster`; a unique key prefix), at the library level through the
+//! `StateStore` and `Bus` contracts. Keys one commit touches together share a hash tag,
+//! as on a Redis Cluster they must.
 //!
 //! Covered: versions start at 0, bump on every write and survive deletes; a commit with a
 //! stale read version is a `Conflict` that writes and publishes nothing; every
@@ -17,13 +19,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::redis::RedisBackend;
+use wss_engine::backend::redis::{Names, RedisBackend};
 use wss_engine::backend::{
     Bus, Channel, Commit, CommitOutcome, StateStore, StoredValue, VersionCheck, Versioned, Write,
 };
 use wss_engine::delivery::{ConnId, Envelope, Sink, Target};
 
-use cluster_support::{unique_prefix, RedisServer};
+use cluster_support::{cluster_mode, unique_prefix, Redis};
 
 /// A sink that records every envelope it is handed.
 #[derive(Default)]
@@ -72,7 +74,7 @@ struct Subject {
     bus: Arc<dyn Bus>,
     sink: Arc<Recorder>,
     /// Redis only: what the backends need to live.
-    redis: Option<(RedisServer, String)>,
+    redis: Option<(Redis, String)>,
 }
 
 async fn memory() -> Subject {
@@ -87,7 +89,7 @@ async fn memory() -> Subject {
 }
 
 async fn redis_instance(
-    server: &RedisServer,
+    server: &Redis,
     prefix: &str,
     node: &str,
 ) -> (Arc<RedisBackend>, Arc<Recorder>) {
@@ -117,7 +119,7 @@ async fn redis_instance(
 }
 
 async fn redis() -> Subject {
-    let server = RedisServer::start();
+    let server = Redis::start();
     let prefix = unique_prefix("backend");
     let (backend, sink) = redis_instance(&server, &prefix, "na").await;
     Subject {
@@ -224,13 +226,16 @@ async fn versions_survive_delete(s: Subject) {
 }
 
 async fn stale_reads_conflict_and_nothing_is_written_or_published(s: Subject) {
-    commit(&s, &[], vec![write("a", json(json!(1)))], vec![]).await;
+    commit(&s, &[], vec![write("{ab}a", json(json!(1)))], vec![]).await;
     let before = s.sink.frames().len();
     // Read `a` at version 0 (stale), write `a` and `b`, publish: none of it may happen.
     let outcome = commit(
         &s,
-        &[("a", 0)],
-        vec![write("a", json(json!(99))), write("b", json(json!(5)))],
+        &[("{ab}a", 0)],
+        vec![
+            write("{ab}a", json(json!(99))),
+            write("{ab}b", json(json!(5))),
+        ],
         vec![
             envelope(Target::Room("r".into()), "never"),
             envelope(Target::All, "never"),
@@ -238,19 +243,19 @@ async fn stale_reads_conflict_and_nothing_is_written_or_published(s: Subject) {
     )
     .await;
     assert_eq!(outcome, CommitOutcome::Conflict);
-    let a = read1(&s, "a").await;
+    let a = read1(&s, "{ab}a").await;
     assert_eq!((a.version, a.value), (1, json(json!(1))));
-    assert_eq!(read1(&s, "b").await, Versioned::default());
+    assert_eq!(read1(&s, "{ab}b").await, Versioned::default());
     // A stale version of a key only read (not written) conflicts too.
     let outcome = commit(
         &s,
-        &[("b", 0), ("a", 0)],
-        vec![write("b", json(json!(6)))],
+        &[("{ab}b", 0), ("{ab}a", 0)],
+        vec![write("{ab}b", json(json!(6)))],
         vec![envelope(Target::All, "never")],
     )
     .await;
     assert_eq!(outcome, CommitOutcome::Conflict);
-    assert_eq!(read1(&s, "b").await, Versioned::default());
+    assert_eq!(read1(&s, "{ab}b").await, Versioned::default());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         s.sink.frames().len(),
@@ -261,14 +266,17 @@ async fn stale_reads_conflict_and_nothing_is_written_or_published(s: Subject) {
     // The same commit with fresh versions lands, writes and publishes once.
     let outcome = commit(
         &s,
-        &[("a", 1), ("b", 0)],
-        vec![write("a", json(json!(2))), write("b", json(json!(6)))],
+        &[("{ab}a", 1), ("{ab}b", 0)],
+        vec![
+            write("{ab}a", json(json!(2))),
+            write("{ab}b", json(json!(6))),
+        ],
         vec![envelope(Target::All, "landed")],
     )
     .await;
     assert_eq!(outcome, CommitOutcome::Committed(vec![]));
-    assert_eq!(read1(&s, "a").await.value, json(json!(2)));
-    assert_eq!(read1(&s, "b").await.value, json(json!(6)));
+    assert_eq!(read1(&s, "{ab}a").await.value, json(json!(2)));
+    assert_eq!(read1(&s, "{ab}b").await.value, json(json!(6)));
     let frames = s.sink.settle(before + 1).await;
     assert_eq!(frames[before..].len(), 1, "published once: {frames:?}");
     assert!(frames[before].contains("landed"));
@@ -292,16 +300,16 @@ async fn every_value_shape_round_trips(s: Subject) {
             .collect();
     let values = [
         (
-            "j-obj",
+            "{shape}j-obj",
             json(json!({ "a": [1, { "b": "c" }], "unicode": "é✓" })),
         ),
-        ("j-str", json(json!("text with\nnewline"))),
-        ("j-num", json(json!(-12.5))),
-        ("j-bool", json(json!(false))),
-        ("j-null", json(json!(null))),
-        ("hash", Some(StoredValue::Hash(hash))),
-        ("set", Some(StoredValue::Set(set))),
-        ("list", Some(StoredValue::List(list))),
+        ("{shape}j-str", json(json!("text with\nnewline"))),
+        ("{shape}j-num", json(json!(-12.5))),
+        ("{shape}j-bool", json(json!(false))),
+        ("{shape}j-null", json(json!(null))),
+        ("{shape}hash", Some(StoredValue::Hash(hash))),
+        ("{shape}set", Some(StoredValue::Set(set))),
+        ("{shape}list", Some(StoredValue::List(list))),
     ];
     let writes = values.iter().map(|(k, v)| write(k, v.clone())).collect();
     assert_eq!(
@@ -318,13 +326,13 @@ async fn every_value_shape_round_trips(s: Subject) {
     let list: VecDeque<serde_json::Value> = [json!("x")].into_iter().collect();
     commit(
         &s,
-        &[("hash", 1)],
-        vec![write("hash", Some(StoredValue::List(list.clone())))],
+        &[("{shape}hash", 1)],
+        vec![write("{shape}hash", Some(StoredValue::List(list.clone())))],
         vec![],
     )
     .await;
     assert_eq!(
-        read1(&s, "hash").await,
+        read1(&s, "{shape}hash").await,
         Versioned {
             version: 2,
             value: Some(StoredValue::List(list))
@@ -333,19 +341,22 @@ async fn every_value_shape_round_trips(s: Subject) {
 }
 
 async fn a_ttl_write_expires(s: Subject) {
-    let mut w = write("short", json(json!("soon gone")));
+    let mut w = write("{ttl}short", json(json!("soon gone")));
     w.ttl = Some(Duration::from_millis(300));
     commit(
         &s,
         &[],
-        vec![w, write("long", json(json!("stays")))],
+        vec![w, write("{ttl}long", json(json!("stays")))],
         vec![],
     )
     .await;
-    assert_eq!(read1(&s, "short").await.value, json(json!("soon gone")));
+    assert_eq!(
+        read1(&s, "{ttl}short").await.value,
+        json(json!("soon gone"))
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let now = read1(&s, "short").await;
+        let now = read1(&s, "{ttl}short").await;
         if now.value.is_none() {
             assert!(now.version >= 1, "expiry must not reset the version to 0");
             break;
@@ -356,7 +367,7 @@ async fn a_ttl_write_expires(s: Subject) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(read1(&s, "long").await.value, json(json!("stays")));
+    assert_eq!(read1(&s, "{ttl}long").await.value, json(json!("stays")));
 }
 
 async fn rooms_join_leave_members(s: Subject) {
@@ -485,14 +496,19 @@ async fn redis_instances_share_state_and_versions() {
     assert_eq!(outcome, CommitOutcome::Conflict);
     assert_eq!(read1(&s, "k").await.value, json(json!(2)));
     // Native types under the prefix, JSON elements, a version key beside.
+    let names = if cluster_mode() {
+        Names::clustered(prefix)
+    } else {
+        Names::new(prefix)
+    };
     let mut c = server.conn();
     let raw: String = redis::cmd("GET")
-        .arg(format!("{prefix}s:k"))
+        .arg(names.state("k"))
         .query(&mut c)
         .expect("GET");
     assert_eq!(raw, "2");
     let version: u64 = redis::cmd("GET")
-        .arg(format!("{prefix}v:k"))
+        .arg(names.version("k"))
         .query(&mut c)
         .expect("GET");
     assert_eq!(version, 2);
@@ -588,12 +604,16 @@ async fn redis_publish_reaches_another_instance_that_watches() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         // Unsubscribing is asynchronous: wait until Redis reports no subscriber.
-        let subs: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(format!("{prefix}ch:room:r"))
-            .query(&mut server.conn())
-            .expect("PUBSUB NUMSUB");
-        if subs[0].1 == 0 {
+        let (names, numsub) = if cluster_mode() {
+            (Names::clustered(prefix), "SHARDNUMSUB")
+        } else {
+            (Names::new(prefix), "NUMSUB")
+        };
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg(numsub)
+            .arg(names.channel(&Channel::Room("r".into())));
+        let subs: Vec<Vec<(String, i64)>> = server.on_every_server(&cmd);
+        if subs.iter().flatten().all(|(_, n)| *n == 0) {
             break;
         }
         assert!(

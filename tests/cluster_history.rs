@@ -412,12 +412,9 @@ async fn a_killed_nodes_clients_resume_on_a_survivor() {
 
 /// Kill every Pub/Sub connection Redis has: the nodes reconnect on their own.
 fn kill_pubsub_clients(cluster: &Cluster) -> i64 {
-    redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut cluster.redis.conn())
-        .expect("CLIENT KILL TYPE pubsub")
+    let mut kill = redis::cmd("CLIENT");
+    kill.arg("KILL").arg("TYPE").arg("pubsub");
+    cluster.redis.on_every_server::<i64>(&kill).iter().sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,13 +464,7 @@ async fn a_hole_beyond_history_is_announced_with_gap() {
     // Freeze the subscriber's node, cut its Pub/Sub connection, publish past what the
     // room keeps, then let it run: it finds the hole too wide to fill.
     signal(cluster.nodes[1].pid(), "STOP");
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut cluster.redis.conn())
-        .expect("CLIENT KILL");
-    assert!(killed >= 1);
+    assert!(kill_pubsub_clients(&cluster) >= 1);
     for i in 1..=20 {
         publisher.ok("say", say("tiny:g", &i.to_string())).await;
     }

@@ -180,7 +180,7 @@ fn check_exact(cluster: &Cluster, figures: &Figures, key: &str, expected: u64) {
     // commit (group commit), so there are at most as many commits as increments, and
     // at least one.
     let version: u64 = redis::cmd("GET")
-        .arg(cluster.key(&format!("v:{key}")))
+        .arg(cluster.state_key("v:", key))
         .query(&mut cluster.redis.conn())
         .expect("read the version key");
     assert!(

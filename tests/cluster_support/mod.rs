@@ -38,6 +38,10 @@ pub const JWT_SECRET: &str = "cluster-test-secret";
 mod client;
 pub use client::*;
 
+mod topology;
+#[allow(unused_imports)]
+pub use topology::{cluster_mode, AnyConnection, Redis, RedisCluster, NODE_TIMEOUT_MS};
+
 /// A pack under `tests/packs/cluster/`.
 pub fn pack(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -127,11 +131,18 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// More arguments (a Redis Cluster node's).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Start on a free port and wait (bounded) until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut last = String::new();
         // A free port can be taken between the check and the bind: try a few.
         for _ in 0..5 {
@@ -139,6 +150,7 @@ impl RedisServer {
                 port: free_port(),
                 child: None,
                 dir: tempfile::tempdir().expect("a directory for redis-server"),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -157,6 +169,7 @@ impl RedisServer {
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -181,13 +194,18 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
-            return false;
-        };
-        redis::cmd("PING").query::<String>(&mut conn).is_ok()
+        self.try_conn()
+            .is_some_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok())
+    }
+
+    /// A connection if the server answers soon, `None` if not (it may be down on purpose).
+    pub fn try_conn(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        Some(conn)
     }
 
     pub fn url(&self) -> String {
@@ -507,7 +525,7 @@ pub fn metric_sum(body: &str, name: &str) -> f64 {
 pub struct Cluster {
     // Field order is drop order: nodes go before the Redis they talk to.
     pub nodes: Vec<Node>,
-    pub redis: RedisServer,
+    pub redis: Redis,
     pub prefix: String,
     pub pack: PathBuf,
     pub args: Vec<String>,
@@ -525,7 +543,7 @@ impl Cluster {
     }
 
     pub async fn start_pack(n: usize, pack: &Path, args: &[&str]) -> Cluster {
-        let redis = RedisServer::start();
+        let redis = Redis::start();
         let mut cluster = Cluster {
             nodes: Vec::new(),
             prefix: unique_prefix("c"),
@@ -560,10 +578,33 @@ impl Cluster {
         format!("{}{name}", self.prefix)
     }
 
+    /// A per-room key (`room:`, `pos:`, `hist:`) as the backend names it: on a Redis
+    /// Cluster the room is the hash tag.
+    pub fn room_key(&self, kind: &str, room: &str) -> String {
+        if cluster_mode() {
+            format!("{}{kind}{{{room}}}", self.prefix)
+        } else {
+            format!("{}{kind}{room}", self.prefix)
+        }
+    }
+
+    /// A state key's value (`s:`) or version (`v:`) key as the backend names it: on a
+    /// Redis Cluster a key without a hash tag of its own is its own tag.
+    pub fn state_key(&self, kind: &str, key: &str) -> String {
+        let has_tag = key
+            .split_once('{')
+            .is_some_and(|(_, rest)| rest.find('}').is_some_and(|end| end > 0));
+        if cluster_mode() && !has_tag {
+            format!("{}{kind}{{{key}}}", self.prefix)
+        } else {
+            format!("{}{kind}{key}", self.prefix)
+        }
+    }
+
     /// The current JSON value of state key `key`, read straight from Redis.
     pub fn state_json(&self, key: &str) -> Option<Value> {
         let raw: Option<String> = redis::cmd("GET")
-            .arg(self.key(&format!("s:{key}")))
+            .arg(self.state_key("s:", key))
             .query(&mut self.redis.conn())
             .expect("GET a state key");
         raw.map(|s| serde_json::from_str(&s).expect("state values are JSON"))

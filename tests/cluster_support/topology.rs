@@ -1,0 +1,260 @@
+//! The Redis a cluster test runs on: one `redis-server`, or a Redis Cluster of six
+//! (3 masters, 3 replicas) made with `redis-cli --cluster create`, all on free ports and
+//! stopped by PID. `WSS_TEST_REDIS=cluster` runs the cluster suites on the latter.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::{Cmd, ConnectionLike, RedisResult, Value};
+
+use super::RedisServer;
+
+/// Whether this test run uses a Redis Cluster (`WSS_TEST_REDIS=cluster`).
+pub fn cluster_mode() -> bool {
+    std::env::var("WSS_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
+/// Six `redis-server`s with `--cluster-enabled yes`, joined into one cluster.
+pub struct RedisCluster {
+    pub servers: Vec<RedisServer>,
+}
+
+/// How long a shard may be silent before its replica takes over (the tests wait for
+/// failovers, so keep it short).
+pub const NODE_TIMEOUT_MS: u64 = 2000;
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let timeout = NODE_TIMEOUT_MS.to_string();
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            &timeout,
+        ];
+        let servers: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_with(&args)).collect();
+        let addrs: Vec<String> = servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { servers };
+        cluster.wait_ok(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Wait (bounded) until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for server in &self.servers {
+            loop {
+                let info: Option<String> = server
+                    .try_conn()
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok());
+                if info.is_some_and(|i| i.contains("cluster_state:ok")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the Redis Cluster on {} is not ok within {within:?}",
+                    server.port
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// `redis+cluster://` with the first three nodes (the rest is discovered).
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .servers
+            .iter()
+            .take(3)
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// A connection that routes by slot, for inspecting keys.
+    pub fn conn(&self) -> redis::cluster::ClusterConnection {
+        let nodes: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .collect();
+        redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(5))
+            .build()
+            .expect("a cluster client")
+            .get_connection()
+            .expect("connect to the Redis Cluster")
+    }
+
+    /// The servers that are masters now, by port.
+    pub fn masters(&self) -> Vec<u16> {
+        self.servers
+            .iter()
+            .filter(|s| {
+                s.try_conn()
+                    .and_then(|mut c| redis::cmd("ROLE").query::<Vec<Value>>(&mut c).ok())
+                    .is_some_and(
+                        |role| matches!(role.first(), Some(Value::BulkString(b)) if b == b"master"),
+                    )
+            })
+            .map(|s| s.port)
+            .collect()
+    }
+}
+
+/// The Redis of a [`super::Cluster`]: its tests call the same methods either way.
+pub enum Redis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        if cluster_mode() {
+            Self::Cluster(RedisCluster::start())
+        } else {
+            Self::Single(RedisServer::start())
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(s) => s.url(),
+            Self::Cluster(c) => c.url(),
+        }
+    }
+
+    pub fn conn(&self) -> AnyConnection {
+        match self {
+            Self::Single(s) => AnyConnection::Single(s.conn()),
+            Self::Cluster(c) => AnyConnection::Cluster(Box::new(c.conn())),
+        }
+    }
+
+    fn servers(&mut self) -> Vec<&mut RedisServer> {
+        match self {
+            Self::Single(s) => vec![s],
+            Self::Cluster(c) => c.servers.iter_mut().collect(),
+        }
+    }
+
+    /// Run `cmd` on every server that answers (`CLIENT KILL`, `PUBSUB SHARDNUMSUB` …).
+    pub fn on_every_server<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Vec<T> {
+        let servers: Vec<&RedisServer> = match self {
+            Self::Single(s) => vec![s],
+            Self::Cluster(c) => c.servers.iter().collect(),
+        };
+        servers
+            .into_iter()
+            .filter_map(|s| s.try_conn())
+            .filter_map(|mut c| cmd.query(&mut c).ok())
+            .collect()
+    }
+
+    /// SIGKILL every server.
+    pub fn kill(&mut self) {
+        for s in self.servers() {
+            s.kill();
+        }
+    }
+
+    /// Start every server again on its port. A cluster's nodes keep their identity
+    /// (`nodes.conf`) and slots, with their data gone.
+    pub fn restart(&mut self) {
+        for s in self.servers() {
+            s.restart();
+        }
+        if let Self::Cluster(c) = self {
+            c.wait_ok(Duration::from_secs(30));
+        }
+    }
+
+    /// SIGSTOP every server.
+    pub fn pause(&self) {
+        match self {
+            Self::Single(s) => s.pause(),
+            Self::Cluster(c) => c.servers.iter().for_each(RedisServer::pause),
+        }
+    }
+
+    /// SIGCONT every server.
+    pub fn resume(&self) {
+        match self {
+            Self::Single(s) => s.resume(),
+            Self::Cluster(c) => c.servers.iter().for_each(RedisServer::resume),
+        }
+    }
+}
+
+/// A plain connection to one Redis, or one that routes by slot to a cluster.
+pub enum AnyConnection {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl ConnectionLike for AnyConnection {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        match self {
+            Self::Single(c) => c.req_command(cmd),
+            Self::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        match self {
+            Self::Single(c) => c.check_connection(),
+            Self::Cluster(c) => c.check_connection(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Self::Single(c) => c.is_open(),
+            Self::Cluster(c) => c.is_open(),
+        }
+    }
+}
