@@ -599,3 +599,130 @@ async fn random_drops_and_resumes_across_three_nodes_keep_every_stream_whole() {
     }
     eprintln!("random_drops_and_resumes: {steps} steps, {sent:?} messages, seed {seed}");
 }
+
+/// A Redis failover can lose the last deliveries of a room before they replicated,
+/// after members saw them: the room's offsets go back, and the next deliveries would
+/// reuse offsets members already hold and be dropped as duplicates. Here the loss is
+/// made by hand (position and history cut back by two), then every Pub/Sub connection
+/// is cut so the nodes catch up: the room must move to a new epoch, members are told
+/// (`$gap`), what comes next is delivered, and an old position resumes not recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_went_back_in_time_moves_to_a_new_epoch() {
+    let _serial = serial();
+    let cluster = Cluster::start_pack(2, &pack("history"), &[]).await;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut sub = Tracked::connect(n2, "sub").await;
+    sub.join("h:back").await;
+    let mut p = n1.connect().await;
+    for i in 1..=5 {
+        p.ok("say", say("h:back", &i.to_string())).await;
+    }
+    sub.catch_up(&BTreeMap::from([("h:back".to_string(), 5)]), WAIT)
+        .await;
+    let seen = sub.positions["h:back"].clone();
+    let session = sub.client.session();
+
+    // The "failover": the last two deliveries never reached the replica, whose
+    // position and history stop at offset 3.
+    cut_back(&cluster, "h:back", 3);
+    assert!(kill_pubsub_clients(&cluster) >= 2);
+
+    let deadline = Instant::now() + WAIT;
+    while sub.flagged.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no $gap after the room went back in time"
+        );
+        if let Some(frame) = sub.client.try_recv(Duration::from_millis(200)).await {
+            assert!(sub.apply(frame).is_none());
+        }
+    }
+    let now = sub.positions["h:back"].clone();
+    assert_ne!(now.epoch, seen.epoch, "a new epoch");
+    assert_eq!(now.offset, 3, "the stream goes on from the room's head");
+
+    // Offset 4 again, in the new epoch: delivered, not dropped as a duplicate.
+    p.ok("say", say("h:back", "after")).await;
+    sub.catch_up(&BTreeMap::from([("h:back".to_string(), 4)]), WAIT)
+        .await;
+    assert_eq!(sub.got["h:back"].last(), Some(&(4, "after".to_string())));
+
+    // A position of the old epoch is not trusted again.
+    let mut c = n1.connect().await;
+    c.membership_inline = true;
+    let ack = c
+        .resume(
+            &session,
+            json!({ "h:back": { "epoch": seen.epoch, "offset": seen.offset } }),
+        )
+        .await;
+    assert_eq!(
+        ack["data"]["rooms"]["h:back"],
+        json!({ "recovered": false }),
+        "{ack}"
+    );
+}
+
+/// Make a room's position and history what a replica that missed everything after
+/// `offset` would hold.
+fn cut_back(cluster: &Cluster, room: &str, offset: u64) {
+    let (pos, hist) = (
+        cluster.room_key("pos:", room),
+        cluster.room_key("hist:", room),
+    );
+    let mut redis = cluster.redis.conn();
+    let kept: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&hist)
+        .arg("-")
+        .arg(format!("{offset}-0"))
+        .query(&mut redis)
+        .expect("XRANGE");
+    let _: () = redis::cmd("DEL").arg(&hist).query(&mut redis).expect("DEL");
+    for (id, fields) in kept {
+        let mut add = redis::cmd("XADD");
+        add.arg(&hist).arg(id);
+        for (field, value) in fields {
+            add.arg(field).arg(value);
+        }
+        let _: String = add.query(&mut redis).expect("XADD");
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(&pos)
+        .arg("offset")
+        .arg(offset)
+        .query(&mut redis)
+        .expect("HSET offset");
+}
+
+/// A history ahead of its position (a hand edit, a partial restore) must not make
+/// every later delivery to the room fail: the room starts a new epoch there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_ahead_of_its_position_starts_a_new_epoch() {
+    let _serial = serial();
+    let cluster = Cluster::start_pack(1, &pack("history"), &[]).await;
+    let mut sub = Tracked::connect(&cluster.nodes[0], "sub").await;
+    sub.join("h:ahead").await;
+    let mut p = cluster.nodes[0].connect().await;
+    for i in 1..=3 {
+        p.ok("say", say("h:ahead", &i.to_string())).await;
+    }
+    sub.catch_up(&BTreeMap::from([("h:ahead".to_string(), 3)]), WAIT)
+        .await;
+    let before = sub.positions["h:ahead"].clone();
+    let _: () = redis::cmd("HSET")
+        .arg(cluster.room_key("pos:", "h:ahead"))
+        .arg("offset")
+        .arg(1)
+        .query(&mut cluster.redis.conn())
+        .expect("HSET offset");
+    p.ok("say", say("h:ahead", "next")).await;
+    let deadline = Instant::now() + WAIT;
+    while !sub.got["h:ahead"].iter().any(|(_, id)| id == "next") {
+        assert!(Instant::now() < deadline, "`next` never arrived");
+        if let Some(frame) = sub.client.try_recv(Duration::from_millis(200)).await {
+            assert!(sub.apply(frame).is_none());
+        }
+    }
+    assert_ne!(sub.positions["h:ahead"].epoch, before.epoch, "a new epoch");
+    assert!(!sub.flagged.is_empty(), "members are told with $gap");
+}

@@ -77,10 +77,11 @@ impl StateStore for SlowCommits {
         &self,
         room: &str,
         policy: &HistoryPolicy,
+        seen: Option<&str>,
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {
-        self.inner.history(room, policy, after, limit)
+        self.inner.history(room, policy, seen, after, limit)
     }
 }
 

@@ -323,6 +323,8 @@ impl StateStore for MemoryBackend {
         &self,
         room: &str,
         policy: &HistoryPolicy,
+        // Memory never loses what it handed out while the process lives.
+        _seen: Option<&str>,
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {

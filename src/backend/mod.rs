@@ -43,6 +43,10 @@ pub enum BackendError {
     /// Keys one script touches are in different Redis Cluster slots.
     #[error("state keys {} are in different Redis Cluster slots, which one script cannot span: give them one hash tag, e.g. `{{room1}}:count` and `{{room1}}:list` (or declare `keys:` so `check --redis-cluster` finds it)", keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))]
     CrossSlot { keys: Vec<String> },
+    /// Redis Cluster: the state change was committed, then some of its deliveries could
+    /// not be published (their shard did not answer). Nothing may be undone or retried.
+    #[error("the state change was committed, but {failed} of its deliveries could not be published ({cause}); retrying would apply it twice")]
+    Undelivered { failed: usize, cause: String },
 }
 
 /// One key's value in its native shape. Every element is JSON text in Redis, so the
@@ -191,10 +195,17 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>>;
 
     /// A room's deliveries after `after`, at most `limit`, with the room's position.
+    ///
+    /// `seen` is the epoch `after` was handed out in, if the reader knows it. A room
+    /// still in that epoch but behind `after` lost its latest deliveries (a Redis
+    /// failover before they replicated): it gets a new epoch, so no position of the old
+    /// one is trusted again and the offsets it hands out next cannot be mistaken for
+    /// ones already seen.
     fn history(
         &self,
         room: &str,
         policy: &HistoryPolicy,
+        seen: Option<&str>,
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<HistoryRead, BackendError>>;

@@ -136,7 +136,15 @@ pub struct HistoryRead {
 /// needs it to fill a hole in a room's stream.
 pub trait History: Send + Sync + 'static {
     /// Deliveries of `room` after `after`, at most `limit`.
-    fn read(&self, room: &str, after: u64, limit: usize) -> BoxFuture<'_, Option<HistoryRead>>;
+    /// Deliveries of `room` after `after` of `epoch` (see `StateStore::history`), at
+    /// most `limit`.
+    fn read(
+        &self,
+        room: &str,
+        epoch: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Option<HistoryRead>>;
 }
 
 #[derive(Serialize)]

@@ -505,8 +505,13 @@ impl Router {
             let limit = until.map_or(MAX_FILL, |u| {
                 usize::try_from(u.saturating_sub(after)).unwrap_or(MAX_FILL)
             });
+            let epoch = self.stream_position(&room).map(|(epoch, _)| epoch);
             let read = match self.history.get() {
-                Some(history) => history.read(&room, after, limit.min(MAX_FILL)).await,
+                Some(history) => {
+                    history
+                        .read(&room, epoch.as_deref(), after, limit.min(MAX_FILL))
+                        .await
+                }
                 None => None,
             };
             if read.is_none() && started.elapsed() < FILL_PATIENCE {

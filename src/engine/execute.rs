@@ -346,6 +346,8 @@ impl Engine {
                 self.undo_all(batch, applied, runtime);
                 Ok(Attempt::Split)
             }
+            // Committed: its room changes stand with it.
+            Err(e @ BackendError::Undelivered { .. }) => Err(e.into()),
             Err(e) => {
                 self.undo_all(batch, applied, runtime);
                 Err(e.into())

@@ -185,13 +185,23 @@ struct StoreHistory {
 }
 
 impl History for StoreHistory {
-    fn read(&self, room: &str, after: u64, limit: usize) -> BoxFuture<'_, Option<HistoryRead>> {
+    fn read(
+        &self,
+        room: &str,
+        epoch: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Option<HistoryRead>> {
         let Some(policy) = self.pack.load().rooms.history_for(room) else {
             return Box::pin(std::future::ready(None));
         };
-        let room = room.to_string();
+        let (room, epoch) = (room.to_string(), epoch.map(str::to_string));
         Box::pin(async move {
-            match self.store.history(&room, &policy, after, limit).await {
+            match self
+                .store
+                .history(&room, &policy, epoch.as_deref(), after, limit)
+                .await
+            {
                 Ok(read) => Some(read),
                 Err(e) => {
                     tracing::debug!(room, error = %e, "could not read a room's history");

@@ -181,6 +181,17 @@ impl Engine {
             if *epoch != *claim.epoch {
                 return Ok(None);
             }
+            if claim.offset > last {
+                // The client saw more than this node did: it is on its way here, or the
+                // room lost it (then the read moves the room to a new epoch).
+                let read = self
+                    .store
+                    .history(room, policy, Some(&claim.epoch), claim.offset, 0)
+                    .await?;
+                if *read.epoch != *claim.epoch {
+                    return Ok(None);
+                }
+            }
             let behind = last.saturating_sub(claim.offset);
             if behind > self.sessions.max_replay as u64 {
                 return Ok(None);
@@ -190,7 +201,13 @@ impl Engine {
             } else {
                 let read = self
                     .store
-                    .history(room, policy, claim.offset, self.sessions.max_replay)
+                    .history(
+                        room,
+                        policy,
+                        Some(&claim.epoch),
+                        claim.offset,
+                        self.sessions.max_replay,
+                    )
                     .await?;
                 if *read.epoch != *claim.epoch || !read.complete {
                     return Ok(None);

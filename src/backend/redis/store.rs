@@ -232,14 +232,41 @@ impl RedisBackend {
             );
             std::process::abort();
         }
+        // The commit stands: every delivery is tried (twice), whatever the others do.
         let mut placed = Vec::new();
+        let (mut failed, mut cause) = (0, String::new());
         for envelope in &publish {
-            match unplaced(envelope) {
-                Some((room, policy)) => placed.push(self.place(envelope, room, policy).await?),
-                None => self.publish_plain(envelope).await?,
+            let mut outcome = self.deliver_committed(envelope).await;
+            if outcome.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                outcome = self.deliver_committed(envelope).await;
+            }
+            match outcome {
+                Ok(Some(placement)) => placed.push(placement),
+                Ok(None) => {}
+                Err(e) => {
+                    failed += 1;
+                    cause = e.to_string();
+                }
             }
         }
+        if failed > 0 {
+            metrics::counter!("wss_deliveries_undelivered_total").increment(failed as u64);
+            tracing::error!(failed, %cause, "deliveries of a committed state change could not be published");
+            return Err(BackendError::Undelivered { failed, cause });
+        }
         Ok(CommitOutcome::Committed(placed))
+    }
+
+    /// Place (history room) or publish one delivery of a commit already made.
+    async fn deliver_committed(
+        &self,
+        envelope: &Envelope,
+    ) -> Result<Option<Placement>, BackendError> {
+        match unplaced(envelope) {
+            Some((room, policy)) => self.place(envelope, room, policy).await.map(Some),
+            None => self.publish_plain(envelope).await.map(|()| None),
+        }
     }
 
     /// The state keys of one script must share a Redis Cluster slot.
@@ -297,6 +324,7 @@ impl RedisBackend {
         &self,
         room: &str,
         policy: &HistoryPolicy,
+        seen: &str,
         after: u64,
         limit: usize,
     ) -> Result<HistoryRead, BackendError> {
@@ -307,7 +335,8 @@ impl RedisBackend {
             .arg(after)
             .arg(limit)
             .arg(ttl_ms(policy))
-            .arg(&*new_epoch());
+            .arg(&*new_epoch())
+            .arg(seen);
         let mut conn = self.conn.clone();
         let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
         parse_history(reply)
@@ -461,7 +490,7 @@ impl StateStore for RedisBackend {
     ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
         let (room, policy) = (room.to_string(), *policy);
         async move {
-            let read = self.read_history(&room, &policy, 0, 0).await?;
+            let read = self.read_history(&room, &policy, "", 0, 0).await?;
             Ok((read.epoch, read.head))
         }
         .boxed()
@@ -471,10 +500,11 @@ impl StateStore for RedisBackend {
         &self,
         room: &str,
         policy: &HistoryPolicy,
+        seen: Option<&str>,
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {
-        let (room, policy) = (room.to_string(), *policy);
-        async move { self.read_history(&room, &policy, after, limit).await }.boxed()
+        let (room, policy, seen) = (room.to_string(), *policy, seen.unwrap_or("").to_string());
+        async move { self.read_history(&room, &policy, &seen, after, limit).await }.boxed()
     }
 }

@@ -4,8 +4,12 @@
 -- ARGV[1]: after (an offset; 0 for the whole history)
 -- ARGV[2]: limit (most entries returned; 0 for the position alone)
 -- ARGV[3]: ttl_ms (entries older than this are gone, whatever the stream still holds)
--- ARGV[4]: a fresh random epoch, used only if the room has none (its old history, if
---          any, is dropped: it belongs to a lost epoch)
+-- ARGV[4]: a fresh random epoch, used if the room has none (its old history, if any,
+--          is dropped: it belongs to a lost epoch) or went back in time
+-- ARGV[5]: the epoch `after` was handed out in ("" if unknown). A room in that epoch
+--          whose head is behind `after` lost deliveries someone already saw (a failover
+--          before they replicated): it moves to the fresh epoch at its head, so the
+--          offsets it hands out next are never taken for ones already delivered.
 -- Returns { epoch, head, complete, offset1, frame1, offset2, frame2, ... }: `complete`
 -- is 1 when nothing between `after` and min(head, after + limit) is missing.
 local pos, hist = KEYS[1], KEYS[2]
@@ -20,6 +24,10 @@ else
   epoch = redis.call('HGET', pos, 'epoch')
 end
 local head = tonumber(redis.call('HGET', pos, 'offset') or '0')
+if ARGV[5] ~= '' and ARGV[5] == epoch and after > head then
+  epoch = ARGV[4]
+  redis.call('HSET', pos, 'epoch', epoch)
+end
 local out = { epoch, head, 1 }
 if after >= head or limit == 0 then return out end
 local now = redis.call('TIME')

@@ -6,7 +6,8 @@
 --           `t` (Redis time in ms when appended) and `f` (the complete frame)
 -- size, ttl_ms   the room's history policy
 -- epoch          a fresh random epoch, used only if the room has none (new, or its
---                position was lost: then its old history is dropped with it)
+--                position was lost: then its old history is dropped with it), or if
+--                its history and position disagree
 -- publish        'PUBLISH', or 'SPUBLISH' on a Redis Cluster (the channel shares the
 --                room's hash tag, so it lives in the slot this script runs on)
 -- channel        where to publish ('' for nobody but this node)
@@ -14,6 +15,7 @@
 -- unplaced       the frame up to its offset: `{"event":…,"data":…,"room":…,"offset":`
 -- Returns { epoch, offset }.
 local function place(pos_key, hist_key, size, ttl_ms, epoch, publish, channel, header, unplaced)
+  local new_epoch = epoch
   if redis.call('HSETNX', pos_key, 'epoch', epoch) == 1 then
     redis.call('DEL', hist_key)
   else
@@ -23,7 +25,16 @@ local function place(pos_key, hist_key, size, ttl_ms, epoch, publish, channel, h
   local frame = unplaced .. offset .. '}'
   local now = redis.call('TIME')
   local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  redis.call('XADD', hist_key, 'MAXLEN', size, offset .. '-0', 't', ms, 'f', frame)
+  local added = redis.pcall('XADD', hist_key, 'MAXLEN', size, offset .. '-0', 't', ms, 'f', frame)
+  if type(added) == 'table' and added.err then
+    -- The history is ahead of the position (they disagree after a hand edit or a
+    -- partial restore): neither can be trusted, so the room starts a new epoch here
+    -- rather than refusing every delivery from now on.
+    epoch = new_epoch
+    redis.call('HSET', pos_key, 'epoch', epoch)
+    redis.call('DEL', hist_key)
+    redis.call('XADD', hist_key, 'MAXLEN', size, offset .. '-0', 't', ms, 'f', frame)
+  end
   redis.call('PEXPIRE', hist_key, ttl_ms)
   -- The position outlives the history by a day, so a client of a room that went quiet
   -- resumes with nothing missed rather than with a new epoch.
