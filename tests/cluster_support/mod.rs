@@ -39,8 +39,11 @@ mod client;
 pub use client::*;
 
 mod topology;
+mod tracked;
 #[allow(unused_imports)]
 pub use topology::{cluster_mode, AnyConnection, Redis, RedisCluster, NODE_TIMEOUT_MS};
+#[allow(unused_imports)]
+pub use tracked::{Position, Tracked};
 
 /// A pack under `tests/packs/cluster/`.
 pub fn pack(name: &str) -> PathBuf {
