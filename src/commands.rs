@@ -34,7 +34,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 let events = pack.events.values().map(|e| {
                     serde_json::json!({
                         "kind": "event", "name": e.name, "scope": e.scope.as_str(),
-                        "to": e.to.to_string(), "description": e.description,
+                        "to": e.to.to_string(),
+                        "senders": config::Sender::ALL.iter().filter(|s| e.senders.allows(**s)).map(|s| s.as_str()).collect::<Vec<_>>(),
+                        "description": e.description,
                     })
                 });
                 let rooms = pack.rooms.iter().map(|r| {
@@ -56,14 +58,15 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 for e in pack.events.values() {
                     writeln!(
                         out,
-                        "{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}",
                         e.name,
                         e.scope.as_str(),
                         e.to,
+                        e.senders,
                         e.description.as_deref().unwrap_or("").trim()
                     )?;
                 }
-                // Three columns where an event line has four: an event may be called
+                // Three columns where an event line has five: an event may be called
                 // `room`, so the column count is what tells the lines apart.
                 for r in pack.rooms.iter() {
                     writeln!(

@@ -631,8 +631,8 @@ fn list_prints_the_events_of_a_valid_pack() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out.stdout);
     let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
-    // Event lines have four columns, rooms rules three (an event may be called `room`).
-    let (rows, rooms): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 4);
+    // Event lines have five columns, rooms rules three (an event may be called `room`).
+    let (rows, rooms): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 5);
     assert_eq!(
         rooms,
         [vec!["room", "*", "history size=100 ttl=3600s"]],
@@ -690,7 +690,7 @@ fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
     let out = run(&["check", "--list", dir]);
     assert_eq!(
         text(&out.stdout),
-        "doc.open\tcluster\tnone\t\n\
+        "doc.open\tcluster\tnone\tclients\t\n\
          room\tdoc:*\thistory size=1000 ttl=3600s\n\
          room\tarchive:*\thistory size=10 ttl=60s\n"
     );
@@ -701,7 +701,7 @@ fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
     assert_eq!(
         list,
         serde_json::json!([
-            {"kind": "event", "name": "doc.open", "scope": "cluster", "to": "none", "description": null},
+            {"kind": "event", "name": "doc.open", "scope": "cluster", "to": "none", "senders": ["clients"], "description": null},
             {"kind": "room", "room": "doc:*", "history": {"size": 1000, "ttl": 3600}},
             {"kind": "room", "room": "archive:*", "history": {"size": 10, "ttl": 60}},
         ])

@@ -153,6 +153,7 @@ impl NodeRegistry {
                 user: orphan.user.as_deref().map(Arc::from),
                 claims: serde_json::Value::Null,
                 rooms: Some(orphan.rooms.clone()),
+                sender: crate::config::Sender::Clients,
             };
             if let Err(f) = self.engine.run_hook(&caller, Hook::Disconnect).await {
                 tracing::warn!(conn = %orphan.id, code = f.code.as_str(), error = %f.message, "$disconnect hook of a dead node's connection failed");

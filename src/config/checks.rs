@@ -5,8 +5,9 @@ use std::path::Path;
 
 use super::decode::Loader;
 use super::rooms::{glob_covers, globs_intersect};
-use super::target::TargetSpec;
+use super::target::{TargetSpec, Template};
 use super::yaml::{Node, NodeKind, Pos};
+use super::Senders;
 use crate::suggest::suggest;
 
 impl Loader<'_> {
@@ -77,6 +78,43 @@ impl Loader<'_> {
                     node.pos,
                     "`to: sender` with `exclude_sender: true` delivers nothing",
                 );
+            }
+        }
+    }
+
+    /// Fields that cannot work for an event only backends send: an API call has no
+    /// connection of its own (`conn.id` is `api:<key name>`) and no user.
+    pub(super) fn check_api_fields(
+        &mut self,
+        file: &Path,
+        def: &Node,
+        senders: Senders,
+        to: &TargetSpec,
+        keys: &[Template],
+    ) {
+        if !senders.api_only() {
+            return;
+        }
+        let to_pos = def.get("to").map_or(def.pos, |n| n.pos);
+        if *to == TargetSpec::Sender {
+            self.diags.warning(file, to_pos, "`to: sender` on an event only the API sends delivers to nobody: an API call has no connection");
+        }
+        if to.reads_conn_user() {
+            self.diags.warning(file, to_pos, "`to` reads `{{conn.user}}`, but an API call has no user: every call would fail with `unauthorized`; take the user from `data`");
+        }
+        if let Some(node) = def.get("keys") {
+            if keys.iter().any(Template::reads_conn_user) {
+                self.diags.warning(file, node.pos, "`keys` read `{{conn.user}}`, but an API call has no user; take the user from `data`");
+            }
+        }
+        if let Some(node) = def.get("auth") {
+            if node.as_str() == Some("required") {
+                self.diags.warning(file, node.pos, "`auth: required` has no effect on an event only the API sends: API calls are authenticated by their key");
+            }
+        }
+        if let Some(node) = def.get("exclude_sender") {
+            if matches!(node.kind, NodeKind::Bool(true)) {
+                self.diags.warning(file, node.pos, "`exclude_sender` has no effect on an event only the API sends: an API call receives no deliveries");
             }
         }
     }

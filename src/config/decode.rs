@@ -11,7 +11,7 @@ use super::rooms::RoomRules;
 use super::schema::SchemaFiles;
 use super::target::{TargetSpec, Template};
 use super::yaml::{self, Node, NodeKind, Pos};
-use super::{Diagnostics, EventDef, Hooks, RateLimit, Scope};
+use super::{Diagnostics, EventDef, Hooks, RateLimit, Scope, Sender, Senders};
 use crate::script::ScriptRuntime;
 use crate::suggest::suggest;
 
@@ -29,6 +29,7 @@ const EVENT_KEYS: &[&str] = &[
     "exclude_sender",
     "script",
     "rate_limit",
+    "senders",
     "auth",
     "keys",
     "tests",
@@ -358,6 +359,7 @@ impl<'a> Loader<'a> {
         let emit_as = self.emit_as(file, name, def);
         let exclude_sender = self.flag(file, def, "exclude_sender");
         let auth_required = self.auth(file, def);
+        let senders = self.senders(file, def);
         let rate_limit = def.get("rate_limit").and_then(|n| self.rate_limit(file, n));
         let keys = def
             .get("keys")
@@ -383,20 +385,29 @@ impl<'a> Loader<'a> {
             self.cross_check_targets(file, def, node, &to, script_source.as_deref());
         }
         self.check_pointless_fields(file, def, &to, exclude_sender);
+        if !is_hook {
+            self.check_api_fields(file, def, senders, &to, &keys);
+        }
 
         if self.diags.error_count() > errors_before {
             return;
         }
+        let schema_json = match (&schema, def.get("schema")) {
+            (Some(_), Some(node)) => Some(self.schemas.inlined(file, node)),
+            _ => None,
+        };
         let to_pos = def.get("to").map_or(pos, |n| n.pos);
         let event = Arc::new(EventDef {
             name: name.to_string(),
             scope,
             schema,
+            schema_json,
             to,
             emit_as,
             exclude_sender,
             script,
             rate_limit,
+            senders,
             auth_required,
             keys,
             description,
@@ -579,6 +590,71 @@ impl<'a> Loader<'a> {
                 false
             }
         }
+    }
+
+    /// `senders: [clients, api]`: who may send the event (default: clients only).
+    fn senders(&mut self, file: &Path, def: &Node) -> Senders {
+        let Some(node) = def.get("senders") else {
+            return Senders::default();
+        };
+        let names = Sender::ALL.map(Sender::as_str);
+        let NodeKind::Seq(items) = &node.kind else {
+            self.diags.error(
+                file,
+                node.pos,
+                format!(
+                    "`senders` must be a list: `[clients]`, `[api]` or `[clients, api]`, not {}",
+                    node.type_name()
+                ),
+            );
+            return Senders::default();
+        };
+        let mut senders = Senders {
+            clients: false,
+            api: false,
+        };
+        for item in items {
+            let sender = match item.as_str() {
+                Some("clients") => Sender::Clients,
+                Some("api") => Sender::Api,
+                other => {
+                    let hint = other
+                        .and_then(|s| suggest(s, names))
+                        .map(|s| format!(", did you mean `{s}`?"))
+                        .unwrap_or_else(|| " (use `clients` or `api`)".into());
+                    let shown =
+                        other.map_or_else(|| item.type_name().to_string(), |s| format!("`{s}`"));
+                    self.diags.error(
+                        file,
+                        item.pos,
+                        format!("unknown sender {shown} in `senders`{hint}"),
+                    );
+                    continue;
+                }
+            };
+            if senders.allows(sender) {
+                self.diags.warning(
+                    file,
+                    item.pos,
+                    format!("`{}` is listed twice in `senders`", sender.as_str()),
+                );
+            }
+            match sender {
+                Sender::Clients => senders.clients = true,
+                Sender::Api => senders.api = true,
+            }
+        }
+        if items.is_empty() {
+            self.diags.error(
+                file,
+                node.pos,
+                "`senders` is empty, so nobody may send this event: list `clients`, `api` or both",
+            );
+        }
+        if !senders.clients && !senders.api {
+            return Senders::default();
+        }
+        senders
     }
 
     fn rate_limit(&mut self, file: &Path, node: &Node) -> Option<RateLimit> {

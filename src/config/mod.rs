@@ -61,6 +61,66 @@ impl Scope {
     }
 }
 
+/// Who sends an event: a client over its socket, or a backend over the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Clients,
+    Api,
+}
+
+impl Sender {
+    pub const ALL: [Sender; 2] = [Sender::Clients, Sender::Api];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sender::Clients => "clients",
+            Sender::Api => "api",
+        }
+    }
+}
+
+/// Who may send an event (`senders:`; default clients only). An event its caller may
+/// not send does not exist for that caller: it gets `unknown_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Senders {
+    pub clients: bool,
+    pub api: bool,
+}
+
+impl Default for Senders {
+    fn default() -> Self {
+        Self {
+            clients: true,
+            api: false,
+        }
+    }
+}
+
+impl Senders {
+    pub fn allows(self, sender: Sender) -> bool {
+        match sender {
+            Sender::Clients => self.clients,
+            Sender::Api => self.api,
+        }
+    }
+
+    /// Only backends may send it.
+    pub fn api_only(self) -> bool {
+        self.api && !self.clients
+    }
+}
+
+impl std::fmt::Display for Senders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = Sender::ALL
+            .iter()
+            .filter(|s| self.allows(**s))
+            .map(|s| s.as_str())
+            .collect();
+        write!(f, "{}", names.join(","))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     pub per_second: f64,
@@ -88,12 +148,17 @@ pub struct EventDef {
     pub scope: Scope,
     /// `None` only for hooks, which take no payload.
     pub schema: Option<Arc<Validator>>,
+    /// The schema as written, with every `$ref` into the pack's files inlined: what
+    /// documents of the pack show (`wss-engine asyncapi`). `None` only for hooks.
+    pub schema_json: Option<serde_json::Value>,
     pub to: TargetSpec,
     /// The name deliveries carry.
     pub emit_as: String,
     pub exclude_sender: bool,
     pub script: Option<ScriptDef>,
     pub rate_limit: Option<RateLimit>,
+    /// Who may send it: clients, the HTTP API, or both.
+    pub senders: Senders,
     pub auth_required: bool,
     pub keys: Vec<Template>,
     pub description: Option<String>,

@@ -171,6 +171,27 @@ impl SchemaFiles {
         }
     }
 
+    /// The schema of `node` (found in `file`) as one self-contained JSON value: every
+    /// `$ref` to a file of the pack, into one (`file.json#/$defs/x`) or within one
+    /// (`#/$defs/x`) replaced by what it points to. For documents that must stand on
+    /// their own (`wss-engine asyncapi`); validation keeps the references. Call it after
+    /// [`compile`](Self::compile) succeeded, so every referenced file is loaded.
+    ///
+    /// Keywords beside a `$ref` are merged into its target (under `allOf` when both
+    /// have the same keyword). An inlined file loses `$schema` and `$id`, which would
+    /// mean something else inside another schema. A reference back into a schema still
+    /// being expanded (a recursive schema) cannot be inlined: it becomes `{}` (anything)
+    /// with a `$comment` saying so.
+    pub fn inlined(&self, file: &Path, node: &Node) -> Value {
+        let root = node.to_json();
+        let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+        Inliner {
+            files: self,
+            expanding: Vec::new(),
+        }
+        .value(&root, &file, &root)
+    }
+
     fn collect_refs(
         &mut self,
         file: &Path,
@@ -244,6 +265,108 @@ impl SchemaFiles {
         if let Some(doc) = self.load(&canonical, &shown, diags) {
             preloaded.insert(uri, doc.to_json());
             self.collect_refs(&shown, &doc, preloaded, diags, depth + 1);
+        }
+    }
+}
+
+/// Expands `$ref`s for [`SchemaFiles::inlined`].
+struct Inliner<'a> {
+    files: &'a SchemaFiles,
+    /// The references being expanded (file and pointer), to stop at recursion.
+    expanding: Vec<(PathBuf, String)>,
+}
+
+/// How deep references may nest before the rest are left unexpanded.
+const MAX_INLINE_DEPTH: usize = 32;
+
+impl Inliner<'_> {
+    /// `value`, found in the document `doc` of `file`, with its references expanded.
+    fn value(&mut self, value: &Value, file: &Path, doc: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let expanded: serde_json::Map<String, Value> = map
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "$ref")
+                    .map(|(k, v)| (k.clone(), self.value(v, file, doc)))
+                    .collect();
+                match map.get("$ref") {
+                    Some(Value::String(reference)) => {
+                        let target = self.reference(reference, file, doc);
+                        merge_beside_ref(target, expanded)
+                    }
+                    _ => Value::Object(expanded),
+                }
+            }
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| self.value(item, file, doc))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    fn reference(&mut self, reference: &str, file: &Path, doc: &Value) -> Value {
+        let not_inlined = |why: &str| serde_json::json!({ "$comment": format!("`$ref: {reference}` not inlined: {why}") });
+        let (target, fragment) = reference.split_once('#').unwrap_or((reference, ""));
+        let (target_file, target_doc) = if target.is_empty() {
+            (file.to_path_buf(), doc.clone())
+        } else {
+            let base = file.parent().unwrap_or(Path::new("."));
+            let loaded = base
+                .join(target)
+                .canonicalize()
+                .ok()
+                .and_then(|p| Some((self.files.docs.get(&p)?.clone()?, p)));
+            match loaded {
+                Some((node, path)) => (path, node.to_json()),
+                None => return not_inlined("not a schema file of this pack"),
+            }
+        };
+        let key = (target_file.clone(), fragment.to_string());
+        if self.expanding.contains(&key) {
+            return not_inlined("the schema is recursive");
+        }
+        if self.expanding.len() >= MAX_INLINE_DEPTH {
+            return not_inlined("references nest too deep");
+        }
+        // Only JSON Pointers (or nothing): an `$anchor` fragment is left to validation.
+        let Some(found) = (if fragment.is_empty() || fragment.starts_with('/') {
+            target_doc.pointer(fragment)
+        } else {
+            None
+        }) else {
+            return not_inlined("the fragment is not a JSON Pointer into the file");
+        };
+        self.expanding.push(key);
+        let mut out = self.value(found, &target_file, &target_doc);
+        self.expanding.pop();
+        if let Value::Object(map) = &mut out {
+            map.remove("$schema");
+            map.remove("$id");
+        }
+        out
+    }
+}
+
+/// A `$ref`'s target with the keywords written beside the `$ref`.
+fn merge_beside_ref(target: Value, beside: serde_json::Map<String, Value>) -> Value {
+    if beside.is_empty() {
+        return target;
+    }
+    match target {
+        Value::Object(mut map) if beside.keys().all(|k| !map.contains_key(k)) => {
+            map.extend(beside);
+            Value::Object(map)
+        }
+        target => {
+            let mut out = serde_json::Map::new();
+            out.insert(
+                "allOf".into(),
+                Value::Array(vec![target, Value::Object(beside)]),
+            );
+            Value::Object(out)
         }
     }
 }

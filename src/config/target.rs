@@ -80,6 +80,14 @@ impl TargetSpec {
         })
     }
 
+    /// Whether the target reads `{{conn.user}}`.
+    pub fn reads_conn_user(&self) -> bool {
+        match self {
+            Self::Room(t) | Self::User(t) | Self::Conn(t) => t.reads_conn_user(),
+            _ => false,
+        }
+    }
+
     /// Every `{{data.…}}` path the target reads, for cross-checks against the schema.
     pub fn data_paths(&self) -> Vec<&[String]> {
         match self {
@@ -204,6 +212,11 @@ impl Template {
             [Part::Literal(s)] => Some(s),
             _ => None,
         }
+    }
+
+    /// Whether it reads `{{conn.user}}` (which an anonymous or API caller lacks).
+    pub fn reads_conn_user(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::ConnUser))
     }
 
     pub fn data_paths(&self) -> Vec<&[String]> {
