@@ -263,6 +263,16 @@ impl Engine {
         &self.router
     }
 
+    /// Shared state and the directory behind it (the HTTP API's lookups).
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// The bus between nodes (the HTTP API's disconnects).
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
     /// The pack served now.
     pub fn pack(&self) -> Arc<Pack> {
         self.pack.load_full()
@@ -521,7 +531,13 @@ impl Engine {
         let keep = self.sessions.resume_ttl;
         if let Err(e) = self
             .store
-            .close_conn(&caller.id, &conn.session, &rooms, keep)
+            .close_conn(
+                &caller.id,
+                caller.user.as_deref(),
+                &conn.session,
+                &rooms,
+                keep,
+            )
             .await
         {
             tracing::warn!(conn = %caller.id, error = %e, "could not remove a closed connection from its rooms");

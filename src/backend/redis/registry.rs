@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::store::{add_conn, add_member, keep_session};
+use super::store::{add_conn, add_member, keep_session, recount};
 use super::{Names, RedisBackend};
 use crate::backend::BackendError;
 use crate::delivery::ConnSnapshot;
@@ -129,6 +129,10 @@ impl RedisBackend {
         let mut pipe = redis::pipe();
         for room in &conn.rooms {
             pipe.srem(self.names.room(room), &conn.id).ignore();
+            recount(&mut pipe, &self.names, room);
+        }
+        if let Some(user) = &conn.user {
+            pipe.srem(self.names.user(user), &conn.id).ignore();
         }
         pipe.hdel(self.names.node_conns(node), &conn.id).ignore();
         match &conn.session {
@@ -151,6 +155,25 @@ impl RedisBackend {
             .srem(self.names.nodes(), node)
             .ignore();
         self.run(&pipe).await
+    }
+}
+
+impl RedisBackend {
+    /// The registered nodes: `(id, heartbeat JSON if alive)`, sorted by id, over this
+    /// backend's connection (the HTTP API's `/api/nodes`).
+    pub async fn registered_nodes(&self) -> Result<Vec<(String, Option<String>)>, BackendError> {
+        let (mut ids,): (Vec<String>,) =
+            self.run(redis::pipe().smembers(self.names.nodes())).await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.get(self.names.node(id));
+        }
+        let infos: Vec<Option<String>> = self.run(&pipe).await?;
+        Ok(ids.into_iter().zip(infos).collect())
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
 use super::{Names, RedisBackend};
 use crate::backend::{
-    new_epoch, BackendError, Channel, Commit, CommitOutcome, Placement, Session, StateStore,
-    VersionCheck, Versioned,
+    new_epoch, BackendError, Channel, Commit, CommitOutcome, LiveConn, Placement, Session,
+    StateStore, VersionCheck, Versioned,
 };
 use crate::delivery::{ConnId, Envelope, HistoryPolicy, HistoryRead, Position, Target};
 
@@ -29,12 +29,32 @@ pub(super) fn add_member(pipe: &mut redis::Pipeline, names: &Names, room: &str, 
         .ignore()
         .sadd(names.conn_rooms(conn), room)
         .ignore();
+    recount(pipe, names, room);
 }
 
 pub(super) fn remove_member(pipe: &mut redis::Pipeline, names: &Names, room: &str, conn: &str) {
     pipe.srem(names.room(room), conn)
         .ignore()
         .srem(names.conn_rooms(conn), room)
+        .ignore();
+    recount(pipe, names, room);
+}
+
+/// Sets a room's entry in `P rooms` to its member count now (removed at 0). Each call
+/// reads the set as it is when it runs, so whatever the interleaving of nodes, the last
+/// change of a room's members leaves its count right.
+const RECOUNT: &str = "local n = redis.call('SCARD', KEYS[1]) \
+    if n > 0 then redis.call('ZADD', KEYS[2], n, ARGV[1]) \
+    else redis.call('ZREM', KEYS[2], ARGV[1]) end return n";
+
+/// After a change of `room`'s member set: its count in the rooms index.
+pub(super) fn recount(pipe: &mut redis::Pipeline, names: &Names, room: &str) {
+    pipe.cmd("EVAL")
+        .arg(RECOUNT)
+        .arg(2)
+        .arg(names.room(room))
+        .arg(names.rooms_index())
+        .arg(room)
         .ignore();
 }
 
@@ -66,6 +86,9 @@ pub(super) fn add_conn(
     .ignore()
     .persist(names.conn_rooms(conn))
     .ignore();
+    if let Some(user) = user {
+        pipe.sadd(names.user(user), conn).ignore();
+    }
 }
 
 /// A connection that is gone: its session and rooms are kept for `keep`.
@@ -327,6 +350,7 @@ impl StateStore for RedisBackend {
     fn close_conn(
         &self,
         conn: &ConnId,
+        user: Option<&str>,
         session: &str,
         rooms: &[Arc<str>],
         keep: Duration,
@@ -337,10 +361,107 @@ impl StateStore for RedisBackend {
             // Out of the room's members; the connection keeps the room in its set, for
             // a resume.
             pipe.srem(self.names.room(room), conn.as_ref()).ignore();
+            recount(&mut pipe, &self.names, room);
+        }
+        if let Some(user) = user {
+            pipe.srem(self.names.user(user), conn.as_ref()).ignore();
         }
         pipe.hdel(self.names.node_conns(&self.node_id), conn.as_ref())
             .ignore();
         keep_session(&mut pipe, &self.names, conn, session, keep);
+        async move { self.run(&pipe).await }.boxed()
+    }
+
+    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
+        // The registry hash of the node the id names: no lookup table needed.
+        let key = self.names.node_conns(super::node_of(conn));
+        let conn = conn.to_string();
+        async move {
+            let (info,): (Option<String>,) = self.run(redis::pipe().hget(&key, &conn)).await?;
+            Ok(info.map(|info| {
+                let info = serde_json::from_str::<Value>(&info).unwrap_or_default();
+                LiveConn {
+                    user: info.get("user").and_then(Value::as_str).map(str::to_string),
+                    id: conn,
+                }
+            }))
+        }
+        .boxed()
+    }
+
+    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        let key = self.names.user(user);
+        async move {
+            let (mut conns,): (Vec<String>,) = self.run(redis::pipe().smembers(&key)).await?;
+            conns.sort();
+            Ok(conns)
+        }
+        .boxed()
+    }
+
+    fn busiest_rooms(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>> {
+        let key = self.names.rooms_index();
+        async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let stop = isize::try_from(limit - 1).unwrap_or(isize::MAX);
+            let (rooms,): (Vec<(String, f64)>,) = self
+                .run(redis::pipe().zrevrange_withscores(&key, 0, stop))
+                .await?;
+            Ok(rooms
+                .into_iter()
+                .map(|(room, n)| (room, n.max(0.0) as u64))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn idempotency_claim(
+        &self,
+        key: &str,
+        marker: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        let key = self.names.idempotency(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let marker = marker.to_string();
+        async move {
+            // `SET NX GET` would do it in one command, but only from Redis 7.0 on;
+            // a MULTI of `SET NX` and `GET` is as atomic and works on 6.x too.
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&marker)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .get(&key);
+            let (claimed, held): (Option<String>, Option<String>) = self.run(&pipe).await?;
+            Ok(if claimed.is_some() { None } else { held })
+        }
+        .boxed()
+    }
+
+    fn idempotency_store(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let key = self.names.idempotency(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ms)
+            .ignore();
         async move { self.run(&pipe).await }.boxed()
     }
 
