@@ -5,8 +5,11 @@
 //! ws/          /ws: the upgrade, one task per socket, the protocol envelope
 //! http.rs      /healthz, /readyz, /metrics
 //! auth.rs      JWTs given at the upgrade
+//! api/         /api: the HTTP API for backends (keys, events, rooms, users, nodes,
+//!              batch, idempotency) and its OpenAPI document
 //! ```
 
+pub mod api;
 pub mod auth;
 mod http;
 pub mod listener;
@@ -56,13 +59,17 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Shared by every connection's link; `None` when writes are not coalesced.
     pub windows: Option<Arc<WriteWindows>>,
+    /// The HTTP API (and the dashboard); off when it has no key.
+    pub api: api::ApiState,
 }
 
 pub fn router(state: AppState) -> axum::Router {
+    let api = api::router(state.api.clone());
     axum::Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
         .with_state(state)
+        .merge(api)
 }
