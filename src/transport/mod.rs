@@ -7,8 +7,11 @@
 //! auth.rs      JWTs given at the upgrade
 //! api/         /api: the HTTP API for backends (keys, events, rooms, users, nodes,
 //!              batch, idempotency) and its OpenAPI document
+//! admin/       /admin/: the operators' dashboard, a page embedded in the binary that
+//!              reads and acts through /api
 //! ```
 
+mod admin;
 pub mod api;
 pub mod auth;
 mod http;
@@ -64,6 +67,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> axum::Router {
+    let api_on = !state.api.keys.is_empty();
     let api = api::router(state.api.clone());
     axum::Router::new()
         .route("/ws", get(ws::upgrade))
@@ -72,4 +76,5 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/metrics", get(http::metrics))
         .with_state(state)
         .merge(api)
+        .merge(admin::router(api_on))
 }
