@@ -136,3 +136,77 @@ fn replay(held: &str, request: &str) -> Reply {
         replayed: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::delivery::{Router, Sink};
+
+    #[tokio::test]
+    async fn a_repeat_while_the_first_runs_is_a_conflict_then_a_replay() {
+        let store: Arc<dyn StateStore> =
+            Arc::new(MemoryBackend::new(Router::new() as Arc<dyn Sink>));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn(once(
+            store.clone(),
+            "k",
+            Some("id-1".into()),
+            "req".into(),
+            async move {
+                let _ = released.await;
+                Reply::ok(json!(1))
+            },
+        ));
+        // The first has claimed the key and is waiting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let during = once(
+            store.clone(),
+            "k",
+            Some("id-1".into()),
+            "req".into(),
+            async { Reply::ok(json!(2)) },
+        )
+        .await;
+        assert_eq!(during.status, StatusCode::CONFLICT);
+        assert!(during.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("still running")));
+        let _ = release.send(());
+        let done = first.await.expect("first");
+        assert_eq!(done.body["data"], 1);
+        let after = once(
+            store.clone(),
+            "k",
+            Some("id-1".into()),
+            "req".into(),
+            async { Reply::ok(json!(3)) },
+        )
+        .await;
+        assert!(after.replayed);
+        assert_eq!(after.body["data"], 1);
+    }
+
+    #[tokio::test]
+    async fn answers_worth_retrying_free_the_key() {
+        let store: Arc<dyn StateStore> =
+            Arc::new(MemoryBackend::new(Router::new() as Arc<dyn Sink>));
+        let busy = once(store.clone(), "k", Some("id".into()), "req".into(), async {
+            Reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "down",
+                Vec::new(),
+            )
+        })
+        .await;
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let retry = once(store, "k", Some("id".into()), "req".into(), async {
+            Reply::ok(json!("ran"))
+        })
+        .await;
+        assert!(!retry.replayed);
+        assert_eq!(retry.body["data"], "ran");
+    }
+}

@@ -1,0 +1,182 @@
+//! The HTTP API through the built binary: keys from the command line and from
+//! `WSS_API_KEYS_FILE`, secrets never in the log (even at trace level), bad keys refused
+//! at startup, and schemathesis (all checks, negative data included) against a live
+//! node serving `examples/notify`.
+
+mod common;
+
+#[path = "support/api.rs"]
+mod api;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api::{request, Api};
+use common::BinaryServer;
+
+const FILE_SECRET: &str = "from-the-file-0123456789";
+const CLI_SECRET: &str = "from-the-cli-0123456789";
+const GUESS: &str = "a-wrong-guess-0123456789";
+
+/// The binary with `args`, logging at `log` level, keys file in the environment.
+fn spawn(pack: &Path, args: &[&str], log: &str, keys_file: Option<&Path>) -> BinaryServer {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss-engine"));
+    cmd.arg("--config")
+        .arg(pack)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("WSS_LOG", log)
+        .env_remove("REDIS_URL")
+        .env_remove("WSS_LISTEN")
+        .env_remove("SERVER_PORT")
+        .env_remove("WSS_API_KEYS_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(file) = keys_file {
+        cmd.env("WSS_API_KEYS_FILE", file);
+    }
+    common::spawn_command(cmd)
+}
+
+fn notify_pack() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/notify")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_the_file_and_the_command_line_and_never_reach_the_log() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("keys");
+    std::fs::write(
+        &file,
+        format!("# the shop's backend\nshop={FILE_SECRET}:publish,read\n\n"),
+    )
+    .expect("write keys");
+    let cli_key = format!("ops={CLI_SECRET}");
+    let mut server = spawn(
+        &notify_pack(),
+        &["--api-key", &cli_key],
+        "trace",
+        Some(&file),
+    );
+    let shop = Api::new(server.addr, FILE_SECRET);
+    let me = shop.get("/api/whoami").await;
+    assert_eq!(me.body["data"]["key"], "shop", "{}", me.text);
+    let sent = shop
+        .post("/api/events/notify.user", r#"{"user":"alice","text":"hi"}"#)
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.text);
+    assert_eq!(
+        Api::new(server.addr, CLI_SECRET)
+            .get("/api/whoami")
+            .await
+            .body["data"]["key"],
+        "ops"
+    );
+    let guessed = Api::new(server.addr, GUESS).get("/api/nodes").await;
+    assert_eq!(guessed.status, 401);
+    let header = request(
+        server.addr,
+        "GET",
+        "/api/nodes",
+        &[("X-API-Key", GUESS)],
+        None,
+    )
+    .await;
+    assert_eq!(header.status, 401);
+
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(15));
+    let log = server.log_text();
+    assert!(log.contains("HTTP API on"), "{log}");
+    assert!(log.contains("API request refused: unknown key"), "{log}");
+    for secret in [FILE_SECRET, CLI_SECRET, GUESS] {
+        assert!(!log.contains(secret), "`{secret}` is in the log:\n{log}");
+    }
+}
+
+#[test]
+fn a_bad_key_stops_the_server_before_it_listens_without_quoting_the_secret() {
+    for (arg, says) in [
+        ("shop=tooshort", "at least 16 characters"),
+        ("shop=long-enough-secret-123:write", "unknown scope `write`"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
+            .args(["--config", "examples/notify", "--listen", "127.0.0.1:0"])
+            .args(["--api-key", arg])
+            .env_remove("WSS_API_KEYS_FILE")
+            .output()
+            .expect("run the binary");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(
+            !stderr.contains("tooshort") && !stderr.contains("long-enough-secret"),
+            "{stderr}"
+        );
+    }
+}
+
+/// Where `scripts/test-deps` installs schemathesis (`WSS_SCHEMATHESIS` overrides).
+fn schemathesis() -> PathBuf {
+    if let Some(path) = std::env::var_os("WSS_SCHEMATHESIS") {
+        return PathBuf::from(path);
+    }
+    let target = Path::new(env!("CARGO_BIN_EXE_wss-engine"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary sits in target/<profile>/");
+    target.join("test-venv/bin/st")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_with_every_check() {
+    let st = schemathesis();
+    assert!(
+        st.exists(),
+        "schemathesis is not installed at {}: run scripts/test-deps",
+        st.display()
+    );
+    let key = format!("st={CLI_SECRET}");
+    let server = spawn(&notify_pack(), &["--api-key", &key], "info", None);
+    // A live connection, so the directory and disconnect operations meet one.
+    let _client = common::Client::connect(&server.url()).await;
+    let work = tempfile::tempdir().expect("dir");
+    let started = Instant::now();
+    let out = Command::new(&st)
+        .current_dir(work.path())
+        .arg("run")
+        .arg(format!("http://{}/api/openapi.json", server.addr))
+        .args(["--header", &format!("Authorization: Bearer {CLI_SECRET}")])
+        .args(["--checks", "all"])
+        .args(["--max-examples", "40"])
+        .args(["--workers", "2"])
+        .args(["--seed", "20261130"])
+        .args(["--request-timeout", "10"])
+        .args(["--max-failures", "10"])
+        .arg("--no-color")
+        .env("SCHEMATHESIS_HOOKS", "")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "schemathesis failed ({:?} after {:?}):\n{stdout}\n{stderr}",
+        out.status,
+        started.elapsed()
+    );
+    eprintln!(
+        "schemathesis: {} (in {:.1} s)",
+        stdout
+            .lines()
+            .rev()
+            .find(|l| l.contains("passed") || l.contains("generated"))
+            .unwrap_or("?")
+            .trim(),
+        started.elapsed().as_secs_f64()
+    );
+}
