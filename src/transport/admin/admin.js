@@ -131,7 +131,7 @@ async function refresh() {
       const tr = document.createElement("tr");
       tr.dataset.node = n.id;
       cell(tr, n.id, n.this ? "mono this" : "mono");
-      cell(tr, n.addr, "mono");
+      cell(tr, n.addr, "mono wide-only");
       cell(tr, n.connections, "num");
       cell(tr, n.pack ? n.pack.slice(0, 12) : "–", "mono");
       cell(tr, n.alive ? yesNo(n.ready) : "dead");
@@ -204,9 +204,19 @@ async function loadEvents() {
   chooseEvent();
 }
 
+/** Text with `code spans` (as OpenAPI descriptions have them) as nodes, never HTML. */
+function withCode(textWithTicks) {
+  return textWithTicks.split("`").map((part, i) => {
+    if (i % 2 === 0) return document.createTextNode(part);
+    const code = document.createElement("code");
+    code.textContent = part;
+    return code;
+  });
+}
+
 function chooseEvent() {
   const chosen = schemas[$("event").value];
-  $("event-about").textContent = chosen ? chosen.description : "";
+  $("event-about").replaceChildren(...withCode(chosen ? chosen.description : ""));
   $("payload").value = chosen ? JSON.stringify(skeleton(chosen.schema), null, 2) : "";
   showPayloadErrors([]);
   $("send-result").hidden = true;

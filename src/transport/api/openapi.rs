@@ -209,7 +209,7 @@ pub fn with_events(base: &Value, pack: &Pack) -> Value {
             } else {
                 String::new()
             },
-            def.senders
+            def.senders.to_string().replace(',', " and ")
         ));
         if let Some(limit) = def.rate_limit {
             description.push_str(&format!(
