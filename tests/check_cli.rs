@@ -656,7 +656,8 @@ fn list_prints_the_events_of_a_valid_pack() {
     let message = rows.iter().find(|r| r[0] == "chat.message").expect("row");
     assert_eq!(message[1], "cluster");
     assert_eq!(message[2], "room:{{data.room}}");
-    assert!(message[3].starts_with("Post a message"), "{message:?}");
+    assert_eq!(message[3], "clients", "who may send it");
+    assert!(message[4].starts_with("Post a message"), "{message:?}");
     let typing = rows.iter().find(|r| r[0] == "chat.typing").expect("row");
     assert_eq!(typing[1], "local");
 

@@ -11,7 +11,7 @@ use super::rooms::RoomRules;
 use super::schema::SchemaFiles;
 use super::target::{TargetSpec, Template};
 use super::yaml::{self, Node, NodeKind, Pos};
-use super::{Diagnostics, EventDef, Hooks, RateLimit, Scope, Sender, Senders};
+use super::{Diagnostics, EventDef, Hooks, RateLimit, Scope};
 use crate::script::ScriptRuntime;
 use crate::suggest::suggest;
 
@@ -590,71 +590,6 @@ impl<'a> Loader<'a> {
                 false
             }
         }
-    }
-
-    /// `senders: [clients, api]`: who may send the event (default: clients only).
-    fn senders(&mut self, file: &Path, def: &Node) -> Senders {
-        let Some(node) = def.get("senders") else {
-            return Senders::default();
-        };
-        let names = Sender::ALL.map(Sender::as_str);
-        let NodeKind::Seq(items) = &node.kind else {
-            self.diags.error(
-                file,
-                node.pos,
-                format!(
-                    "`senders` must be a list: `[clients]`, `[api]` or `[clients, api]`, not {}",
-                    node.type_name()
-                ),
-            );
-            return Senders::default();
-        };
-        let mut senders = Senders {
-            clients: false,
-            api: false,
-        };
-        for item in items {
-            let sender = match item.as_str() {
-                Some("clients") => Sender::Clients,
-                Some("api") => Sender::Api,
-                other => {
-                    let hint = other
-                        .and_then(|s| suggest(s, names))
-                        .map(|s| format!(", did you mean `{s}`?"))
-                        .unwrap_or_else(|| " (use `clients` or `api`)".into());
-                    let shown =
-                        other.map_or_else(|| item.type_name().to_string(), |s| format!("`{s}`"));
-                    self.diags.error(
-                        file,
-                        item.pos,
-                        format!("unknown sender {shown} in `senders`{hint}"),
-                    );
-                    continue;
-                }
-            };
-            if senders.allows(sender) {
-                self.diags.warning(
-                    file,
-                    item.pos,
-                    format!("`{}` is listed twice in `senders`", sender.as_str()),
-                );
-            }
-            match sender {
-                Sender::Clients => senders.clients = true,
-                Sender::Api => senders.api = true,
-            }
-        }
-        if items.is_empty() {
-            self.diags.error(
-                file,
-                node.pos,
-                "`senders` is empty, so nobody may send this event: list `clients`, `api` or both",
-            );
-        }
-        if !senders.clients && !senders.api {
-            return Senders::default();
-        }
-        senders
     }
 
     fn rate_limit(&mut self, file: &Path, node: &Node) -> Option<RateLimit> {

@@ -10,6 +10,7 @@
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
+//! senders.rs `senders:`: clients, the HTTP API, or both
 //! ```
 //!
 //! The loader collects every problem as a [`Diagnostic`] with `file:line:col` and keeps
@@ -24,6 +25,7 @@ mod files;
 mod rooms;
 mod schema;
 mod scripts;
+mod senders;
 pub mod target;
 pub mod yaml;
 
