@@ -119,6 +119,62 @@ fn a_bad_key_stops_the_server_before_it_listens_without_quoting_the_secret() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_follows_a_reloaded_pack() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("pack.yaml");
+    let pack = |extra: &str| {
+        format!("events:\n  a.ping:\n    senders: [api]\n    scope: local\n    schema: {{ type: object }}\n{extra}")
+    };
+    std::fs::write(&file, pack("")).expect("write");
+    let key = format!("ops={CLI_SECRET}");
+    let server = spawn(dir.path(), &["--api-key", &key], "info", None);
+    let api = Api::new(server.addr, CLI_SECRET);
+    let paths = |doc: &api::Answer| -> Vec<String> {
+        doc.body["paths"]
+            .as_object()
+            .map(|p| {
+                p.keys()
+                    .filter(|k| k.starts_with("/api/events/"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        paths(&api.get("/api/openapi.json").await),
+        ["/api/events/a.ping"]
+    );
+    assert_eq!(api.post("/api/events/b.ping", "{}").await.status, 404);
+
+    let tmp = file.with_extension("yaml.tmp");
+    std::fs::write(
+        &tmp,
+        pack("  b.ping:\n    senders: [clients, api]\n    scope: local\n    schema: { type: object, required: [x] }\n"),
+    )
+    .expect("write");
+    std::fs::rename(&tmp, &file).expect("rename");
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = api.get("/api/openapi.json").await;
+        if paths(&doc).len() == 2 {
+            let schema = &doc.body["paths"]["/api/events/b.ping"]["post"]["requestBody"]["content"]
+                ["application/json"]["schema"];
+            assert_eq!(schema["required"], serde_json::json!(["x"]));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload never showed:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let invalid = api.post("/api/events/b.ping", "{}").await;
+    assert_eq!((invalid.status, invalid.code()), (400, "invalid_payload"));
+}
+
 /// Where `scripts/test-deps` installs schemathesis (`WSS_SCHEMATHESIS` overrides).
 fn schemathesis() -> PathBuf {
     if let Some(path) = std::env::var_os("WSS_SCHEMATHESIS") {
