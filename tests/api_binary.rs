@@ -208,7 +208,9 @@ async fn schemathesis_finds_nothing_with_every_check() {
         .args(["--header", &format!("Authorization: Bearer {CLI_SECRET}")])
         .args(["--checks", "all"])
         .args(["--max-examples", "40"])
-        .args(["--workers", "2"])
+        // One worker: with two, hypothesis' internal caches were seen to race (a
+        // KeyError inside schemathesis, reported as a runtime error, not a finding).
+        .args(["--workers", "1"])
         .args(["--seed", "20261130"])
         .args(["--request-timeout", "10"])
         .args(["--max-failures", "10"])
