@@ -7,6 +7,7 @@
 //! | 401 | `unauthorized` (no key, or an unknown one) |
 //! | 403 | `forbidden` (the key lacks the scope), `unauthorized` (an event that needs a user) |
 //! | 404 | `unknown_event`, `not_found` |
+//! | 408 | `timeout` (a body that did not arrive within 10 s) |
 //! | 409 | `conflict` (a transaction that kept conflicting; an idempotency key in use) |
 //! | 413 | `too_large` |
 //! | 422 | any code a script passes to `reject` |

@@ -60,8 +60,8 @@ const EVENT_TEMPLATE: &str = "/api/events/{name}";
 /// Which errors each operation may answer, beyond those its attribute lists.
 fn errors_of(operation: &str) -> &'static [u16] {
     match operation {
-        "sendEvent" => &[400, 401, 403, 404, 409, 413, 422, 429, 500, 503],
-        "batch" => &[400, 401, 403, 409, 413, 503],
+        "sendEvent" => &[400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 503],
+        "batch" => &[400, 401, 403, 408, 409, 413, 503],
         "listRooms" | "getRoom" | "getUser" => &[400, 401, 403, 503],
         "getRoomHistory" => &[400, 401, 403, 404, 503],
         "disconnectConnection" => &[400, 401, 403, 404, 409, 503],
@@ -77,6 +77,7 @@ fn error_response(status: u16) -> Value {
         401 => "`unauthorized`: no API key, or an unknown one",
         403 => "`forbidden`: the key lacks the scope",
         404 => "`unknown_event` or `not_found`",
+        408 => "`timeout`: the body did not arrive within 10 s",
         409 => "`conflict`: a transaction kept conflicting, or the `Idempotency-Key` is in use",
         413 => "`too_large`: the body exceeds `--max-frame-bytes`",
         422 => "the script refused the event (`reject(code, message)`: its code)",

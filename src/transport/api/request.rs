@@ -19,6 +19,10 @@ use super::keys::{ApiKey, Scope};
 pub const MAX_NAME_CHARS: usize = 256;
 /// Longest `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// How long a body may take to arrive once its head has: the head's own timeout
+/// (`--header-timeout`) stops at the head, and a body trickled a byte at a time would
+/// otherwise hold its connection and task without end.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The key a request was authenticated with (put there by the auth middleware).
 #[derive(Clone)]
@@ -98,9 +102,20 @@ pub async fn json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(read) => read.map_err(|_| too_large())?,
+        Err(_) => {
+            return Err(Reply::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+                Vec::new(),
+            ))
+        }
+    };
     parse_json(&bytes)
 }
 
