@@ -27,6 +27,7 @@ const JWT = "browser-test-jwt-secret";
 const WAIT = 15_000;
 
 const children = [];
+const cleanups = [];
 let browser;
 let nodes;
 
@@ -119,6 +120,7 @@ before(async () => {
   mkdirSync(shots, { recursive: true });
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "wss-admin-redis-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   await start("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
     (log) => log.includes("Ready to accept connections"));
   const prefix = `browser-${process.pid}:`;
@@ -141,6 +143,7 @@ after(async () => {
   }
   // Only the processes this test started, by their handles.
   for (const child of children.reverse()) child.kill("SIGKILL");
+  for (const cleanup of cleanups) cleanup();
 });
 
 test("the dashboard signs in with an admin key, lists both nodes, sends and disconnects", async () => {
