@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::transport::api::keys::KeySpec;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wss-engine",
@@ -83,6 +85,10 @@ pub struct CheckArgs {
     /// Print the events of a valid pack (name, scope, to, description).
     #[arg(long)]
     pub list: bool,
+    /// The pack will run on a Redis Cluster: keys one script touches that may sit in
+    /// different slots are errors, not warnings.
+    #[arg(long)]
+    pub redis_cluster: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +241,13 @@ pub struct ServeArgs {
     /// RS256 or ES256 public key (PEM file) for verifying client JWTs.
     #[arg(long, env = "WSS_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
     pub jwt_public_key: Option<PathBuf>,
+    /// An HTTP API key, `NAME=SECRET[:scope,scope]` (scopes: publish, read, admin;
+    /// default all); repeatable. Prefer the keys file: arguments show in `ps`.
+    #[arg(long = "api-key", value_name = "NAME=SECRET[:SCOPES]")]
+    pub api_key: Vec<KeySpec>,
+    /// A file of HTTP API keys, one `NAME=SECRET[:scopes]` per line, `#` comments.
+    #[arg(long, env = "WSS_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

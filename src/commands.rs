@@ -61,6 +61,11 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let (_, case_diags) = crate::packtest::cases::load(&args.dir);
     let pack = if case_diags.has_errors() { None } else { pack };
     diags.0.extend(case_diags.0);
+    if args.redis_cluster {
+        diags.promote(config::diagnostic::CROSS_SLOT);
+    }
+    // A pack that loads but has errors now (promoted ones) is not ok.
+    let pack = if diags.has_errors() { None } else { pack };
     diags.sort();
     let mut out = std::io::stdout().lock();
     match args.format {
@@ -71,7 +76,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 let events = pack.events.values().map(|e| {
                     serde_json::json!({
                         "kind": "event", "name": e.name, "scope": e.scope.as_str(),
-                        "to": e.to.to_string(), "description": e.description,
+                        "to": e.to.to_string(),
+                        "senders": config::Sender::ALL.iter().filter(|s| e.senders.allows(**s)).map(|s| s.as_str()).collect::<Vec<_>>(),
+                        "description": e.description,
                     })
                 });
                 let rooms = pack.rooms.iter().map(|r| {
@@ -93,14 +100,15 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 for e in pack.events.values() {
                     writeln!(
                         out,
-                        "{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}",
                         e.name,
                         e.scope.as_str(),
                         e.to,
+                        e.senders,
                         e.description.as_deref().unwrap_or("").trim()
                     )?;
                 }
-                // Three columns where an event line has four: an event may be called
+                // Three columns where an event line has five: an event may be called
                 // `room`, so the column count is what tells the lines apart.
                 for r in pack.rooms.iter() {
                     writeln!(

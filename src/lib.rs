@@ -15,14 +15,18 @@
 //!   per-connection queues, write windows).
 //! - [`backend`]: the `StateStore` and `Bus` contracts; memory and Redis implementations.
 //! - [`engine`]: dispatch (validate → script → commit → deliver) and transactions.
-//! - [`transport`]: the accept loop, `/ws` with one task per socket, HTTP endpoints.
-//! - [`cluster`]: node registry, heartbeats, cleanup after dead nodes.
+//! - [`transport`]: the accept loop, `/ws` with one task per socket, HTTP endpoints,
+//!   the HTTP API for backends (`/api`: events through the engine's second door, the
+//!   directory, disconnects, OpenAPI) and the admin dashboard (`/admin/`).
+//! - [`cluster`]: node registry, heartbeats, cleanup after dead nodes; the fleet as the
+//!   HTTP API shows it.
 //! - [`packtest`]: `wss-engine test`, a pack's `tests:` cases run in-process.
 //! - [`server`]: the composition root; [`cli`] and [`commands`]: the command line.
 //!
-//! Dependencies point one way: `server` → `transport`/`cluster` → `engine` →
-//! `config`/`script`/`backend` → `delivery`. `config` and `script` know nothing of
-//! sockets or backends; backends know nothing of events.
+//! Dependencies point one way: `server` → `transport` → `cluster` → `engine` →
+//! `config`/`script`/`backend` → `delivery` (only the HTTP API of `transport` reads
+//! `cluster`, for the node list). `config` and `script` know nothing of sockets or
+//! backends; backends know nothing of events.
 
 pub mod backend;
 pub mod cli;

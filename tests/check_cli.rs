@@ -631,8 +631,8 @@ fn list_prints_the_events_of_a_valid_pack() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out.stdout);
     let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
-    // Event lines have four columns, rooms rules three (an event may be called `room`).
-    let (rows, rooms): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 4);
+    // Event lines have five columns, rooms rules three (an event may be called `room`).
+    let (rows, rooms): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 5);
     assert_eq!(
         rooms,
         [vec!["room", "*", "history size=100 ttl=3600s"]],
@@ -656,7 +656,8 @@ fn list_prints_the_events_of_a_valid_pack() {
     let message = rows.iter().find(|r| r[0] == "chat.message").expect("row");
     assert_eq!(message[1], "cluster");
     assert_eq!(message[2], "room:{{data.room}}");
-    assert!(message[3].starts_with("Post a message"), "{message:?}");
+    assert_eq!(message[3], "clients", "who may send it");
+    assert!(message[4].starts_with("Post a message"), "{message:?}");
     let typing = rows.iter().find(|r| r[0] == "chat.typing").expect("row");
     assert_eq!(typing[1], "local");
 
@@ -690,7 +691,7 @@ fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
     let out = run(&["check", "--list", dir]);
     assert_eq!(
         text(&out.stdout),
-        "doc.open\tcluster\tnone\t\n\
+        "doc.open\tcluster\tnone\tclients\t\n\
          room\tdoc:*\thistory size=1000 ttl=3600s\n\
          room\tarchive:*\thistory size=10 ttl=60s\n"
     );
@@ -701,7 +702,7 @@ fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
     assert_eq!(
         list,
         serde_json::json!([
-            {"kind": "event", "name": "doc.open", "scope": "cluster", "to": "none", "description": null},
+            {"kind": "event", "name": "doc.open", "scope": "cluster", "to": "none", "senders": ["clients"], "description": null},
             {"kind": "room", "room": "doc:*", "history": {"size": 1000, "ttl": 3600}},
             {"kind": "room", "room": "archive:*", "history": {"size": 10, "ttl": 60}},
         ])
@@ -736,6 +737,16 @@ const WARNINGS: &[(&str, &[Expected])] = &[
                 "these keys do not share one `{hash tag}`",
             ),
         ],
+    ),
+    (
+        // Keys a script names, in two slots; the event whose keys share a tag is quiet.
+        "script-split-keys",
+        &[at(
+            "pack.yaml",
+            6,
+            7,
+            "the script's state keys (`balance:…`, `{ledger}`) do not share one `{hash tag}`",
+        )],
     ),
     (
         "optional-target-field",
@@ -823,6 +834,42 @@ fn warnings_are_printed_but_do_not_fail_the_check() {
         let json = run(&["check", &dir, "--format", "json"]);
         assert_eq!(json_lines(&text(&json.stdout)), lines, "{name}");
     }
+}
+
+/// `--redis-cluster`: keys that may sit in different slots fail the check, in text and
+/// JSON; other warnings stay warnings.
+#[test]
+fn redis_cluster_makes_slot_warnings_errors() {
+    for (name, slot_line) in [("split-keys", 13), ("script-split-keys", 6)] {
+        let dir = format!("tests/fixtures/warnings/{name}");
+        let out = run(&["check", "--redis-cluster", &dir]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stdout}");
+        for line in stdout.lines().map(parse_line) {
+            let expected = if line.line == slot_line {
+                "error"
+            } else {
+                "warning"
+            };
+            assert_eq!(line.severity, expected, "{name}: {stdout}");
+        }
+        assert!(
+            stdout.lines().any(|l| parse_line(l).line == slot_line),
+            "{name}: {stdout}"
+        );
+        let json = run(&["check", "--redis-cluster", &dir, "--format", "json"]);
+        let diags: Value = serde_json::from_slice(&json.stdout).expect("JSON diagnostics");
+        let slot = diags
+            .as_array()
+            .expect("an array")
+            .iter()
+            .find(|d| d["line"] == slot_line)
+            .unwrap_or_else(|| panic!("{name}: {diags}"));
+        assert_eq!(slot["severity"], "error", "{name}: {slot}");
+    }
+    // Without anything that depends on slots, the flag changes nothing.
+    let out = run(&["check", "--redis-cluster", "events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
 
 #[test]

@@ -41,7 +41,7 @@ async fn timed_call(client: &mut Client, event: &str, data: Value) -> (Value, Du
 /// Subscribers of a channel. On a Redis Cluster every channel is a sharded one, and
 /// those of rooms and nodes are named with a hash tag.
 fn numsub(cluster: &Cluster, kind: &str, name: &str) -> i64 {
-    let (sub, channel) = if cluster_support::cluster_mode() {
+    let (sub, channel) = if cluster.redis.is_cluster() {
         let channel = if name.is_empty() {
             cluster.key(kind)
         } else {

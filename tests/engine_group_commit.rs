@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::{
-    BackendError, Bus, Commit, CommitOutcome, Session, StateStore, Versioned,
+    BackendError, Bus, Commit, CommitOutcome, LiveConn, Session, StateStore, Versioned,
 };
 use wss_engine::config;
 use wss_engine::delivery::{ConnId, ConnLink, HistoryPolicy, HistoryRead, Router, Sink};
@@ -57,11 +57,40 @@ impl StateStore for SlowCommits {
     fn close_conn(
         &self,
         conn: &ConnId,
+        user: Option<&str>,
         session: &str,
         rooms: &[Arc<str>],
         keep: Duration,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.close_conn(conn, session, rooms, keep)
+        self.inner.close_conn(conn, user, session, rooms, keep)
+    }
+    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
+        self.inner.live_conn(conn)
+    }
+    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        self.inner.user_conns(user)
+    }
+    fn busiest_rooms(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>> {
+        self.inner.busiest_rooms(limit)
+    }
+    fn idempotency_claim(
+        &self,
+        key: &str,
+        marker: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        self.inner.idempotency_claim(key, marker, ttl)
+    }
+    fn idempotency_store(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.idempotency_store(key, value, ttl)
     }
     fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
         self.inner.session(id)

@@ -180,8 +180,10 @@ fn every_client_event_ships_tests_and_a_documented_frame() {
                 pack.display()
             )
         });
+        // Events only backends send are documented as calls of the HTTP API instead.
+        let called = backend_calls(&readme).unwrap_or_default();
         let (cases, _) = wss_engine::packtest::cases::load(&root().join(&pack));
-        for name in loaded.events.keys() {
+        for (name, def) in &loaded.events {
             assert!(
                 cases
                     .iter()
@@ -189,11 +191,35 @@ fn every_client_event_ships_tests_and_a_documented_frame() {
                 "{}: event `{name}` has no tests",
                 pack.display()
             );
-            assert!(
-                sent.iter().any(|f| f["event"] == name.as_str()),
-                "{}/README.md shows no frame a client sends for `{name}`",
-                pack.display()
-            );
+            if def.senders.clients {
+                assert!(
+                    sent.iter().any(|f| f["event"] == name.as_str()),
+                    "{}/README.md shows no frame a client sends for `{name}`",
+                    pack.display()
+                );
+            } else {
+                assert!(
+                    called.iter().any(|(event, _)| event == name),
+                    "{}/README.md shows no call a backend makes for `{name}`",
+                    pack.display()
+                );
+            }
+        }
+        for (name, body) in &called {
+            let event = loaded
+                .events
+                .get(name)
+                .filter(|e| e.senders.api)
+                .unwrap_or_else(|| {
+                    panic!("{}/README.md: `{name}` is not an API event", pack.display())
+                });
+            if let Some(schema) = &event.schema {
+                assert!(
+                    schema.is_valid(body),
+                    "{}/README.md: `{body}` is refused by the schema of `{name}`",
+                    pack.display()
+                );
+            }
         }
         // Each documented frame is one the server accepts: a known event whose schema
         // takes the documented payload.
@@ -215,6 +241,28 @@ fn every_client_event_ships_tests_and_a_documented_frame() {
             }
         }
     }
+}
+
+/// `(event, body)` of each `{"post": "/api/events/<event>", "body": …}` line of the
+/// first ```json block after "Calls a backend makes".
+fn backend_calls(readme: &str) -> Option<Vec<(String, Value)>> {
+    let section = &readme[readme.find("Calls a backend makes")?..];
+    let block = &section[section.find("```json")? + "```json".len()..];
+    let block = &block[..block.find("```")?];
+    Some(
+        block
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let call: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("`{l}`: {e}"));
+                let event = call["post"]
+                    .as_str()
+                    .and_then(|p| p.strip_prefix("/api/events/"))
+                    .unwrap_or_else(|| panic!("`{l}`: `post` is not /api/events/<name>"));
+                (event.to_string(), call["body"].clone())
+            })
+            .collect(),
+    )
 }
 
 /// The JSON lines of the first ```json block after "Frames a client sends".

@@ -17,11 +17,11 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use super::{
-    new_epoch, BackendError, Bus, Commit, CommitOutcome, Placement, Session, StateStore,
+    new_epoch, BackendError, Bus, Commit, CommitOutcome, LiveConn, Placement, Session, StateStore,
     StoredValue, VersionCheck, Versioned,
 };
 use crate::delivery::{
-    ConnId, Envelope, HistoryEntry, HistoryPolicy, HistoryRead, Position, Sink, Target,
+    ConnId, Ending, Envelope, HistoryEntry, HistoryPolicy, HistoryRead, Position, Sink, Target,
 };
 
 #[derive(Default)]
@@ -92,6 +92,25 @@ struct Presence {
     /// Each connection's rooms; kept with its session after it closes.
     conn_rooms: HashMap<String, BTreeSet<String>>,
     sessions: HashMap<String, SessionEntry>,
+    /// Live connections and their users.
+    live: HashMap<String, Option<String>>,
+    /// Each user's live connections.
+    users: HashMap<String, BTreeSet<String>>,
+}
+
+/// Most idempotency keys kept at once. Each lives five minutes, so this is a budget
+/// of ~300 keyed requests a second; past it new keys are refused (`unavailable`)
+/// rather than memory growing without bound.
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// Idempotency keys and what they hold, each until its deadline.
+#[derive(Default)]
+struct Remembered(HashMap<String, (String, Instant)>);
+
+impl Remembered {
+    fn sweep(&mut self, now: Instant) {
+        self.0.retain(|_, (_, until)| *until > now);
+    }
 }
 
 impl Presence {
@@ -115,6 +134,7 @@ pub struct MemoryBackend {
     /// inside, so an async mutex would only add cost.
     state: Mutex<State>,
     presence: Mutex<Presence>,
+    remembered: Mutex<Remembered>,
     sink: Arc<dyn Sink>,
     version_check: VersionCheck,
 }
@@ -128,6 +148,7 @@ impl MemoryBackend {
         Self {
             state: Mutex::new(State::default()),
             presence: Mutex::new(Presence::default()),
+            remembered: Mutex::new(Remembered::default()),
             sink,
             version_check,
         }
@@ -266,18 +287,38 @@ impl StateStore for MemoryBackend {
                 expires_at: None,
             },
         );
+        presence
+            .live
+            .insert(conn.to_string(), user.map(str::to_string));
+        if let Some(user) = user {
+            presence
+                .users
+                .entry(user.to_string())
+                .or_default()
+                .insert(conn.to_string());
+        }
         ready(Ok(())).boxed()
     }
 
     fn close_conn(
         &self,
         conn: &ConnId,
+        user: Option<&str>,
         session: &str,
         rooms: &[Arc<str>],
         keep: Duration,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         let now = Instant::now();
         let mut presence = self.presence.lock();
+        presence.live.remove(conn.as_ref());
+        if let Some(user) = user {
+            if let Some(conns) = presence.users.get_mut(user) {
+                conns.remove(conn.as_ref());
+                if conns.is_empty() {
+                    presence.users.remove(user);
+                }
+            }
+        }
         for room in rooms {
             if let Some(members) = presence.rooms.get_mut(room.as_ref()) {
                 members.remove(conn.as_ref());
@@ -290,6 +331,83 @@ impl StateStore for MemoryBackend {
             entry.expires_at = Some(now + keep);
         }
         presence.sweep(now);
+        ready(Ok(())).boxed()
+    }
+
+    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
+        let live = self.presence.lock().live.get(conn).map(|user| LiveConn {
+            id: conn.to_string(),
+            user: user.clone(),
+        });
+        ready(Ok(live)).boxed()
+    }
+
+    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        let conns = self
+            .presence
+            .lock()
+            .users
+            .get(user)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
+        ready(Ok(conns)).boxed()
+    }
+
+    fn busiest_rooms(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>> {
+        // One node's rooms: a scan is as cheap as keeping a sorted index up to date.
+        let mut rooms: Vec<(String, u64)> = self
+            .presence
+            .lock()
+            .rooms
+            .iter()
+            .map(|(room, members)| (room.clone(), members.len() as u64))
+            .collect();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rooms.truncate(limit);
+        ready(Ok(rooms)).boxed()
+    }
+
+    fn idempotency_claim(
+        &self,
+        key: &str,
+        marker: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        let now = Instant::now();
+        let mut remembered = self.remembered.lock();
+        if let Some((value, until)) = remembered.0.get(key) {
+            if *until > now {
+                return ready(Ok(Some(value.clone()))).boxed();
+            }
+        }
+        if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
+            remembered.sweep(now);
+            if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
+                return ready(Err(BackendError::Unavailable(format!(
+                    "more than {MAX_IDEMPOTENCY_KEYS} idempotency keys within their 5 minutes"
+                ))))
+                .boxed();
+            }
+        }
+        remembered
+            .0
+            .insert(key.to_string(), (marker.to_string(), now + ttl));
+        ready(Ok(None)).boxed()
+    }
+
+    fn idempotency_store(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.remembered
+            .lock()
+            .0
+            .insert(key.to_string(), (value.to_string(), Instant::now() + ttl));
         ready(Ok(())).boxed()
     }
 
@@ -364,8 +482,8 @@ impl Bus for MemoryBackend {
         ready(Ok(placed)).boxed()
     }
 
-    fn take_over(&self, conn: &str) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.sink.take_over(conn);
+    fn end_conn(&self, conn: &str, why: Ending) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.sink.end_conn(conn, why);
         ready(Ok(())).boxed()
     }
 }

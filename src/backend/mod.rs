@@ -15,6 +15,8 @@
 //!   so what a node missed can be read back ([`StateStore::history`]).
 //! - Sessions: what a closed connection leaves behind for a resume (its user and rooms),
 //!   kept for the resume TTL.
+//! - Directory reads for the HTTP API: live connections, each user's connections, the
+//!   busiest rooms, and idempotency keys (a claim, then the stored result).
 //!
 //! Backends know nothing of events, schemas or scripts. Only the composition root
 //! (`crate::server`) chooses which implementation runs.
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use crate::delivery::{ConnId, Envelope, HistoryPolicy, HistoryRead};
+use crate::delivery::{ConnId, Ending, Envelope, HistoryPolicy, HistoryRead};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -140,6 +142,13 @@ pub struct Session {
     pub rooms: Vec<String>,
 }
 
+/// A connection some node holds, as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConn {
+    pub id: String,
+    pub user: Option<String>,
+}
+
 /// A random epoch for a room whose history begins now.
 pub fn new_epoch() -> Arc<str> {
     Arc::from(format!("{:016x}", rand::random::<u64>()))
@@ -173,14 +182,48 @@ pub trait StateStore: Send + Sync + 'static {
         session: &str,
     ) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// A connection closed: out of its rooms' member sets and the live registry; its
-    /// session and its rooms are kept for `keep` (the resume TTL).
+    /// A connection closed: out of its rooms' member sets, its user's connections and
+    /// the live registry; its session and its rooms are kept for `keep` (the resume TTL).
     fn close_conn(
         &self,
         conn: &ConnId,
+        user: Option<&str>,
         session: &str,
         rooms: &[Arc<str>],
         keep: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// A live connection, on any node: `None` when no node holds it.
+    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>>;
+
+    /// The live connections of `user`, on every node, sorted.
+    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
+
+    /// The rooms with the most members, cluster-wide, most first: `(room, members)`,
+    /// at most `limit`. Kept up to date by every membership change, so this is one
+    /// cheap read, not a scan.
+    fn busiest_rooms(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>>;
+
+    /// Claim an idempotency key for a request about to run: `Ok(None)` when it was
+    /// free (it now holds `marker` for `ttl`), else what it holds (the marker of a
+    /// request still running, or a stored result). Cluster-wide and atomic: of two
+    /// nodes claiming one key at once, one gets it.
+    fn idempotency_claim(
+        &self,
+        key: &str,
+        marker: &str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>>;
+
+    /// Keep `value` under a claimed idempotency key for `ttl` (replacing the marker).
+    fn idempotency_store(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: std::time::Duration,
     ) -> BoxFuture<'_, Result<(), BackendError>>;
 
     /// The session `id`, if it is live or still within its resume TTL.
@@ -227,8 +270,10 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, envelope: Envelope)
         -> BoxFuture<'_, Result<Option<Placement>, BackendError>>;
 
-    /// End the connection `conn`, wherever it is: its session was resumed elsewhere.
-    fn take_over(&self, conn: &str) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// End the connection `conn`, wherever it is, for the reason given (its session was
+    /// resumed elsewhere, a backend disconnected it): the node holding it closes it
+    /// with that reason's close code. At most once, like every message on the bus.
+    fn end_conn(&self, conn: &str, why: Ending) -> BoxFuture<'_, Result<(), BackendError>>;
 
     /// A local recipient appeared for `channel`: from when this resolves, everything
     /// published to it reaches this node. Reference-counted; one `unwatch` per `watch`,

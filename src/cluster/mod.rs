@@ -12,6 +12,9 @@
 //! A missing heartbeat proves a node dead only to a node that itself reached Redis for
 //! a whole TTL: after a stall or an outage every node's heartbeat may have expired, and
 //! the live ones need one TTL to beat again before anyone may reap them.
+//!
+//! [`Fleet`] is the registry as the HTTP API reads it: every node with its heartbeat
+//! (connections, pack, readiness, event counters), this one fresh.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +24,11 @@ use tokio::sync::watch;
 
 use crate::backend::redis::RedisBackend;
 use crate::backend::BackendError;
+use crate::engine::stats::StatsSnapshot;
 use crate::engine::{Caller, Engine, Hook};
+
+mod fleet;
+pub use fleet::{Fleet, NodeStatus};
 
 /// How long a dead node's connections stay in presence, at most (plus one scan period).
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(10);
@@ -37,6 +44,17 @@ pub struct NodeInfo {
     pub fingerprint: String,
     pub connections: usize,
     pub version: String,
+    /// Whether the node could serve at its last heartbeat (`/readyz`). Absent from
+    /// the entries of nodes older than the HTTP API: read as `true`.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// Its event counters at its last heartbeat (`/api/stats` across nodes).
+    #[serde(default)]
+    pub stats: StatsSnapshot,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// This node's entry in the registry, kept alive by a heartbeat, and the survivor's
@@ -69,6 +87,8 @@ impl NodeInfo {
             fingerprint: fingerprint.to_string(),
             connections: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: true,
+            stats: StatsSnapshot::default(),
         }
     }
 }
@@ -136,6 +156,8 @@ impl NodeRegistry {
         self.info.connections = self.engine.router().connection_count();
         // A reload changes it; the registry is how `wss-engine nodes` sees a mixed fleet.
         self.info.fingerprint = self.engine.pack().fingerprint.clone();
+        self.info.ready = crate::backend::Bus::is_ready(&*self.backend);
+        self.info.stats = self.engine.stats.snapshot();
         let info = serde_json::to_string(&self.info).unwrap_or_default();
         let added = self.backend.heartbeat(&info, self.ttl).await?;
         let was_registered = std::mem::replace(&mut self.registered, true);
@@ -171,6 +193,7 @@ impl NodeRegistry {
                 user: orphan.user.as_deref().map(Arc::from),
                 claims: serde_json::Value::Null,
                 rooms: Some(orphan.rooms.clone()),
+                sender: crate::config::Sender::Clients,
             };
             if let Err(f) = self.engine.run_hook(&caller, Hook::Disconnect).await {
                 tracing::warn!(conn = %orphan.id, code = f.code.as_str(), error = %f.message, "$disconnect hook of a dead node's connection failed");

@@ -4,9 +4,11 @@
 use std::path::Path;
 
 use super::decode::Loader;
+use super::diagnostic::{Diagnostic, CROSS_SLOT};
 use super::rooms::{glob_covers, globs_intersect};
-use super::target::TargetSpec;
+use super::target::{KeySlot, TargetSpec, Template};
 use super::yaml::{Node, NodeKind, Pos};
+use super::Senders;
 use crate::suggest::suggest;
 
 impl Loader<'_> {
@@ -81,6 +83,43 @@ impl Loader<'_> {
         }
     }
 
+    /// Fields that cannot work for an event only backends send: an API call has no
+    /// connection of its own (`conn.id` is `api:<key name>`) and no user.
+    pub(super) fn check_api_fields(
+        &mut self,
+        file: &Path,
+        def: &Node,
+        senders: Senders,
+        to: &TargetSpec,
+        keys: &[Template],
+    ) {
+        if !senders.api_only() {
+            return;
+        }
+        let to_pos = def.get("to").map_or(def.pos, |n| n.pos);
+        if *to == TargetSpec::Sender {
+            self.diags.warning(file, to_pos, "`to: sender` on an event only the API sends delivers to nobody: an API call has no connection");
+        }
+        if to.reads_conn_user() {
+            self.diags.warning(file, to_pos, "`to` reads `{{conn.user}}`, but an API call has no user: every call would fail with `unauthorized`; take the user from `data`");
+        }
+        if let Some(node) = def.get("keys") {
+            if keys.iter().any(Template::reads_conn_user) {
+                self.diags.warning(file, node.pos, "`keys` read `{{conn.user}}`, but an API call has no user; take the user from `data`");
+            }
+        }
+        if let Some(node) = def.get("auth") {
+            if node.as_str() == Some("required") {
+                self.diags.warning(file, node.pos, "`auth: required` has no effect on an event only the API sends: API calls are authenticated by their key");
+            }
+        }
+        if let Some(node) = def.get("exclude_sender") {
+            if matches!(node.kind, NodeKind::Bool(true)) {
+                self.diags.warning(file, node.pos, "`exclude_sender` has no effect on an event only the API sends: an API call receives no deliveries");
+            }
+        }
+    }
+
     /// The declared keys of one script must share a Redis Cluster hash slot. Points at
     /// the first key that would land in another slot than the first one.
     pub(super) fn check_key_slots(&mut self, file: &Path, tags: &[(Option<String>, Pos)]) {
@@ -90,12 +129,56 @@ impl Loader<'_> {
                 .find(|(tag, _)| first.is_none() || tag != first)
         });
         if let Some((_, pos)) = stray {
-            self.diags.warning(
-                file,
-                *pos,
-                "these keys do not share one `{hash tag}`, so on Redis Cluster they may sit in different slots and the script fails there; put the common part in braces, e.g. `poll:{{{data.id}}}` and `poll:{{{data.id}}}:votes`",
+            self.diags.push(
+                Diagnostic::warning(
+                    file,
+                    *pos,
+                    "these keys do not share one `{hash tag}`, so on Redis Cluster they may sit in different slots and the script fails there; put the common part in braces, e.g. `poll:{{{data.id}}}` and `poll:{{{data.id}}}:votes`",
+                )
+                .with_code(CROSS_SLOT),
             );
         }
+    }
+
+    /// The state keys a script names, and those it declares, must share a Redis
+    /// Cluster slot too: literal keys with different hash tags, or computed ones led by
+    /// different literals, do not. (Declared keys alone are `check_key_slots`'.)
+    pub(super) fn check_script_slots(
+        &mut self,
+        file: &Path,
+        pos: Pos,
+        ast: &rhai::AST,
+        declared: &[Template],
+    ) {
+        let mut slots: Vec<KeySlot> = declared
+            .iter()
+            .filter_map(|t| KeySlot::of_skeleton(&t.skeleton()))
+            .collect();
+        slots.sort();
+        slots.dedup();
+        if slots.len() > 1 {
+            return;
+        }
+        for slot in super::scripts::state_key_slots(ast) {
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
+        }
+        if slots.len() < 2 {
+            return;
+        }
+        let named: Vec<String> = slots.iter().map(ToString::to_string).collect();
+        self.diags.push(
+            Diagnostic::warning(
+                file,
+                pos,
+                format!(
+                    "the script's state keys ({}) do not share one `{{hash tag}}`, so on Redis Cluster they may sit in different slots and the script fails there with `script_error`; give them one tag, e.g. `\"count:{{\" + data.room + \"}}\"` and `\"list:{{\" + data.room + \"}}\"`",
+                    named.join(", ")
+                ),
+            )
+            .with_code(CROSS_SLOT),
+        );
     }
 }
 

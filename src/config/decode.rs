@@ -29,6 +29,7 @@ const EVENT_KEYS: &[&str] = &[
     "exclude_sender",
     "script",
     "rate_limit",
+    "senders",
     "auth",
     "keys",
     "tests",
@@ -358,6 +359,7 @@ impl<'a> Loader<'a> {
         let emit_as = self.emit_as(file, name, def);
         let exclude_sender = self.flag(file, def, "exclude_sender");
         let auth_required = self.auth(file, def);
+        let senders = self.senders(file, def);
         let rate_limit = def.get("rate_limit").and_then(|n| self.rate_limit(file, n));
         let keys = def
             .get("keys")
@@ -368,6 +370,9 @@ impl<'a> Loader<'a> {
                 Some((script, source)) => (Some(script), Some(source)),
                 None => (None, None),
             };
+        if let (Some(script), Some(node)) = (&script, def.get("script")) {
+            self.check_script_slots(file, node.pos, &script.ast, &keys);
+        }
         if is_hook
             && script.is_none()
             && def.get("script").is_none()
@@ -383,6 +388,9 @@ impl<'a> Loader<'a> {
             self.cross_check_targets(file, def, node, &to, script_source.as_deref());
         }
         self.check_pointless_fields(file, def, &to, exclude_sender);
+        if !is_hook {
+            self.check_api_fields(file, def, senders, &to, &keys);
+        }
 
         if self.diags.error_count() > errors_before {
             return;
@@ -402,6 +410,7 @@ impl<'a> Loader<'a> {
             exclude_sender,
             script,
             rate_limit,
+            senders,
             auth_required,
             keys,
             description,

@@ -22,7 +22,16 @@ pub struct Diagnostic {
     pub line: usize,
     pub col: usize,
     pub message: String,
+    /// What kind of problem, for those a flag can make stricter (`cross-slot`: keys one
+    /// script touches that a Redis Cluster may keep in different slots). Not printed:
+    /// the JSON form of a diagnostic keeps the fields tools already read.
+    #[serde(skip)]
+    pub code: Option<&'static str>,
 }
+
+/// Keys one script touches that may sit in different Redis Cluster slots: a warning,
+/// an error under `check --redis-cluster`.
+pub const CROSS_SLOT: &str = "cross-slot";
 
 impl Diagnostic {
     pub fn error(file: &Path, pos: Pos, message: impl Into<String>) -> Self {
@@ -40,7 +49,13 @@ impl Diagnostic {
             line: pos.line.max(1),
             col: pos.col.max(1),
             message: message.into(),
+            code: None,
         }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 
     pub fn is_error(&self) -> bool {
@@ -97,6 +112,13 @@ impl Diagnostics {
 
     pub fn warning(&mut self, file: &Path, pos: Pos, message: impl Into<String>) {
         self.push(Diagnostic::warning(file, pos, message));
+    }
+
+    /// `--redis-cluster`: what could only fail on a Redis Cluster is an error.
+    pub fn promote(&mut self, code: &str) {
+        for d in self.0.iter_mut().filter(|d| d.code == Some(code)) {
+            d.severity = Severity::Error;
+        }
     }
 
     pub fn error_count(&self) -> usize {

@@ -13,6 +13,7 @@
 //! diff/      two loaded packs compared, for `wss-engine diff`
 //! shapes.rs  what a script emits, replies and delivers, read from its source
 //! asyncapi.rs the AsyncAPI document of a pack (`wss-engine asyncapi`)
+//! senders.rs `senders:`: clients, the HTTP API, or both
 //! ```
 //!
 //! The loader collects every problem as a [`Diagnostic`] with `file:line:col` and keeps
@@ -29,6 +30,7 @@ mod files;
 mod rooms;
 mod schema;
 mod scripts;
+mod senders;
 pub mod shapes;
 pub mod target;
 pub mod yaml;
@@ -64,6 +66,66 @@ impl Scope {
             Scope::Local => "local",
             Scope::Cluster => "cluster",
         }
+    }
+}
+
+/// Who sends an event: a client over its socket, or a backend over the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Clients,
+    Api,
+}
+
+impl Sender {
+    pub const ALL: [Sender; 2] = [Sender::Clients, Sender::Api];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sender::Clients => "clients",
+            Sender::Api => "api",
+        }
+    }
+}
+
+/// Who may send an event (`senders:`; default clients only). An event its caller may
+/// not send does not exist for that caller: it gets `unknown_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Senders {
+    pub clients: bool,
+    pub api: bool,
+}
+
+impl Default for Senders {
+    fn default() -> Self {
+        Self {
+            clients: true,
+            api: false,
+        }
+    }
+}
+
+impl Senders {
+    pub fn allows(self, sender: Sender) -> bool {
+        match sender {
+            Sender::Clients => self.clients,
+            Sender::Api => self.api,
+        }
+    }
+
+    /// Only backends may send it.
+    pub fn api_only(self) -> bool {
+        self.api && !self.clients
+    }
+}
+
+impl std::fmt::Display for Senders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = Sender::ALL
+            .iter()
+            .filter(|s| self.allows(**s))
+            .map(|s| s.as_str())
+            .collect();
+        write!(f, "{}", names.join(","))
     }
 }
 
@@ -106,6 +168,8 @@ pub struct EventDef {
     pub exclude_sender: bool,
     pub script: Option<ScriptDef>,
     pub rate_limit: Option<RateLimit>,
+    /// Who may send it: clients, the HTTP API, or both.
+    pub senders: Senders,
     pub auth_required: bool,
     pub keys: Vec<Template>,
     pub description: Option<String>,

@@ -6,6 +6,7 @@ use std::path::Path;
 use rhai::{ASTNode, Expr, Stmt, AST};
 
 use super::decode::{check_keys, Loader};
+use super::target::{placeholder, KeySlot, OPAQUE};
 use super::yaml::{Node, NodeKind, Pos};
 use super::ScriptDef;
 use crate::delivery::target::{split, TargetKind};
@@ -132,6 +133,66 @@ pub(super) fn emitted_rooms(ast: &AST) -> Option<Vec<String>> {
     known.then_some(rooms)
 }
 
+/// The state functions whose first argument is a key.
+const STATE_FNS: &[&str] = &[
+    "get", "set", "del", "incr", "hget", "hset", "hdel", "hgetall", "sadd", "srem", "smembers",
+    "scard", "lpush", "rpush", "lrange", "ltrim",
+];
+
+/// Where the state keys a script names (`state.get(k)`, `state.set(k, v)` …) land on a
+/// Redis Cluster, each once, in order; keys nothing can be said about are left out.
+pub(super) fn state_key_slots(ast: &AST) -> Vec<KeySlot> {
+    let mut slots: Vec<KeySlot> = Vec::new();
+    ast.walk(&mut |path| {
+        let [.., ASTNode::Expr(Expr::Dot(dot, ..)), ASTNode::Expr(Expr::MethodCall(call, _))] =
+            path
+        else {
+            return true;
+        };
+        let on_state = matches!(&dot.lhs, Expr::Variable(var, ..) if var.1 == "state");
+        if !on_state || !STATE_FNS.contains(&call.name.as_str()) {
+            return true;
+        }
+        let slot = call
+            .args
+            .first()
+            .and_then(|key| KeySlot::of_skeleton(&skeleton(key)));
+        if let Some(slot) = slot {
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
+        }
+        true
+    });
+    slots
+}
+
+/// A key expression as a template skeleton: literals as text, `data.x` / `conn.id`
+/// and such as placeholders, anything else opaque; `a + b` is both, in order.
+fn skeleton(expr: &Expr) -> String {
+    if let Expr::FnCall(call, _) = expr {
+        if call.op_token.is_some() && call.name == "+" && call.args.len() == 2 {
+            return call.args.iter().map(skeleton).collect();
+        }
+    }
+    if let Some(text) = string_constant(expr) {
+        return text;
+    }
+    variable_path(expr).map_or_else(|| OPAQUE.to_string(), |path| placeholder(&path))
+}
+
+/// `data.room`, `conn.id`: a variable and its properties.
+fn variable_path(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Variable(var, ..) => Some(var.1.to_string()),
+        Expr::Dot(dot, ..) => match &dot.rhs {
+            Expr::Property(prop, _) => Some(format!("{}.{}", variable_path(&dot.lhs)?, prop.2)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 enum EmitTarget {
     /// Rooms matching this glob.
     Rooms(String),
@@ -210,12 +271,57 @@ mod tests {
     use super::*;
     use crate::script::{ScriptLimits, ScriptRuntime};
 
-    fn rooms(source: &str) -> Option<Vec<String>> {
-        let runtime = ScriptRuntime::new(&ScriptLimits::default());
-        let ast = runtime
+    fn compiled(source: &str) -> AST {
+        ScriptRuntime::new(&ScriptLimits::default())
             .compile(source)
-            .unwrap_or_else(|e| panic!("{source}: {e:?}"));
-        emitted_rooms(&ast)
+            .unwrap_or_else(|e| panic!("{source}: {e:?}"))
+    }
+
+    fn rooms(source: &str) -> Option<Vec<String>> {
+        emitted_rooms(&compiled(source))
+    }
+
+    fn slots(source: &str) -> Vec<String> {
+        state_key_slots(&compiled(source))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn state_keys_are_placed_by_their_hash_tags() {
+        // Literal keys are their own tag; a tag inside wins.
+        assert_eq!(
+            slots(r#"state.set("left", 1); state.get("right"); state.incr("left", 1);"#),
+            ["`{left}`", "`{right}`"]
+        );
+        assert_eq!(
+            slots(r#"state.set("{stats}:a", 1); state.incr("{stats}:b", 1);"#),
+            ["`{stats}`"]
+        );
+        // Computed keys: a tag around `data.x` is one slot for any payload.
+        assert_eq!(
+            slots(
+                r#"state.incr("count:{" + data.room + "}", 1);
+                   state.rpush("list:{" + data.room + "}", conn.id);"#
+            ),
+            ["`{<data.room>}`"]
+        );
+        // Without a tag, keys of one family may be one key; two families are not.
+        assert_eq!(
+            slots(r#"let n = state.get("n:" + data.r); state.set("n:" + data.r, n);"#),
+            ["`n:…`"]
+        );
+        assert_eq!(
+            slots(r#"state.get("a:" + data.r); state.hset("b:" + data.r, "f", 1);"#),
+            ["`a:…`", "`b:…`"]
+        );
+        // Keys nothing can be said about, and other objects' methods, are left out.
+        assert_eq!(
+            slots(r#"let k = data.key; state.get(k); state.get("x" + k); let m = [1]; m.get(0);"#),
+            ["`x…`"]
+        );
+        assert!(slots(r#"state.get(data.key + ":x")"#).is_empty());
     }
 
     #[test]

@@ -25,6 +25,65 @@ pub struct Template {
     source: String,
 }
 
+/// A computed part of a key in a skeleton: what it reads, between `\u{1}`s.
+pub fn placeholder(path: &str) -> String {
+    format!("\u{1}{path}\u{1}")
+}
+
+/// A computed part nothing is known about.
+pub const OPAQUE: &str = "\u{1}?\u{1}";
+
+/// Where a state key lands on a Redis Cluster, as far as its skeleton (a template's, or
+/// a script's key expression's) tells.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeySlot {
+    /// The slot of this hash tag: the key's `{tag}` (placeholders standing for
+    /// themselves), or a whole literal key, which is its own tag without one.
+    Tag(String),
+    /// Computed without a tag, led by this literal: keys of one such family may be
+    /// one key; keys of two families, or of a family and a tag, are not.
+    Family(String),
+}
+
+impl KeySlot {
+    /// `None` when nothing can be said: a tag or a lead that is computed.
+    pub fn of_skeleton(skeleton: &str) -> Option<Self> {
+        if let Some(start) = skeleton.find('{') {
+            let rest = &skeleton[start + 1..];
+            if let Some(end) = rest.find('}').filter(|end| *end > 0) {
+                let tag = &rest[..end];
+                return (!tag.contains(OPAQUE)).then(|| Self::Tag(tag.to_string()));
+            }
+        }
+        match skeleton.find('\u{1}') {
+            None => Some(Self::Tag(skeleton.to_string())),
+            Some(0) => None,
+            Some(lead) => Some(Self::Family(skeleton[..lead].to_string())),
+        }
+    }
+}
+
+impl fmt::Display for KeySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let readable = |s: &str| {
+            s.split('\u{1}')
+                .enumerate()
+                .map(|(i, part)| {
+                    if i % 2 == 1 {
+                        format!("<{part}>")
+                    } else {
+                        part.to_string()
+                    }
+                })
+                .collect::<String>()
+        };
+        match self {
+            Self::Tag(tag) => write!(f, "`{{{}}}`", readable(tag)),
+            Self::Family(lead) => write!(f, "`{}…`", readable(lead)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Literal(String),
@@ -107,6 +166,14 @@ impl TargetSpec {
             | (Self::Conn(a), Self::Conn(b)) => a.parts == b.parts,
             (a, b) if is_sender(a) && is_sender(b) => true,
             (a, b) => a == b,
+        }
+    }
+
+    /// Whether the target reads `{{conn.user}}`.
+    pub fn reads_conn_user(&self) -> bool {
+        match self {
+            Self::Room(t) | Self::User(t) | Self::Conn(t) => t.reads_conn_user(),
+            _ => false,
         }
     }
 
@@ -198,21 +265,25 @@ impl Template {
     /// `{{…}}` standing for itself: two templates with equal tags land in one slot for
     /// any payload. `None` when the key has no tag (it hashes as a whole).
     pub fn hash_tag(&self) -> Option<String> {
-        // Templates become brace-free placeholders so only literal braces count.
-        let skeleton: String = self
-            .parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(s) => s.clone(),
-                Part::Data(path) => format!("\u{1}data.{}\u{1}", path.join(".")),
-                Part::ConnId => "\u{1}conn.id\u{1}".into(),
-                Part::ConnUser => "\u{1}conn.user\u{1}".into(),
-            })
-            .collect();
+        let skeleton = self.skeleton();
         let start = skeleton.find('{')?;
         let rest = &skeleton[start + 1..];
         let end = rest.find('}')?;
         (end > 0).then(|| rest[..end].to_string())
+    }
+
+    /// The template with each `{{…}}` a brace-free placeholder (`\u{1}data.id\u{1}`), so
+    /// only literal braces count as hash tags.
+    pub fn skeleton(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.clone(),
+                Part::Data(path) => placeholder(&format!("data.{}", path.join("."))),
+                Part::ConnId => placeholder("conn.id"),
+                Part::ConnUser => placeholder("conn.user"),
+            })
+            .collect()
     }
 
     /// Every name the template can render, as a `rooms:`-style glob: each `{{…}}` is
@@ -234,6 +305,11 @@ impl Template {
             [Part::Literal(s)] => Some(s),
             _ => None,
         }
+    }
+
+    /// Whether it reads `{{conn.user}}` (which an anonymous or API caller lacks).
+    pub fn reads_conn_user(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::ConnUser))
     }
 
     pub fn data_paths(&self) -> Vec<&[String]> {

@@ -47,6 +47,9 @@ pub enum Ending {
     /// Its session was resumed by another connection (a client that switched networks
     /// while this socket still looked open).
     TakenOver = 2,
+    /// A backend asked for it (`POST /api/connections/{id}/disconnect`, or one of the
+    /// user's connections for `POST /api/users/{user}/disconnect`).
+    Disconnected = 3,
 }
 
 impl ConnLink {
@@ -147,6 +150,7 @@ impl ConnLink {
         match self.ending.load(Ordering::Acquire) {
             1 => Some(Ending::SlowConsumer),
             2 => Some(Ending::TakenOver),
+            3 => Some(Ending::Disconnected),
             _ => None,
         }
     }

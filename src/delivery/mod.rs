@@ -103,8 +103,11 @@ impl Envelope {
 pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, envelope: &Envelope);
 
-    /// End a local connection whose session another connection took over.
-    fn take_over(&self, _conn: &str) {}
+    /// End a local connection, for the reason given (its session was taken over, a
+    /// backend disconnected it). `true` when the connection is on this node.
+    fn end_conn(&self, _conn: &str, _why: Ending) -> bool {
+        false
+    }
 
     /// The bus was disconnected and is back: what it published meanwhile never arrived,
     /// so rooms with history catch up from their history.

@@ -637,9 +637,13 @@ impl Sink for Router {
         metrics::counter!("wss_deliveries_total").increment(sent);
     }
 
-    fn take_over(&self, conn: &str) {
-        if let Some(entry) = self.inner.read().conns.get(conn) {
-            entry.link.end(Ending::TakenOver);
+    fn end_conn(&self, conn: &str, why: Ending) -> bool {
+        match self.inner.read().conns.get(conn) {
+            Some(entry) => {
+                entry.link.end(why);
+                true
+            }
+            None => false,
         }
     }
 
@@ -771,7 +775,8 @@ mod tests {
         let router = Router::new();
         let link = ConnLink::new(4);
         router.register(Arc::from("n-1"), None, Arc::from("s"), link.clone());
-        router.take_over("n-1");
+        assert!(router.end_conn("n-1", Ending::TakenOver));
         assert_eq!(link.ending(), Some(Ending::TakenOver));
+        assert!(!router.end_conn("n-2", Ending::Disconnected));
     }
 }

@@ -54,6 +54,9 @@ pub struct Failure {
     pub message: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<Detail>,
+    /// For `rate_limited`: when a token is there again (the API's `Retry-After`).
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
@@ -62,6 +65,7 @@ impl Failure {
             code,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use super::effects::{Effects, Emit, RoomOp};
 use super::txn::{Txn, TxnError};
 use super::{Caller, Engine, ErrorCode, Failure, MAX_EMITS};
 use crate::backend::{BackendError, MAX_NAME_LEN};
+use crate::config::Sender;
 use crate::delivery::{ConnId, Router, Target};
 use crate::script::{HostError, LogLevel, ScriptHost, StateOp};
 
@@ -19,6 +20,7 @@ pub(super) struct ConnView {
     pub(super) claims: Value,
     pub(super) rooms: Vec<String>,
     pub(super) node: Arc<str>,
+    pub(super) sender: Sender,
 }
 
 impl ConnView {
@@ -32,6 +34,7 @@ impl ConnView {
                 .clone()
                 .unwrap_or_else(|| router.rooms_of(&caller.id)),
             node: node.clone(),
+            sender: caller.sender,
         }
     }
 
@@ -84,6 +87,21 @@ fn check_name(kind: &str, name: &str) -> Result<(), HostError> {
     Ok(())
 }
 
+impl Host<'_> {
+    /// `join`/`leave` change the sender's own rooms; an API call has none. Refused
+    /// (rather than ignored) so a pack author finds out at the first call, not when
+    /// nobody receives the room's deliveries.
+    fn has_connection(&self, function: &str) -> Result<(), HostError> {
+        match self.conn.sender {
+            Sender::Clients => Ok(()),
+            Sender::Api => Err(HostError::Invalid(format!(
+                "{function}: `{}` is an API call, which has no connection to put in or take out of a room",
+                self.conn.id
+            ))),
+        }
+    }
+}
+
 impl ScriptHost for Host<'_> {
     fn emit(&mut self, target: &str, event: &str, data: Value) -> Result<(), HostError> {
         let target = Target::parse(target, &self.conn.id)
@@ -108,12 +126,14 @@ impl ScriptHost for Host<'_> {
 
     fn join(&mut self, room: &str) -> Result<(), HostError> {
         check_name("room", room)?;
+        self.has_connection("join")?;
         self.effects.room_ops.push(RoomOp::Join(room.to_string()));
         Ok(())
     }
 
     fn leave(&mut self, room: &str) -> Result<(), HostError> {
         check_name("room", room)?;
+        self.has_connection("leave")?;
         self.effects.room_ops.push(RoomOp::Leave(room.to_string()));
         Ok(())
     }

@@ -7,7 +7,9 @@
 //!
 //! Two doors lead in: [`Engine::handle`] for a client's socket (rate limits apply) and
 //! [`Engine::handle_for`] for a caller that is not a socket of this node (a backend over
-//! HTTP, a hook run for a dead node's connection). Both run the same pipeline.
+//! HTTP, whose rate limits are kept per API key by the caller with [`RateBuckets`]).
+//! Both run the same pipeline. An event exists only for the senders it names
+//! (`senders:`): to anyone else it is `unknown_event`.
 //!
 //! Scripts run on blocking threads (Rhai is synchronous), bounded by a semaphore; they
 //! reach shared state through a [`txn::Txn`] that buffers writes until the commit. A
@@ -20,6 +22,7 @@ mod execute;
 mod host;
 pub mod locks;
 mod resume;
+pub mod stats;
 pub mod txn;
 
 use std::collections::HashMap;
@@ -32,7 +35,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::backend::{Bus, Channel, StateStore};
-use crate::config::{EventDef, Pack, RateLimit};
+use crate::config::{EventDef, Pack, RateLimit, Sender};
 use crate::delivery::{ConnId, ConnLink, History, HistoryRead, RoomChange, Router, Sink};
 use crate::script::ScriptRuntime;
 pub use error::{Detail, ErrorCode, Failure};
@@ -58,6 +61,9 @@ pub struct Caller {
     /// The caller's rooms when this node's router does not know them (a dead node's
     /// connection, whose rooms come from Redis); `None`: ask the router.
     pub rooms: Option<Vec<String>>,
+    /// A client's connection, or a backend calling through the HTTP API: which events
+    /// exist for it (`senders:`), and whether it has a connection to join rooms with.
+    pub sender: Sender,
 }
 
 impl Caller {
@@ -67,6 +73,19 @@ impl Caller {
             user,
             claims,
             rooms: None,
+            sender: Sender::Clients,
+        }
+    }
+
+    /// A backend calling with the API key `key`: `conn.id` is `api:<key>`, no user, no
+    /// rooms, no connection (its `to: sender` deliveries reach nobody).
+    pub fn api(key: &str) -> Self {
+        Self {
+            id: Arc::from(format!("api:{key}")),
+            user: None,
+            claims: Value::Object(Default::default()),
+            rooms: Some(Vec::new()),
+            sender: Sender::Api,
         }
     }
 }
@@ -123,25 +142,30 @@ impl Default for SessionConfig {
     }
 }
 
-/// Token buckets of one connection's rate-limited events, created on first use.
-type Buckets = HashMap<String, TokenBucket>;
+/// Token buckets of one sender's rate-limited events (a connection's, or an API
+/// key's), created on first use: at most one per event of the pack.
+pub type RateBuckets = HashMap<String, TokenBucket>;
+type Buckets = RateBuckets;
 
-struct TokenBucket {
+pub struct TokenBucket {
     tokens: f64,
     updated: Instant,
 }
 
 impl TokenBucket {
-    fn take(&mut self, limit: &RateLimit) -> bool {
+    /// Take a token, or say how long until one is there.
+    fn take(&mut self, limit: &RateLimit) -> Result<(), Duration> {
         let now = Instant::now();
         let elapsed = now.duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
         self.updated = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64(
+                ((1.0 - self.tokens) / limit.per_second).min(3600.0),
+            ))
         }
     }
 }
@@ -164,6 +188,8 @@ pub struct Engine {
     batches: execute::Batches,
     conn_seq: AtomicU64,
     pub sessions: SessionConfig,
+    /// Events handled and errors by code, for `/api/stats`.
+    pub stats: stats::Stats,
 }
 
 pub struct EngineParts {
@@ -239,11 +265,22 @@ impl Engine {
             batches: execute::Batches::default(),
             conn_seq: AtomicU64::new(0),
             sessions: parts.sessions,
+            stats: stats::Stats::default(),
         })
     }
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// Shared state and the directory behind it (the HTTP API's lookups).
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// The bus between nodes (the HTTP API's disconnects).
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     /// The pack served now.
@@ -283,7 +320,7 @@ impl Engine {
     }
 
     /// Handle one event for a caller that is not a socket of this node. No rate limits
-    /// apply: such a caller is bounded where it comes in.
+    /// apply here: the API takes its tokens first ([`Engine::take_token`]).
     pub async fn handle_for(
         self: &Arc<Self>,
         caller: &Caller,
@@ -296,6 +333,24 @@ impl Engine {
         outcome
     }
 
+    /// Take a token from `buckets` for `event`, if it is rate-limited and exists for
+    /// `sender` (anything else is for the pipeline to refuse). A caller outside the
+    /// engine (an API key) keeps its own buckets.
+    pub fn take_token(
+        &self,
+        buckets: &mut RateBuckets,
+        sender: Sender,
+        event: &str,
+    ) -> Result<(), Failure> {
+        let Some(def) = self.pack.load().event(event).cloned() else {
+            return Ok(());
+        };
+        if !def.senders.allows(sender) {
+            return Ok(());
+        }
+        Self::rate_limit(buckets, &def)
+    }
+
     fn count(&self, event: &str, outcome: &Outcome, started: Instant) {
         let label = match outcome {
             Ok(_) => "ok",
@@ -304,6 +359,7 @@ impl Engine {
                 ref code => code.as_str(),
             },
         };
+        self.stats.record((label != "ok").then_some(label));
         // Unknown names would let a client create unbounded label sets.
         let event_label = if self.pack.load().events.contains_key(event) {
             event.to_string()
@@ -326,14 +382,14 @@ impl Engine {
                 tokens: limit.burst,
                 updated: Instant::now(),
             });
-        if bucket.take(&limit) {
-            Ok(())
-        } else {
-            Err(Failure::new(
+        bucket.take(&limit).map_err(|wait| {
+            let mut failure = Failure::new(
                 ErrorCode::RateLimited,
                 format!("`{event}` is limited to {} per second", limit.per_second),
-            ))
-        }
+            );
+            failure.retry_after = Some(wait);
+            failure
+        })
     }
 
     async fn dispatch(
@@ -343,13 +399,22 @@ impl Engine {
         event: &str,
         data: Value,
     ) -> Outcome {
-        let Some(def) = self.pack.load().event(event).cloned() else {
+        // An event this caller may not send is as unknown to it as a misspelt one: a
+        // client must not learn which events only backends may send.
+        let Some(def) = self
+            .pack
+            .load()
+            .event(event)
+            .filter(|def| def.senders.allows(caller.sender))
+            .cloned()
+        else {
             return Err(Failure::new(
                 ErrorCode::UnknownEvent,
                 format!("unknown event `{event}`"),
             ));
         };
-        if def.auth_required && caller.user.is_none() {
+        // An API call is authenticated by its key: `auth:` is about connections.
+        if def.auth_required && caller.user.is_none() && caller.sender == Sender::Clients {
             return Err(Failure::new(
                 ErrorCode::Unauthorized,
                 format!("`{event}` requires an authenticated connection"),
@@ -476,7 +541,13 @@ impl Engine {
         let keep = self.sessions.resume_ttl;
         if let Err(e) = self
             .store
-            .close_conn(&caller.id, &conn.session, &rooms, keep)
+            .close_conn(
+                &caller.id,
+                caller.user.as_deref(),
+                &conn.session,
+                &rooms,
+                keep,
+            )
             .await
         {
             tracing::warn!(conn = %caller.id, error = %e, "could not remove a closed connection from its rooms");

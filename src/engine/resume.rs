@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::{Conn, Detail, Engine, ErrorCode, Failure, Outcome};
-use crate::delivery::{Activated, ConnId, HistoryPolicy, RoomChange};
+use crate::delivery::{Activated, ConnId, Ending, HistoryPolicy, RoomChange};
 
 /// The event name of a resume request.
 pub(super) const RESUME: &str = "$resume";
@@ -101,7 +101,7 @@ impl Engine {
         if session.conn != *me {
             // The old connection may still look open (a phone that switched networks):
             // end it wherever it is. Best effort: a node that is gone ends it anyway.
-            if let Err(e) = self.bus.take_over(&session.conn).await {
+            if let Err(e) = self.bus.end_conn(&session.conn, Ending::TakenOver).await {
                 tracing::info!(conn = %me, old = %session.conn, error = %e, "could not reach the resumed session's old connection");
             }
         }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::config::yaml::{self, Node, NodeKind};
-use crate::config::{check_keys, pack_files, string_field, Diagnostics};
+use crate::config::{check_keys, pack_files, string_field, Diagnostics, Sender};
+use crate::suggest::suggest;
 
 /// A case of `wss-engine test`, as written under an event's `tests:`.
 #[derive(Debug, Clone)]
@@ -16,6 +17,8 @@ pub struct TestCase {
     pub file: PathBuf,
     pub line: usize,
     pub state: Vec<(String, Value)>,
+    /// Who sends: a client's connection (`conn`), or the API (`sender: api`).
+    pub sender: Sender,
     pub conn: TestConn,
     pub send: Value,
     pub expect: Expectation,
@@ -112,7 +115,7 @@ impl Reader {
             &mut self.diags,
             file,
             node,
-            &["name", "state", "conn", "send", "expect"],
+            &["name", "sender", "state", "conn", "send", "expect"],
             &[],
             "test case",
         );
@@ -129,10 +132,20 @@ impl Reader {
             .get("state")
             .map(|n| self.state_map(file, n))
             .unwrap_or_default();
+        let sender = node
+            .get("sender")
+            .map_or(Sender::Clients, |n| self.sender(file, n));
         let conn = node
             .get("conn")
             .map(|n| self.test_conn(file, n))
             .unwrap_or_default();
+        if let (Sender::Api, Some(n)) = (sender, node.get("conn")) {
+            self.diags.error(
+                file,
+                n.pos,
+                "a case sent by the API has no connection (`conn.id` is `api:test`, no user, no rooms): remove `conn`",
+            );
+        }
         let send = node
             .get("send")
             .map(Node::to_json)
@@ -152,10 +165,27 @@ impl Reader {
             file: file.to_path_buf(),
             line: node.pos.line,
             state,
+            sender,
             conn,
             send,
             expect,
         })
+    }
+
+    fn sender(&mut self, file: &Path, node: &Node) -> Sender {
+        match node.as_str() {
+            Some("clients") => Sender::Clients,
+            Some("api") => Sender::Api,
+            other => {
+                let hint = other
+                    .and_then(|s| suggest(s, Sender::ALL.map(Sender::as_str)))
+                    .map(|s| format!(", did you mean `{s}`?"))
+                    .unwrap_or_else(|| " (use `clients` or `api`)".into());
+                self.diags
+                    .error(file, node.pos, format!("unknown `sender`{hint}"));
+                Sender::Clients
+            }
+        }
     }
 
     fn state_map(&mut self, file: &Path, node: &Node) -> Vec<(String, Value)> {

@@ -14,9 +14,9 @@ use serde_json::Value;
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Bus, Commit, StateStore, StoredValue, Write};
-use crate::config::{self, EventDef, Pack};
+use crate::config::{self, EventDef, Pack, Sender};
 use crate::delivery::{ConnId, ConnLink, Envelope, Router, Sink, Target};
-use crate::engine::{Conn, Engine, EngineParts, SessionConfig};
+use crate::engine::{Caller, Conn, Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
 use cases::{EventCases, TestCase};
 
@@ -154,16 +154,29 @@ async fn run_case(
         .await
         .map_err(|e| format!("seeding state: {e}"))?;
 
-    let id: ConnId = Arc::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
-    let user = case.conn.user.as_deref().map(Arc::from);
-    let link = ConnLink::new(1024);
-    router.register(id.clone(), user.clone(), Arc::from("test-session"), link);
-    for room in &case.conn.rooms {
-        router.join(&id, room, false);
-        backend.join(room, &id).await.map_err(|e| e.to_string())?;
-    }
-    let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());
-    let outcome = engine.handle(&mut conn, &def.name, case.send.clone()).await;
+    let (id, outcome) = match case.sender {
+        Sender::Api => {
+            // As `POST /api/events/{name}` runs it (the key's rate limit aside).
+            let caller = Caller::api("test");
+            let outcome = engine
+                .handle_for(&caller, &def.name, case.send.clone())
+                .await;
+            (caller.id, outcome)
+        }
+        Sender::Clients => {
+            let id: ConnId = Arc::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
+            let user = case.conn.user.as_deref().map(Arc::from);
+            let link = ConnLink::new(1024);
+            router.register(id.clone(), user.clone(), Arc::from("test-session"), link);
+            for room in &case.conn.rooms {
+                router.join(&id, room, false);
+                backend.join(room, &id).await.map_err(|e| e.to_string())?;
+            }
+            let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());
+            let outcome = engine.handle(&mut conn, &def.name, case.send.clone()).await;
+            (id, outcome)
+        }
+    };
     let deliveries: Vec<(String, String, Value, Option<u64>)> = recorder
         .0
         .lock()

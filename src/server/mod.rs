@@ -18,11 +18,13 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::RedisBackend;
 use crate::backend::{Bus, StateStore, VersionCheck};
 use crate::cli::{LogFormat, ServeArgs};
-use crate::cluster::{NodeInfo, NodeRegistry};
+use crate::cluster::{Fleet, NodeInfo, NodeRegistry};
 use crate::config::{self, Pack};
 use crate::delivery::{Router, Sink, WriteWindows};
 use crate::engine::{Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
+use crate::transport::api::keys::ApiKeys;
+use crate::transport::api::ApiState;
 use crate::transport::edge::EdgeConfig;
 use crate::transport::listener::{HttpLimits, Tls};
 use crate::transport::static_files::StaticFiles;
@@ -69,6 +71,8 @@ pub struct ServerConfig {
     pub script_limits: ScriptLimits,
     pub script_concurrency: usize,
     pub auth: Auth,
+    /// Keys of the HTTP API; none: `/api` and `/admin/` answer 404.
+    pub api_keys: ApiKeys,
     pub shutdown_timeout: Duration,
     /// `Skip` only for the lost-update demonstration (`--unsafe-skip-version-check`).
     pub version_check: VersionCheck,
@@ -95,6 +99,7 @@ impl ServerConfig {
             script_limits: ScriptLimits::default(),
             script_concurrency: 64,
             auth: Auth::disabled(),
+            api_keys: ApiKeys::default(),
             shutdown_timeout: Duration::from_secs(10),
             version_check: VersionCheck::Enforce,
             sessions: SessionConfig::default(),
@@ -186,17 +191,37 @@ pub async fn run(
         ));
     }
     let ready_bus = bus.clone();
+    let ready: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || ready_bus.is_ready());
     let windows = WriteWindows::start(config.limits.write_coalesce);
+    let fleet = Fleet::new(
+        redis.as_ref().map(|(backend, _)| backend.clone()),
+        engine.clone(),
+        NodeInfo::new(&node_id, addr.to_string(), &pack.fingerprint),
+        ready.clone(),
+    );
+    if !config.api_keys.is_empty() {
+        tracing::info!(
+            keys = config.api_keys.len(),
+            "HTTP API on: /api, dashboard at /admin/"
+        );
+    }
+    let api = ApiState::new(
+        engine.clone(),
+        Arc::new(config.api_keys),
+        Arc::new(fleet),
+        config.limits.max_frame_bytes,
+    );
     let state = AppState {
         engine,
         limits: config.limits,
         auth: Arc::new(config.auth),
         shutdown: shutdown_rx,
-        ready: Arc::new(move || ready_bus.is_ready()),
+        ready,
         metrics: metrics_handle(),
         windows,
         gate: transport::edge::Gate::new(config.edge),
         static_files: config.static_files.map(Arc::new),
+        api,
     };
     if tls.is_some() {
         tracing::info!(%addr, node = %node_id, "listening: wss://{addr}/ws");
@@ -275,6 +300,8 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         auth = auth.with_public_key(&pem)?;
     }
+    let api_keys =
+        ApiKeys::load(&args.api_key, args.api_keys_file.as_deref()).map_err(anyhow::Error::msg)?;
     let version_check = if args.unsafe_skip_version_check {
         tracing::warn!(
             "--unsafe-skip-version-check: commits no longer detect conflicts; updates WILL be lost"
@@ -318,6 +345,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         script_limits,
         script_concurrency: args.script_concurrency,
         auth,
+        api_keys,
         shutdown_timeout: args.shutdown_timeout,
         version_check,
         sessions: SessionConfig {

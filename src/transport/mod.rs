@@ -7,8 +7,14 @@
 //! static_files.rs  `--static DIR`: a web page's files at `/`, the router's fallback
 //! auth.rs      JWTs given at the upgrade
 //! edge.rs      origins and connection limits at the upgrade
+//! api/         /api: the HTTP API for backends (keys, events, rooms, users, nodes,
+//!              batch, idempotency) and its OpenAPI document
+//! admin/       /admin/: the operators' dashboard, a page embedded in the binary that
+//!              reads and acts through /api
 //! ```
 
+mod admin;
+pub mod api;
 pub mod auth;
 pub mod edge;
 mod http;
@@ -64,19 +70,27 @@ pub struct AppState {
     pub gate: Arc<edge::Gate>,
     /// `--static DIR`: files served at `/` where no other route matches.
     pub static_files: Option<Arc<static_files::StaticFiles>>,
+    /// The HTTP API (and the dashboard); off when it has no key.
+    pub api: api::ApiState,
 }
 
 pub fn router(state: AppState) -> axum::Router {
+    let api_on = !state.api.keys.is_empty();
+    let api = api::router(state.api.clone());
     let router = axum::Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics));
-    // A fallback, so every route above wins over a file of the same name.
+    // A fallback, so every route (the API's and the dashboard's too) wins over a file of
+    // the same name.
     let router = if state.static_files.is_some() {
         router.fallback(static_files::serve)
     } else {
         router
     };
-    router.with_state(state)
+    router
+        .with_state(state)
+        .merge(api)
+        .merge(admin::router(api_on))
 }

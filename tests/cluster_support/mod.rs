@@ -342,6 +342,18 @@ impl Node {
     /// returns once it logged its address (bounded). It may not be ready yet: see
     /// [`Node::wait_ready`].
     pub fn spawn(name: &str, pack: &Path, redis_url: &str, prefix: &str, args: &[&str]) -> Node {
+        Self::spawn_with_env(name, pack, redis_url, prefix, args, &[])
+    }
+
+    /// [`Node::spawn`] with more environment variables (fault-injection hooks).
+    pub fn spawn_with_env(
+        name: &str,
+        pack: &Path,
+        redis_url: &str,
+        prefix: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss-engine"));
         cmd.arg("--config")
             .arg(pack)
@@ -357,6 +369,7 @@ impl Node {
         for var in ENGINE_ENV {
             cmd.env_remove(var);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn the wss-engine binary");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -546,7 +559,11 @@ impl Cluster {
     }
 
     pub async fn start_pack(n: usize, pack: &Path, args: &[&str]) -> Cluster {
-        let redis = Redis::start();
+        Self::start_on(Redis::start(), n, pack, args).await
+    }
+
+    /// [`Cluster::start_pack`] on a Redis of the caller's choice.
+    pub async fn start_on(redis: Redis, n: usize, pack: &Path, args: &[&str]) -> Cluster {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             prefix: unique_prefix("c"),
@@ -562,14 +579,20 @@ impl Cluster {
 
     /// Start one more node (optionally with another pack) and wait until it is ready.
     pub async fn add_node(&mut self, pack: Option<&Path>) -> &Node {
+        self.add_node_with_env(pack, &[]).await
+    }
+
+    /// [`Cluster::add_node`] with more environment variables.
+    pub async fn add_node_with_env(&mut self, pack: Option<&Path>, env: &[(&str, &str)]) -> &Node {
         let name = format!("n{}", self.nodes.len() + 1);
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let node = Node::spawn(
+        let node = Node::spawn_with_env(
             &name,
             pack.unwrap_or(&self.pack),
             &self.redis.url(),
             &self.prefix,
             &args,
+            env,
         );
         node.wait_ready(Duration::from_secs(20)).await;
         self.nodes.push(node);
@@ -584,7 +607,7 @@ impl Cluster {
     /// A per-room key (`room:`, `pos:`, `hist:`) as the backend names it: on a Redis
     /// Cluster the room is the hash tag.
     pub fn room_key(&self, kind: &str, room: &str) -> String {
-        if cluster_mode() {
+        if self.redis.is_cluster() {
             format!("{}{kind}{{{room}}}", self.prefix)
         } else {
             format!("{}{kind}{room}", self.prefix)
@@ -597,7 +620,7 @@ impl Cluster {
         let has_tag = key
             .split_once('{')
             .is_some_and(|(_, rest)| rest.find('}').is_some_and(|end| end > 0));
-        if cluster_mode() && !has_tag {
+        if self.redis.is_cluster() && !has_tag {
             format!("{}{kind}{{{key}}}", self.prefix)
         } else {
             format!("{}{kind}{key}", self.prefix)

@@ -104,6 +104,50 @@ impl RedisCluster {
             .expect("connect to the Redis Cluster")
     }
 
+    /// `(master, replicas)` by port, of the slot `key` hashes to, as the cluster says now.
+    pub fn owner_of(&self, key: &str) -> (u16, Vec<u16>) {
+        let mut conn = self
+            .servers
+            .iter()
+            .find_map(RedisServer::try_conn)
+            .expect("a reachable cluster node");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .expect("CLUSTER KEYSLOT");
+        let ranges: Vec<Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut conn)
+            .expect("CLUSTER SLOTS");
+        let port = |node: &Value| match node {
+            Value::Array(parts) => match parts.get(1) {
+                Some(Value::Int(p)) => *p as u16,
+                other => panic!("CLUSTER SLOTS node port: {other:?}"),
+            },
+            other => panic!("CLUSTER SLOTS node: {other:?}"),
+        };
+        for range in ranges {
+            let Value::Array(parts) = range else { continue };
+            let (Some(Value::Int(start)), Some(Value::Int(end))) = (parts.first(), parts.get(1))
+            else {
+                continue;
+            };
+            if (*start..=*end).contains(&slot) {
+                return (port(&parts[2]), parts[3..].iter().map(port).collect());
+            }
+        }
+        panic!("no owner of slot {slot} in CLUSTER SLOTS");
+    }
+
+    /// The server on `port`.
+    pub fn server(&mut self, port: u16) -> &mut RedisServer {
+        self.servers
+            .iter_mut()
+            .find(|s| s.port == port)
+            .expect("a server of this cluster")
+    }
+
     /// The servers that are masters now, by port.
     pub fn masters(&self) -> Vec<u16> {
         self.servers
@@ -135,6 +179,10 @@ impl Redis {
         }
     }
 
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     pub fn url(&self) -> String {
         match self {
             Self::Single(s) => s.url(),
@@ -156,7 +204,7 @@ impl Redis {
         }
     }
 
-    /// Run `cmd` on every server that answers (`CLIENT KILL`, `PUBSUB SHARDNUMSUB` …).
+    /// Run `cmd` on every server (`CLIENT KILL`, `PUBSUB SHARDNUMSUB` …); each must answer.
     pub fn on_every_server<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Vec<T> {
         let servers: Vec<&RedisServer> = match self {
             Self::Single(s) => vec![s],
@@ -164,8 +212,10 @@ impl Redis {
         };
         servers
             .into_iter()
-            .filter_map(|s| s.try_conn())
-            .filter_map(|mut c| cmd.query(&mut c).ok())
+            .map(|s| {
+                cmd.query(&mut s.conn())
+                    .unwrap_or_else(|e| panic!("{cmd:?} on redis-server {}: {e}", s.port))
+            })
             .collect()
     }
 

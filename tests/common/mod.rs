@@ -142,8 +142,8 @@ pub struct BinaryServer {
 /// Start `wss-engine --config DIR --listen 127.0.0.1:0 ARGS…` and wait (bounded) for the
 /// `listening: ws://ADDR/ws` log line.
 pub fn spawn_binary(pack: &Path, args: &[&str]) -> BinaryServer {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .arg("--config")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss-engine"));
+    cmd.arg("--config")
         .arg(pack)
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -157,9 +157,14 @@ pub fn spawn_binary(pack: &Path, args: &[&str]) -> BinaryServer {
         .env_remove("SERVER_PORT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the wss-engine binary");
+        .stderr(Stdio::piped());
+    spawn_command(cmd)
+}
+
+/// Spawn a prepared `wss-engine` command (stderr piped) and wait (bounded) for its
+/// `listening: ws://…/ws` log line.
+pub fn spawn_command(mut cmd: Command) -> BinaryServer {
+    let mut child = cmd.spawn().expect("spawn the wss-engine binary");
     let stderr = child.stderr.take().expect("piped stderr");
     let log = Arc::new(Mutex::new(Vec::new()));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

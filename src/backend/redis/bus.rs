@@ -11,12 +11,12 @@ use redis::aio::PubSubSink;
 use redis::Value as RedisValue;
 
 use super::store::unplaced;
-use super::wire::{decode_message, encode_message, encode_take_over, Message};
+use super::wire::{decode_message, encode_end, encode_message, Message};
 use std::sync::Arc;
 
 use super::{bounded, node_of, unavailable, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT};
 use crate::backend::{BackendError, Bus, Channel, Placement};
-use crate::delivery::Envelope;
+use crate::delivery::{Ending, Envelope};
 
 pub(super) struct PubSubState {
     /// Channel → local reasons to listen. The connection task subscribes all of them
@@ -57,17 +57,17 @@ impl Bus for RedisBackend {
         .boxed()
     }
 
-    fn take_over(&self, conn: &str) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn end_conn(&self, conn: &str, why: Ending) -> BoxFuture<'_, Result<(), BackendError>> {
         let conn = conn.to_string();
         async move {
             let node = node_of(&conn);
             if node == &*self.node_id {
-                self.local.take_over(&conn);
+                self.local.end_conn(&conn, why);
                 return Ok(());
             }
             let mut cmd = redis::cmd(self.publish_command());
             cmd.arg(self.names.node_channel(node))
-                .arg(encode_take_over(&self.node_id, &conn));
+                .arg(encode_end(&self.node_id, &conn, why));
             self.query::<i64>(&cmd).await?;
             Ok(())
         }
@@ -241,7 +241,9 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
                     match decode_message(msg.get_payload_bytes()) {
                         Some((origin, _)) if origin == &*node_id => {}
                         Some((_, Message::Deliver(envelope))) => local.deliver(&envelope),
-                        Some((_, Message::TakeOver(conn))) => local.take_over(conn),
+                        Some((_, Message::End(conn, why))) => {
+                            local.end_conn(conn, why);
+                        }
                         None => tracing::warn!(channel = msg.get_channel_name(), "unreadable Pub/Sub message"),
                     }
                 }

@@ -69,6 +69,18 @@ impl Names {
     pub fn room(&self, room: &str) -> String {
         self.tagged("room:", room)
     }
+    /// Rooms by member count (a sorted set), for the busiest rooms.
+    pub fn rooms_index(&self) -> String {
+        format!("{}rooms", self.prefix)
+    }
+    /// A user's live connections (a set).
+    pub fn user(&self, user: &str) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+    /// An idempotency key of the HTTP API: a running marker, then the stored result.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.prefix)
+    }
     pub fn conn_rooms(&self, conn: &str) -> String {
         format!("{}connrooms:{conn}", self.prefix)
     }

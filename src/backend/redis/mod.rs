@@ -10,6 +10,9 @@
 //! | `P s:<key>` | string/hash/set/list | script state, every element JSON text |
 //! | `P v:<key>` | string (integer) | version of `<key>`: bumped by every committed write, survives deletes |
 //! | `P room:<room>` | set | connection ids in the room, cluster-wide |
+//! | `P rooms` | sorted set | every room with members → its member count (the busiest rooms, in one read); rewritten from `SCARD` after each change of the room's set |
+//! | `P user:<user>` | set | the user's live connections, cluster-wide |
+//! | `P idem:<key>` | string, TTL | an HTTP API idempotency key (`<API key name>:<Idempotency-Key>`): `running` for up to a minute, then the first result for 5 minutes |
 //! | `P connrooms:<conn>` | set, TTL once closed | rooms of one connection (cleanup after a node dies, resumes) |
 //! | `P nodes` | set | ids of registered nodes |
 //! | `P node:<id>` | string, TTL | the node's heartbeat: JSON `{id, addr, started, fingerprint, connections}` |
@@ -30,7 +33,8 @@
 //!
 //! A message is `origin \n exclude \n target \n epoch \n offset \n frame` (see `wire`);
 //! `target` `take-over:<conn>` asks a node to end a connection whose session was
-//! resumed elsewhere.
+//! resumed elsewhere (close 4000), `disconnect:<conn>` one a backend disconnected
+//! through the HTTP API (close 4001).
 //!
 //! Commits are one Lua script (`EVALSHA`, reloaded after a Redis restart): compare every
 //! read version, then apply the writes in native types, bump versions and `PUBLISH` the

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::conn::Batch;
-use super::store::{add_conn, add_member, keep_session};
+use super::store::{add_conn, add_member, keep_session, recount};
 use super::{Names, RedisBackend};
 use crate::backend::BackendError;
 use crate::delivery::ConnSnapshot;
@@ -56,7 +56,12 @@ impl RedisBackend {
         }
         let nodes = self.names.nodes();
         batch.add(&nodes, redis::Cmd::sadd(&nodes, &*self.node_id));
-        self.run(&batch).await.map(drop)
+        self.run(&batch).await?;
+        let rooms: Vec<&str> = local
+            .iter()
+            .flat_map(|c| c.rooms.iter().map(|r| &**r))
+            .collect();
+        self.recount_rooms(&rooms).await
     }
 
     /// Registered nodes other than this one whose heartbeat has expired.
@@ -138,6 +143,11 @@ impl RedisBackend {
         for room in &conn.rooms {
             let key = self.names.room(room);
             batch.add(&key, redis::Cmd::srem(&key, &conn.id));
+            recount(&mut batch, &self.names, room);
+        }
+        if let Some(user) = &conn.user {
+            let key = self.names.user(user);
+            batch.add(&key, redis::Cmd::srem(&key, &conn.id));
         }
         let conns = self.names.node_conns(node);
         batch.add(&conns, redis::Cmd::hdel(&conns, &conn.id));
@@ -148,7 +158,9 @@ impl RedisBackend {
                 batch.add(&rooms, redis::Cmd::del(&rooms));
             }
         }
-        self.run(&batch).await.map(drop)
+        self.run(&batch).await?;
+        let rooms: Vec<&str> = conn.rooms.iter().map(String::as_str).collect();
+        self.recount_rooms(&rooms).await
     }
 
     /// Remove a node from the registry: a dead one after its cleanup, or this one on a
@@ -165,6 +177,31 @@ impl RedisBackend {
             .add(&conns, redis::Cmd::del(&conns))
             .add(&nodes, redis::Cmd::srem(&nodes, node));
         self.run(&batch).await.map(drop)
+    }
+}
+
+impl RedisBackend {
+    /// The registered nodes: `(id, heartbeat JSON if alive)`, sorted by id, over this
+    /// backend's connection (the HTTP API's `/api/nodes`).
+    pub async fn registered_nodes(&self) -> Result<Vec<(String, Option<String>)>, BackendError> {
+        let mut ids: Vec<String> = self
+            .query(&redis::Cmd::smembers(self.names.nodes()))
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = Batch::new();
+        for id in &ids {
+            let key = self.names.node(id);
+            batch.keep(&key, redis::Cmd::get(&key));
+        }
+        let infos = self.run(&batch).await?;
+        Ok(ids
+            .into_iter()
+            .zip(infos)
+            .map(|(id, info)| (id, redis::from_redis_value(info).ok().flatten()))
+            .collect())
     }
 }
 

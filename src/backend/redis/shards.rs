@@ -131,7 +131,9 @@ impl Shards {
                 match decode_message(payload) {
                     Some((origin, _)) if origin == &*self.node_id => {}
                     Some((_, Message::Deliver(envelope))) => self.local.deliver(&envelope),
-                    Some((_, Message::TakeOver(conn))) => self.local.take_over(conn),
+                    Some((_, Message::End(conn, why))) => {
+                        self.local.end_conn(conn, why);
+                    }
                     None => tracing::warn!(channel, "unreadable sharded Pub/Sub message"),
                 }
             }

@@ -14,8 +14,8 @@ use super::conn::Batch;
 use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
 use super::{Names, RedisBackend};
 use crate::backend::{
-    new_epoch, BackendError, Channel, Commit, CommitOutcome, Placement, Session, StateStore,
-    VersionCheck, Versioned,
+    new_epoch, BackendError, Channel, Commit, CommitOutcome, LiveConn, Placement, Session,
+    StateStore, VersionCheck, Versioned,
 };
 use crate::delivery::{ConnId, Envelope, HistoryPolicy, HistoryRead, Position, Target};
 
@@ -30,6 +30,7 @@ pub(super) fn add_member(batch: &mut Batch, names: &Names, room: &str, conn: &st
     batch
         .add(&room_key, redis::Cmd::sadd(&room_key, conn))
         .add(&rooms_key, redis::Cmd::sadd(&rooms_key, room));
+    recount(batch, names, room);
 }
 
 pub(super) fn remove_member(batch: &mut Batch, names: &Names, room: &str, conn: &str) {
@@ -37,6 +38,31 @@ pub(super) fn remove_member(batch: &mut Batch, names: &Names, room: &str, conn: 
     batch
         .add(&room_key, redis::Cmd::srem(&room_key, conn))
         .add(&rooms_key, redis::Cmd::srem(&rooms_key, room));
+    recount(batch, names, room);
+}
+
+/// Sets a room's entry in `P rooms` to its member count now (removed at 0). Each call
+/// reads the set as it is when it runs, so whatever the interleaving of nodes, the last
+/// change of a room's members leaves its count right.
+const RECOUNT: &str = "local n = redis.call('SCARD', KEYS[1]) \
+    if n > 0 then redis.call('ZADD', KEYS[2], n, ARGV[1]) \
+    else redis.call('ZREM', KEYS[2], ARGV[1]) end return n";
+
+/// After a change of `room`'s member set: its count in the rooms index. On a Redis
+/// Cluster the room and the index are in different slots, which one script cannot
+/// span: [`RedisBackend::recount_rooms`] does it after the batch instead.
+pub(super) fn recount(batch: &mut Batch, names: &Names, room: &str) {
+    if names.is_cluster() {
+        return;
+    }
+    let (room_key, index) = (names.room(room), names.rooms_index());
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(RECOUNT)
+        .arg(2)
+        .arg(&room_key)
+        .arg(&index)
+        .arg(room);
+    batch.add(&room_key, eval);
 }
 
 /// A live connection of `node` in its registry hash, and its session (no TTL while the
@@ -69,6 +95,10 @@ pub(super) fn add_conn(
         )
         .add(&session_key, redis::Cmd::persist(&session_key))
         .add(&rooms, redis::Cmd::persist(&rooms));
+    if let Some(user) = user {
+        let key = names.user(user);
+        batch.add(&key, redis::Cmd::sadd(&key, conn));
+    }
 }
 
 /// A connection that is gone: its session and rooms are kept for `keep`.
@@ -87,6 +117,30 @@ pub(super) fn keep_session(
 }
 
 impl RedisBackend {
+    /// Redis Cluster: after a batch changed the member sets of `rooms`, their counts in
+    /// the rooms index ([`recount`] does it within the batch on one Redis). The set and
+    /// the index are in different slots, so each count is read, then written: a change
+    /// racing on another node can leave a room's count one change behind until the
+    /// room's next change.
+    pub(super) async fn recount_rooms(&self, rooms: &[&str]) -> Result<(), BackendError> {
+        if !self.names.is_cluster() {
+            return Ok(());
+        }
+        let index = self.names.rooms_index();
+        for &room in rooms {
+            let members: u64 = self
+                .query(&redis::Cmd::scard(self.names.room(room)))
+                .await?;
+            let write = if members > 0 {
+                redis::Cmd::zadd(&index, room, members)
+            } else {
+                redis::Cmd::zrem(&index, room)
+            };
+            self.query::<()>(&write).await?;
+        }
+        Ok(())
+    }
+
     /// Whether a delivery has recipients on other nodes at all.
     pub(super) fn needs_publish(&self, envelope: &Envelope) -> bool {
         match &envelope.target {
@@ -405,13 +459,23 @@ impl StateStore for RedisBackend {
     fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut batch = Batch::new().atomic();
         add_member(&mut batch, &self.names, room, conn);
-        async move { self.run(&batch).await.map(drop) }.boxed()
+        let room = room.to_string();
+        async move {
+            self.run(&batch).await?;
+            self.recount_rooms(&[&room]).await
+        }
+        .boxed()
     }
 
     fn leave(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut batch = Batch::new().atomic();
         remove_member(&mut batch, &self.names, room, conn);
-        async move { self.run(&batch).await.map(drop) }.boxed()
+        let room = room.to_string();
+        async move {
+            self.run(&batch).await?;
+            self.recount_rooms(&[&room]).await
+        }
+        .boxed()
     }
 
     fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
@@ -441,6 +505,7 @@ impl StateStore for RedisBackend {
     fn close_conn(
         &self,
         conn: &ConnId,
+        user: Option<&str>,
         session: &str,
         rooms: &[Arc<str>],
         keep: Duration,
@@ -451,11 +516,111 @@ impl StateStore for RedisBackend {
             // a resume.
             let key = self.names.room(room);
             batch.add(&key, redis::Cmd::srem(&key, conn.as_ref()));
+            recount(&mut batch, &self.names, room);
+        }
+        if let Some(user) = user {
+            let key = self.names.user(user);
+            batch.add(&key, redis::Cmd::srem(&key, conn.as_ref()));
         }
         let conns = self.names.node_conns(&self.node_id);
         batch.add(&conns, redis::Cmd::hdel(&conns, conn.as_ref()));
         keep_session(&mut batch, &self.names, conn, session, keep);
-        async move { self.run(&batch).await.map(drop) }.boxed()
+        let rooms = rooms.to_vec();
+        async move {
+            self.run(&batch).await?;
+            let rooms: Vec<&str> = rooms.iter().map(|r| &**r).collect();
+            self.recount_rooms(&rooms).await
+        }
+        .boxed()
+    }
+
+    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
+        // The registry hash of the node the id names: no lookup table needed.
+        let key = self.names.node_conns(super::node_of(conn));
+        let conn = conn.to_string();
+        async move {
+            let info: Option<String> = self.query(&redis::Cmd::hget(&key, &conn)).await?;
+            Ok(info.map(|info| {
+                let info = serde_json::from_str::<Value>(&info).unwrap_or_default();
+                LiveConn {
+                    user: info.get("user").and_then(Value::as_str).map(str::to_string),
+                    id: conn,
+                }
+            }))
+        }
+        .boxed()
+    }
+
+    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        let key = self.names.user(user);
+        async move {
+            let mut conns: Vec<String> = self.query(&redis::Cmd::smembers(&key)).await?;
+            conns.sort();
+            Ok(conns)
+        }
+        .boxed()
+    }
+
+    fn busiest_rooms(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>> {
+        let key = self.names.rooms_index();
+        async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let stop = isize::try_from(limit - 1).unwrap_or(isize::MAX);
+            let rooms: Vec<(String, f64)> = self
+                .query(&redis::Cmd::zrevrange_withscores(&key, 0, stop))
+                .await?;
+            Ok(rooms
+                .into_iter()
+                .map(|(room, n)| (room, n.max(0.0) as u64))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn idempotency_claim(
+        &self,
+        key: &str,
+        marker: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        let key = self.names.idempotency(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let marker = marker.to_string();
+        async move {
+            // `SET NX GET` would do it in one command, but only from Redis 7.0 on;
+            // a MULTI of `SET NX` and `GET` is as atomic and works on 6.x too.
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(&marker).arg("NX").arg("PX").arg(ms);
+            let mut batch = Batch::new().atomic();
+            batch.keep(&key, set).keep(&key, redis::Cmd::get(&key));
+            let replies = self.run(&batch).await?;
+            let claimed = !matches!(replies.first(), Some(RedisValue::Nil) | None);
+            let held: Option<String> = match replies.get(1) {
+                Some(v) => redis::from_redis_value_ref(v)
+                    .map_err(|e| BackendError::Protocol(e.to_string()))?,
+                None => None,
+            };
+            Ok(if claimed { None } else { held })
+        }
+        .boxed()
+    }
+
+    fn idempotency_store(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let key = self.names.idempotency(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(value).arg("PX").arg(ms);
+        async move { self.query::<()>(&set).await }.boxed()
     }
 
     fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {

@@ -9,7 +9,7 @@ use redis::Value as RedisValue;
 use serde_json::Value;
 
 use crate::backend::{BackendError, StoredValue, Versioned};
-use crate::delivery::{Envelope, HistoryEntry, HistoryRead, Position, Target};
+use crate::delivery::{Ending, Envelope, HistoryEntry, HistoryRead, Position, Target};
 
 /// A message is `origin \n exclude \n target \n epoch \n offset \n frame`: the
 /// origin node drops its own echo (it already delivered locally), `exclude` is the
@@ -37,17 +37,29 @@ pub(super) fn encode_message(origin: &str, envelope: &Envelope) -> Vec<u8> {
     out
 }
 
-/// A control message to one node: end a connection whose session was resumed elsewhere.
-pub(super) fn encode_take_over(origin: &str, conn: &str) -> Vec<u8> {
-    format!("{origin}\n\n{TAKE_OVER}{conn}\n\n\n").into_bytes()
+/// A control message to one node: end one of its connections, for a reason. The
+/// target field names both: `take-over:<conn>` (its session was resumed elsewhere; the
+/// form nodes have always sent), `disconnect:<conn>` (a backend asked for it).
+pub(super) fn encode_end(origin: &str, conn: &str, why: Ending) -> Vec<u8> {
+    format!("{origin}\n\n{}{conn}\n\n\n", end_prefix(why)).into_bytes()
 }
 
-const TAKE_OVER: &str = "take-over:";
+/// The control prefix of each reason to end a connection sent between nodes. A slow
+/// consumer is decided by the node that holds it; it never travels.
+fn end_prefix(why: Ending) -> &'static str {
+    match why {
+        Ending::TakenOver | Ending::SlowConsumer => "take-over:",
+        Ending::Disconnected => "disconnect:",
+    }
+}
+
+const ENDINGS: [Ending; 2] = [Ending::TakenOver, Ending::Disconnected];
 
 /// What one Pub/Sub message says.
 pub(super) enum Message<'a> {
     Deliver(Envelope),
-    TakeOver(&'a str),
+    /// End this node's connection, for this reason.
+    End(&'a str, Ending),
 }
 
 /// `(origin, message)`, or `None` for a message this version cannot read.
@@ -56,8 +68,10 @@ pub(super) fn decode_message(payload: &[u8]) -> Option<(&str, Message<'_>)> {
     let origin = std::str::from_utf8(parts.next()?).ok()?;
     let exclude = std::str::from_utf8(parts.next()?).ok()?;
     let target = std::str::from_utf8(parts.next()?).ok()?;
-    if let Some(conn) = target.strip_prefix(TAKE_OVER) {
-        return Some((origin, Message::TakeOver(conn)));
+    for why in ENDINGS {
+        if let Some(conn) = target.strip_prefix(end_prefix(why)) {
+            return Some((origin, Message::End(conn, why)));
+        }
     }
     let target = Target::parse_resolved(target)?;
     let epoch = std::str::from_utf8(parts.next()?).ok()?;
@@ -245,11 +259,17 @@ mod tests {
     }
 
     #[test]
-    fn take_overs_name_the_connection() {
-        let encoded = encode_take_over("n1", "n2-7");
+    fn endings_name_the_connection_and_the_reason() {
+        let encoded = encode_end("n1", "n2-7", Ending::TakenOver);
+        // What every node has always sent for a resume, so mixed fleets agree.
+        assert_eq!(encoded, b"n1\n\ntake-over:n2-7\n\n\n");
         assert!(matches!(
             decode_message(&encoded),
-            Some(("n1", Message::TakeOver("n2-7")))
+            Some(("n1", Message::End("n2-7", Ending::TakenOver)))
+        ));
+        assert!(matches!(
+            decode_message(&encode_end("n1", "n2-8", Ending::Disconnected)),
+            Some(("n1", Message::End("n2-8", Ending::Disconnected)))
         ));
     }
 }

@@ -37,6 +37,8 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Application-defined (4000–4999): the session was resumed by another connection.
     pub const TAKEN_OVER: u16 = 4000;
+    /// Application-defined: a backend disconnected it through the HTTP API.
+    pub const DISCONNECTED: u16 = 4001;
 }
 
 /// Frames written to the socket in one flush when the queue has a backlog.
@@ -121,6 +123,7 @@ fn ending_close(why: Ending) -> Exit {
     match why {
         Ending::SlowConsumer => Exit::Close(close::TRY_AGAIN_LATER, SLOW_REASON),
         Ending::TakenOver => Exit::Close(close::TAKEN_OVER, "resumed elsewhere"),
+        Ending::Disconnected => Exit::Close(close::DISCONNECTED, "disconnected by the server"),
     }
 }
 
