@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// Prefix of every Redis key and channel, so applications can share one Redis.
     #[arg(long, env = "WSS_REDIS_PREFIX", default_value = "wss:")]
     pub redis_prefix: String,
+    /// Acknowledge a state change (or a delivery to a room with history) only once this
+    /// many replicas hold it (`WAIT`), so it survives a failover. 0: replication is
+    /// asynchronous and a failover may lose the last acknowledged writes.
+    #[arg(long, env = "WSS_REDIS_WAIT_REPLICAS", default_value = "0")]
+    pub redis_wait_replicas: u32,
     /// Seconds a node's heartbeat lives: a node silent this long is cleaned up after.
     #[arg(long, env = "WSS_NODE_TTL", default_value = "10", value_parser = parse_secs)]
     pub node_ttl: Duration,

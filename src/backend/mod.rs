@@ -49,6 +49,18 @@ pub enum BackendError {
     /// not be published (their shard did not answer). Nothing may be undone or retried.
     #[error("the state change was committed, but {failed} of its deliveries could not be published ({cause}); retrying would apply it twice")]
     Undelivered { failed: usize, cause: String },
+    /// `--redis-wait-replicas`: the write was made on the primary, but fewer replicas
+    /// than required acknowledged it in time; a failover now may lose it.
+    #[error("the change was committed on the Redis primary, but only {reached} of the {wanted} replicas required acknowledged it in time; a failover may lose it, and retrying would apply it twice")]
+    Unreplicated { reached: u32, wanted: u32 },
+}
+
+impl BackendError {
+    /// The write happened, though not all that should follow it did: nothing may be
+    /// undone or retried.
+    pub fn committed(&self) -> bool {
+        matches!(self, Self::Undelivered { .. } | Self::Unreplicated { .. })
+    }
 }
 
 /// One key's value in its native shape. Every element is JSON text in Redis, so the

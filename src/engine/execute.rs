@@ -347,7 +347,7 @@ impl Engine {
                 Ok(Attempt::Split)
             }
             // Committed: its room changes stand with it.
-            Err(e @ BackendError::Undelivered { .. }) => Err(e.into()),
+            Err(e) if e.committed() => Err(e.into()),
             Err(e) => {
                 self.undo_all(batch, applied, runtime);
                 Err(e.into())

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::RedisBackend;
+use crate::backend::redis::{Durability, RedisBackend};
 use crate::backend::{Bus, StateStore, VersionCheck};
 use crate::cli::{LogFormat, ServeArgs};
 use crate::cluster::{Fleet, NodeInfo, NodeRegistry};
@@ -116,6 +116,8 @@ impl ServerConfig {
 pub struct RedisConfig {
     pub url: String,
     pub prefix: String,
+    /// Replicas an acknowledged write must have reached (`WAIT`); 0 for none.
+    pub wait_replicas: u32,
     /// Heartbeat TTL: a node silent this long is dead and cleaned up after.
     pub node_ttl: Duration,
 }
@@ -145,12 +147,15 @@ pub async fn run(
             (backend.clone(), backend, None)
         }
         Some(redis) => {
-            let backend = RedisBackend::connect(
+            let backend = RedisBackend::connect_with(
                 &redis.url,
                 &redis.prefix,
                 node_id.clone(),
                 router.clone() as Arc<dyn Sink>,
                 config.version_check,
+                Durability {
+                    wait_replicas: redis.wait_replicas,
+                },
             )
             .await
             .with_context(|| format!("connecting to Redis at {}", redis.url))?;
@@ -328,6 +333,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         redis: args.redis_url().map(|url| RedisConfig {
             url,
             prefix: args.redis_prefix.clone(),
+            wait_replicas: args.redis_wait_replicas,
             node_ttl: args.node_ttl,
         }),
         limits: Limits {

@@ -56,9 +56,34 @@ impl RedisCluster {
         cluster
     }
 
-    /// Wait (bounded) until every node says `cluster_state:ok`.
+    /// Wait (bounded) until every node says `cluster_state:ok` and every slot range has
+    /// a master and a replica.
     pub fn wait_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
+        self.wait_states_ok(deadline, within);
+        loop {
+            let slots: Option<Vec<Value>> = self.servers.iter().find_map(|s| {
+                let mut c = s.try_conn()?;
+                redis::cmd("CLUSTER").arg("SLOTS").query(&mut c).ok()
+            });
+            let replicated = slots.is_some_and(|ranges| {
+                ranges.len() >= 3
+                    && ranges
+                        .iter()
+                        .all(|r| matches!(r, Value::Array(parts) if parts.len() >= 4))
+            });
+            if replicated {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster's replicas did not show within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_states_ok(&self, deadline: Instant, within: Duration) {
         for server in &self.servers {
             loop {
                 let info: Option<String> = server

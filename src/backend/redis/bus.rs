@@ -50,7 +50,10 @@ impl Bus for RedisBackend {
     ) -> BoxFuture<'_, Result<Option<Placement>, BackendError>> {
         async move {
             if let Some((room, policy)) = unplaced(&envelope) {
-                return self.place(&envelope, room, policy).await.map(Some);
+                // A delivery to a room with history is a write (its offset and entry).
+                let placement = self.place(&envelope, room, policy).await?;
+                self.replicated().await?;
+                return Ok(Some(placement));
             }
             self.publish_plain(&envelope).await.map(|()| None)
         }

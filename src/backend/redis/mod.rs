@@ -78,6 +78,7 @@ use crate::delivery::Sink;
 use conn::{Batch, Commands};
 pub use keys::{node_of, Names};
 pub use registry::list_nodes;
+
 use shards::{ShardPushes, Shards};
 
 /// Longest any single Redis call may take before the caller gets `unavailable`.
@@ -96,6 +97,7 @@ pub struct RedisBackend {
     publish_script: Script,
     history_script: Script,
     version_check: VersionCheck,
+    durability: Durability,
     healthy: Arc<AtomicBool>,
     /// Bumped each time Redis comes back after being unreachable.
     recoveries: watch::Sender<u64>,
@@ -111,6 +113,19 @@ impl RedisBackend {
         node_id: Arc<str>,
         local: Arc<dyn Sink>,
         version_check: VersionCheck,
+    ) -> Result<Arc<Self>, BackendError> {
+        let durability = Durability::default();
+        Self::connect_with(url, prefix, node_id, local, version_check, durability).await
+    }
+
+    /// [`RedisBackend::connect`], acknowledging writes only once `durability` holds.
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        node_id: Arc<str>,
+        local: Arc<dyn Sink>,
+        version_check: VersionCheck,
+        durability: Durability,
     ) -> Result<Arc<Self>, BackendError> {
         let cluster = cluster_nodes(url);
         let names = match cluster {
@@ -161,6 +176,7 @@ impl RedisBackend {
             )),
             history_script: Script::new(include_str!("lua/history.lua")),
             version_check,
+            durability,
             healthy: Arc::new(AtomicBool::new(true)),
             recoveries: watch::channel(0).0,
         });
@@ -220,12 +236,45 @@ impl RedisBackend {
         self.call(batch.run(&mut c)).await
     }
 
+    /// `--redis-wait-replicas`: after a write this node is about to acknowledge, wait
+    /// until that many replicas hold it. `WAIT` covers every write sent before it on the
+    /// connection, ours included; on a cluster it goes to every master (the smallest
+    /// count wins). Too few in time: the write stands on the primary, but the caller
+    /// must not be told it is safe.
+    pub(super) async fn replicated(&self) -> Result<(), BackendError> {
+        let wanted = self.durability.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(WAIT_TIMEOUT.as_millis() as u64);
+        let reached: i64 = self.query(&wait).await?;
+        if reached >= i64::from(wanted) {
+            return Ok(());
+        }
+        metrics::counter!("wss_redis_wait_shortfalls_total").increment(1);
+        Err(BackendError::Unreplicated {
+            reached: reached.max(0) as u32,
+            wanted,
+        })
+    }
+
     /// One command, as one bounded call.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackendError> {
         let mut c = self.conn.clone();
         self.call(cmd.query_async(&mut c)).await
     }
 }
+
+/// What an acknowledgement waits for besides the primary's write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Durability {
+    /// Replicas that must hold a write (`WAIT`) before it is acknowledged; 0: none.
+    pub wait_replicas: u32,
+}
+
+/// How long an acknowledgement waits for replicas before it says they did not answer.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How deliveries reach this node: one Pub/Sub connection, or sharded subscriptions.
 enum Subscriber {

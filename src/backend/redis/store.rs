@@ -151,10 +151,15 @@ impl RedisBackend {
     }
 
     async fn commit_inner(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
-        if self.names.is_cluster() {
-            return self.commit_then_publish(commit).await;
+        let outcome = if self.names.is_cluster() {
+            self.commit_then_publish(commit).await?
+        } else {
+            self.commit_state(commit).await?
+        };
+        if matches!(outcome, CommitOutcome::Committed(_)) {
+            self.replicated().await?;
         }
-        self.commit_state(commit).await
+        Ok(outcome)
     }
 
     /// The commit script: versions checked, writes applied and (on one Redis) the
