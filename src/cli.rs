@@ -125,7 +125,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WSS_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Redis URL: state, rooms and the bus go to Redis, so many nodes serve one app.
-    /// Without it one node runs on the embedded memory backend.
+    /// `redis://host:port`, `redis+cluster://h1:p1,h2:p2,…` (a Redis Cluster: sharded
+    /// Pub/Sub) or `redis+sentinel://h1:26379,…/mymaster` (the primary Sentinel names,
+    /// followed across failovers). Without it one node runs on the embedded memory
+    /// backend.
     /// `REDIS_SERVER` is honoured for compatibility.
     #[arg(long, env = "REDIS_URL")]
     pub redis: Option<String>,

@@ -183,6 +183,7 @@ async fn failover_under_traffic(
     may_lose: bool,
     fault: impl FnOnce(&mut RedisCluster, &str) -> String,
 ) {
+    redis_cluster(cluster).wait_replicated(Duration::from_secs(30));
     let mut sub = Tracked::connect(&cluster.nodes[1], "sub").await;
     sub.join(room).await;
     let stop = Arc::new(AtomicBool::new(false));

@@ -41,7 +41,9 @@ pub use client::*;
 mod topology;
 mod tracked;
 #[allow(unused_imports)]
-pub use topology::{cluster_mode, AnyConnection, Redis, RedisCluster, NODE_TIMEOUT_MS};
+pub use topology::{
+    cluster_mode, AnyConnection, Redis, RedisCluster, Sentinel, NODE_TIMEOUT_MS, SENTINEL_MASTER,
+};
 #[allow(unused_imports)]
 pub use tracked::{Position, Tracked};
 

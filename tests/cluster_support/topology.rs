@@ -56,11 +56,15 @@ impl RedisCluster {
         cluster
     }
 
-    /// Wait (bounded) until every node says `cluster_state:ok` and every slot range has
-    /// a master and a replica.
+    /// Wait (bounded) until every node says `cluster_state:ok`.
     pub fn wait_ok(&self, within: Duration) {
+        self.wait_states_ok(Instant::now() + within, within);
+    }
+
+    /// Wait (bounded) until every slot range has a replica too: right after `create`
+    /// they take seconds to attach, and a failover needs one.
+    pub fn wait_replicated(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        self.wait_states_ok(deadline, within);
         loop {
             let slots: Option<Vec<Value>> = self.servers.iter().find_map(|s| {
                 let mut c = s.try_conn()?;
@@ -331,5 +335,100 @@ impl ConnectionLike for AnyConnection {
             Self::Single(c) => c.is_open(),
             Self::Cluster(c) => c.is_open(),
         }
+    }
+}
+
+/// A `redis-server --sentinel` on a free port watching one primary as `mymaster`
+/// (quorum 2, down after 1 s), killed by PID when dropped.
+pub struct Sentinel {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// The master name the tests' Sentinels use.
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+impl Sentinel {
+    pub fn start(primary_port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("a directory for the sentinel");
+        let port = super::free_port();
+        // Sentinel rewrites its config file: it must be its own, writable.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let sentinel = Self {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sentinel.conn().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "sentinel on {port} never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sentinel
+    }
+
+    pub fn conn(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut conn).ok()?;
+        Some(conn)
+    }
+
+    /// The primary's port as this Sentinel names it now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(SENTINEL_MASTER)
+            .query(&mut self.conn()?)
+            .ok()?;
+        named.map(|(_, port)| port)
+    }
+
+    /// How many replicas and other Sentinels this one knows of.
+    pub fn known(&self) -> (usize, usize) {
+        let count = |what: &str| -> usize {
+            self.conn()
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg(what)
+                        .arg(SENTINEL_MASTER)
+                        .query::<Vec<Value>>(&mut c)
+                        .ok()
+                })
+                .map_or(0, |v| v.len())
+        };
+        (count("replicas"), count("sentinels"))
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

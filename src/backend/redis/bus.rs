@@ -14,7 +14,9 @@ use super::store::unplaced;
 use super::wire::{decode_message, encode_end, encode_message, Message};
 use std::sync::Arc;
 
-use super::{bounded, node_of, unavailable, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT};
+use super::{
+    bounded, node_of, unavailable, PrimarySource, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT,
+};
 use crate::backend::{BackendError, Bus, Channel, Placement};
 use crate::delivery::{Ending, Envelope};
 
@@ -184,7 +186,8 @@ impl PubSubState {
 
 /// Owns the Pub/Sub connection: connect, subscribe everything wanted, forward messages,
 /// and on any failure start over. Ends when the backend is dropped.
-pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<RedisBackend>) {
+pub(super) async fn pubsub_task(source: PrimarySource, backend: std::sync::Weak<RedisBackend>) {
+    let mut switches = source.switches();
     let mut backoff = Duration::from_millis(50);
     let mut reconnected = false;
     loop {
@@ -195,6 +198,15 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
             return;
         };
         let state = state.clone();
+        let client = match source.client() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "no Redis to subscribe to");
+                drop(this);
+                tokio::time::sleep(MAX_BACKOFF).await;
+                continue;
+            }
+        };
         let connected =
             tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await;
         let pubsub = match connected {
@@ -250,6 +262,13 @@ pub(super) async fn pubsub_task(client: redis::Client, backend: std::sync::Weak<
                         None => tracing::warn!(channel = msg.get_channel_name(), "unreadable Pub/Sub message"),
                     }
                 }
+                // The primary moved (Sentinel): this connection goes to a replica now.
+                Ok(()) = async {
+                    match switches.as_mut() {
+                        Some(s) => s.changed().await.map_err(drop),
+                        None => std::future::pending().await,
+                    }
+                } => break,
                 _ = ping.tick() => {
                     let mut sink = state.sink.lock().await;
                     // In subscribed mode PING answers `["pong", ""]`, not a string: any

@@ -8,10 +8,13 @@
 //! (one hash tag), as the stream and state scripts do.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisFuture, Value};
+
+use super::sentinel::SentinelPrimary;
 
 /// The connection commands go through.
 #[derive(Clone)]
@@ -19,6 +22,8 @@ pub enum Commands {
     Single(ConnectionManager),
     /// Routes every command to the shard of its key's slot, following redirections.
     Cluster(ClusterConnection),
+    /// The primary Sentinel names now (the connection is replaced when it moves).
+    Sentinel(Arc<SentinelPrimary>),
 }
 
 impl Commands {
@@ -32,6 +37,10 @@ impl ConnectionLike for Commands {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(p) => {
+                let mut c = p.manager();
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -44,6 +53,10 @@ impl ConnectionLike for Commands {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(p) => {
+                let mut c = p.manager();
+                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+            }
         }
     }
 
@@ -51,6 +64,7 @@ impl ConnectionLike for Commands {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(p) => p.manager().get_db(),
         }
     }
 }

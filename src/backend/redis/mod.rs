@@ -61,6 +61,7 @@ mod bus;
 mod conn;
 mod keys;
 mod registry;
+mod sentinel;
 mod shards;
 mod store;
 mod wire;
@@ -69,7 +70,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::watch;
 
@@ -79,6 +80,7 @@ use conn::{Batch, Commands};
 pub use keys::{node_of, Names};
 pub use registry::list_nodes;
 
+use sentinel::SentinelPrimary;
 use shards::{ShardPushes, Shards};
 
 /// Longest any single Redis call may take before the caller gets `unavailable`.
@@ -138,14 +140,32 @@ impl RedisBackend {
             None => Names::new(prefix),
         };
         let always = [names.all_channel(), names.node_channel(&node_id)];
-        let (conn, subscriber, client) = match cluster {
-            None => {
-                let client = redis::Client::open(url)
-                    .map_err(|e| BackendError::Protocol(format!("bad Redis URL `{url}`: {e}")))?;
-                let conn = single_connection(&client, url).await?;
-                let state = Arc::new(bus::PubSubState::new(always));
-                (conn, Subscriber::Single(state), Some(client))
-            }
+        let (conn, subscriber, source) = match cluster {
+            None => match sentinel::parse(url) {
+                Some(parsed) => {
+                    let (sentinels, master) = parsed?;
+                    let primary = SentinelPrimary::connect(sentinels, master).await?;
+                    let state = Arc::new(bus::PubSubState::new(always));
+                    let conn = Commands::Sentinel(primary.clone());
+                    (
+                        conn,
+                        Subscriber::Single(state),
+                        Some(PrimarySource::Sentinel(primary)),
+                    )
+                }
+                None => {
+                    let client = redis::Client::open(url).map_err(|e| {
+                        BackendError::Protocol(format!("bad Redis URL `{url}`: {e}"))
+                    })?;
+                    let conn = single_connection(&client, url).await?;
+                    let state = Arc::new(bus::PubSubState::new(always));
+                    (
+                        conn,
+                        Subscriber::Single(state),
+                        Some(PrimarySource::Fixed(client)),
+                    )
+                }
+            },
             Some(nodes) => {
                 let shards = Shards::new(node_id.clone(), names.clone(), local.clone(), always);
                 let conn = cluster_connection(nodes, Some(&shards)).await?;
@@ -180,8 +200,14 @@ impl RedisBackend {
             healthy: Arc::new(AtomicBool::new(true)),
             recoveries: watch::channel(0).0,
         });
-        if let Some(client) = client {
-            tokio::spawn(bus::pubsub_task(client, Arc::downgrade(&backend)));
+        if let Some(source) = source {
+            if let PrimarySource::Sentinel(primary) = &source {
+                tokio::spawn(sentinel::follow_task(
+                    primary.clone(),
+                    Arc::downgrade(&backend),
+                ));
+            }
+            tokio::spawn(bus::pubsub_task(source, Arc::downgrade(&backend)));
         }
         tokio::spawn(health_task(Arc::downgrade(&backend)));
         // Wait (bounded) for the first subscriptions, so a fresh node misses nothing.
@@ -276,6 +302,30 @@ pub struct Durability {
 /// How long an acknowledgement waits for replicas before it says they did not answer.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Where the Pub/Sub connection of one Redis goes: a fixed address, or the primary the
+/// Sentinels name now.
+pub(super) enum PrimarySource {
+    Fixed(redis::Client),
+    Sentinel(Arc<SentinelPrimary>),
+}
+
+impl PrimarySource {
+    fn client(&self) -> Result<redis::Client, BackendError> {
+        match self {
+            Self::Fixed(client) => Ok(client.clone()),
+            Self::Sentinel(primary) => primary.client(),
+        }
+    }
+
+    /// Changes when the primary moved: a Pub/Sub connection to the old one must go.
+    fn switches(&self) -> Option<watch::Receiver<u64>> {
+        match self {
+            Self::Fixed(_) => None,
+            Self::Sentinel(primary) => Some(primary.switches()),
+        }
+    }
+}
+
 /// How deliveries reach this node: one Pub/Sub connection, or sharded subscriptions.
 enum Subscriber {
     Single(Arc<bus::PubSubState>),
@@ -298,6 +348,13 @@ fn cluster_nodes(url: &str) -> Option<Vec<String>> {
 /// One Redis, reconnecting by itself: the defaults give up after a few seconds, and a
 /// node must outlive any outage.
 async fn single_connection(client: &redis::Client, url: &str) -> Result<Commands, BackendError> {
+    connection_manager(client, url).await.map(Commands::Single)
+}
+
+async fn connection_manager(
+    client: &redis::Client,
+    url: &str,
+) -> Result<ConnectionManager, BackendError> {
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(usize::MAX / 2)
         .set_max_delay(MAX_BACKOFF)
@@ -310,7 +367,7 @@ async fn single_connection(client: &redis::Client, url: &str) -> Result<Commands
     .await
     .map_err(|_| unavailable(format!("could not reach Redis at {url} within 5 s")))?
     .map_err(unavailable)?;
-    Ok(Commands::Single(conn))
+    Ok(conn)
 }
 
 /// A Redis Cluster connection (one per shard, following slots and failovers). With
@@ -349,6 +406,12 @@ async fn cluster_connection(
 
 /// A command connection for a one-off tool (`wss-engine nodes`).
 pub(super) async fn tool_connection(url: &str) -> Result<Commands, BackendError> {
+    if let Some(parsed) = sentinel::parse(url) {
+        let (sentinels, master) = parsed?;
+        return Ok(Commands::Sentinel(
+            SentinelPrimary::connect(sentinels, master).await?,
+        ));
+    }
     match cluster_nodes(url) {
         Some(nodes) => cluster_connection(nodes, None).await,
         None => {
