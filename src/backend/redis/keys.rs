@@ -101,6 +101,11 @@ impl Names {
     pub fn history(&self, room: &str) -> String {
         self.tagged("hist:", room)
     }
+    /// A once-key beside `key` (same hash tag, so same slot): marks that attempt `id`
+    /// of a script already ran.
+    pub fn once(&self, key: &str, id: &str) -> String {
+        format!("{key}:once:{id}")
+    }
     /// A session: hash `user` (JSON), `conn`.
     pub fn session(&self, id: &str) -> String {
         format!("{}session:{id}", self.prefix)

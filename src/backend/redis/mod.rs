@@ -22,7 +22,12 @@
 //! | `P hist:<room>` | stream, TTL | its history: entry `<offset>-0` with `t` (ms) and `f` (the frame) |
 //! | `P session:<id>` | hash, TTL once closed | `user` (JSON), `conn`; its rooms are `P connrooms:<conn>` |
 //!
-//! Channels (plain Pub/Sub):
+//! On a Redis Cluster (`redis+cluster://`) the per-room names carry the room as hash
+//! tag (`P room:{<room>}`, `P pos:{<room>}`, `P hist:{<room>}`, `P ch:room:{<room>}`),
+//! state keys their own tag or `{<key>}`, and node and user channels `{<id>}`: what one
+//! script touches is in one slot (see `keys`).
+//!
+//! Channels (plain Pub/Sub; sharded, `SSUBSCRIBE`/`SPUBLISH`, on a Redis Cluster):
 //!
 //! | channel | subscribed by |
 //! | --- | --- |
@@ -40,19 +45,28 @@
 //! read version, then apply the writes in native types, bump versions and `PUBLISH` the
 //! deliveries, all in one atomic step. A delivery to a room with history is placed in
 //! the room's stream by the same step (next offset, `XADD` to the history, trimmed by
-//! size, expiring by TTL), and so is one published without a commit (`publish.lua`). Reads of several keys are one Lua script too, so
-//! a script's prefetched keys are a consistent snapshot.
+//! size, expiring by TTL), and so is one published without a commit (`publish.lua`).
+//! Reads of several keys are one Lua script too, so a script's prefetched keys are a
+//! consistent snapshot. On a Redis Cluster the commit script writes state only, in its
+//! keys' slot; each delivery is then placed and published by `publish.lua` on its
+//! room's shard (`store::commit_then_publish`).
 //!
 //! Connections: one multiplexed `ConnectionManager` for commands (reconnects by itself;
 //! every call is bounded by a timeout so a dead Redis answers `unavailable` quickly) and
 //! one Pub/Sub connection owned by a task that reconnects and resubscribes every wanted
-//! channel; the bus reports ready only while that is done.
+//! channel; the bus reports ready only while that is done. With Sentinel the primary
+//! both go to is followed across failovers (`sentinel`); on a Redis Cluster one cluster
+//! connection carries commands and sharded subscriptions (`shards`).
 //!
 //! ```text
 //! keys.rs      every key and channel name
+//! conn.rs      the command connection (one Redis, a cluster, Sentinel's primary) and
+//!              batches that split per slot
 //! wire.rs      Pub/Sub messages between nodes, values as Redis holds them
 //! store.rs     StateStore: reads, the commit script, rooms, live connections
 //! bus.rs       Bus: publish, watches, the Pub/Sub connection task
+//! shards.rs    sharded Pub/Sub on a Redis Cluster: per-channel subscriptions, probes
+//! sentinel.rs  following the primary Sentinel names
 //! registry.rs  the node registry the cluster module keeps (heartbeats, cleanup)
 //! lua/         the scripts, each headed by its KEYS/ARGV layout
 //! ```
@@ -66,7 +80,7 @@ mod shards;
 mod store;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +117,8 @@ pub struct RedisBackend {
     healthy: Arc<AtomicBool>,
     /// Bumped each time Redis comes back after being unreachable.
     recoveries: watch::Sender<u64>,
+    /// Numbers this node's script attempts on a Redis Cluster (see `Names::once`).
+    once_seq: AtomicU64,
 }
 
 impl RedisBackend {
@@ -199,6 +215,7 @@ impl RedisBackend {
             durability,
             healthy: Arc::new(AtomicBool::new(true)),
             recoveries: watch::channel(0).0,
+            once_seq: AtomicU64::new(0),
         });
         if let Some(source) = source {
             if let PrimarySource::Sentinel(primary) = &source {
@@ -283,6 +300,13 @@ impl RedisBackend {
             reached: reached.max(0) as u32,
             wanted,
         })
+    }
+
+    /// A name for one script attempt, unique across nodes (a node id is new at every
+    /// start).
+    fn next_once_id(&self) -> String {
+        let n = self.once_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.node_id)
     }
 
     /// One command, as one bounded call.

@@ -22,6 +22,10 @@ use crate::delivery::{ConnId, Envelope, HistoryPolicy, HistoryRead, Position, Ta
 /// Lua's `unpack` has a stack limit; spread long argument lists over several calls.
 const LUA_CHUNK: usize = 1000;
 
+/// How long a cluster commit's or placement's once-key lives: far longer than the
+/// cluster client's retries of one command take.
+const ONCE_TTL_MS: u64 = 60_000;
+
 /// Presence is written in three places (a join, a leave, a whole node's presence again
 /// after Redis came back) and removed by a dead node's cleanup: these keep the room's
 /// member set and the connection's room set in step everywhere.
@@ -230,10 +234,20 @@ impl RedisBackend {
             invocation.key(key);
         }
         let skip_check = self.version_check == VersionCheck::Skip;
+        // A cluster commit writes state only, all in one slot: its once-key joins it.
+        let once = match keys.get(1) {
+            Some(state_key) if self.names.is_cluster() => {
+                invocation.key(self.names.once(state_key, &self.next_once_id()));
+                keys.len() + 1
+            }
+            _ => 0,
+        };
         invocation
             .arg(spec)
             .arg(LUA_CHUNK)
-            .arg(if skip_check { "1" } else { "0" });
+            .arg(if skip_check { "1" } else { "0" })
+            .arg(once)
+            .arg(ONCE_TTL_MS);
         let mut conn = self.conn.clone();
         let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
         let RedisValue::Array(items) = reply else {
@@ -366,7 +380,14 @@ impl RedisBackend {
             })
             .arg(self.names.channel(&Channel::Room(room.to_string())))
             .arg(header(&self.node_id, envelope))
-            .arg(&envelope.frame[..]);
+            .arg(&envelope.frame[..])
+            .arg(ONCE_TTL_MS);
+        if self.names.is_cluster() {
+            invocation.key(
+                self.names
+                    .once(&self.names.position(room), &self.next_once_id()),
+            );
+        }
         let mut conn = self.conn.clone();
         let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
         let (epoch, offset) = parse_placed(reply)?;

@@ -15,8 +15,15 @@
 --          deliveries, "s" deliveries to rooms with history (see stream.lua).
 -- ARGV[2]: how many items one write command may take (Lua's `unpack` stack limit).
 -- ARGV[3]: '1' to skip the version check (the lost-update demonstration only).
+-- ARGV[4]: on a Redis Cluster, the index in KEYS of this commit's once-key (in its
+--          keys' slot), else 0. The cluster client sends a command again when its
+--          connection broke before the reply, though the first one may have run: a
+--          once-key that exists means it did, and the commit is not applied twice.
+-- ARGV[5]: how long the once-key lives (ms).
 -- Returns 0 when a read version changed (nothing written), else
 -- { 1, { epoch, offset } per "s" entry, in order }.
+local once = KEYS[tonumber(ARGV[4] or '0')]
+if once and redis.call('EXISTS', once) == 1 then return { 1 } end
 local spec = cjson.decode(ARGV[1])
 if ARGV[3] ~= '1' then
   for _, r in ipairs(spec.r) do
@@ -38,6 +45,7 @@ for _, w in ipairs(spec.w) do
   end
   if ttl > 0 and kind ~= 'del' then redis.call('PEXPIRE', key, ttl) end
 end
+if once then redis.call('SET', once, '1', 'PX', ARGV[5]) end
 for _, p in ipairs(spec.p) do redis.call('PUBLISH', p[1], p[2]) end
 local placed = { 1 }
 for _, s in ipairs(spec.s or {}) do
