@@ -15,8 +15,10 @@
 --          deliveries, "s" deliveries to rooms with history (see stream.lua).
 -- ARGV[2]: how many items one write command may take (Lua's `unpack` stack limit).
 -- ARGV[3]: '1' to skip the version check (the lost-update demonstration only).
--- Returns 0 when a read version changed (nothing written), else
--- { 1, { epoch, offset } per "s" entry, in order }.
+-- ARGV[4]: the deadline in Redis' ms, '0' for none (see too_late in stream.lua).
+-- Returns -1 after the deadline and 0 when a read version changed (nothing written
+-- either way), else { 1, { epoch, offset } per "s" entry, in order }.
+if too_late(ARGV[4]) then return -1 end
 local spec = cjson.decode(ARGV[1])
 if ARGV[3] ~= '1' then
   for _, r in ipairs(spec.r) do
