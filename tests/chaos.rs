@@ -462,7 +462,12 @@ async fn chaos_soak() {
             }
         })
     };
-    tokio::time::sleep(settings.duration.saturating_sub(started.elapsed())).await;
+    // Progress every 10 s, so a watcher of a long run sees it move.
+    while started.elapsed() < settings.duration {
+        let left = settings.duration.saturating_sub(started.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(10))).await;
+        println!("chaos: {:>5.1} s", started.elapsed().as_secs_f64());
+    }
     let faults_ok = tokio::task::spawn_blocking(move || faults.join())
         .await
         .expect("join")

@@ -64,6 +64,8 @@ impl Recorder {
         // A history that cannot be written makes the whole run worthless: fail loudly.
         serde_json::to_writer(&mut *out, &Value::Object(line)).expect("write the history");
         out.write_all(b"\n").expect("write the history");
+        // Line by line: a run killed by its time limit still leaves a readable history.
+        out.flush().expect("write the history");
     }
 
     pub fn flush(&self) {
