@@ -149,7 +149,11 @@ impl World {
             }
             self.rec.record("fault", line);
         };
-        mark("start");
+        // A fault's window is when it is fully in force: `start` once it is applied,
+        // `end` just before it is undone. The checker holds /readyz to "not ready"
+        // inside the window, so it must not include the moments before the cut is in
+        // place or after Redis is started again (while the harness still waits for it
+        // to answer, nodes may rightly be ready already).
         match fault {
             Fault::Kill { node: i, down } => {
                 {
@@ -159,7 +163,9 @@ impl World {
                         n.sigkill();
                     }
                 }
+                mark("start");
                 std::thread::sleep(*down);
+                mark("end");
                 let fresh = self.spawn_node(*i);
                 self.record_start(*i, &fresh, "after_kill");
                 let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,34 +179,41 @@ impl World {
             }
             Fault::Stop { node: i, pause } => {
                 self.with_node(*i, |n| n.pause());
+                mark("start");
                 std::thread::sleep(*pause);
+                mark("end");
                 self.with_node(*i, |n| n.resume());
             }
             Fault::Drop { node: i, cut } => {
                 if let Err(e) = self.net.cut(*i, true) {
                     panic!("cut n{} off Redis: {e}", i + 1);
                 }
+                mark("start");
                 std::thread::sleep(*cut);
+                mark("end");
                 if let Err(e) = self.net.cut(*i, false) {
                     panic!("reconnect n{} to Redis: {e}", i + 1);
                 }
             }
             Fault::RedisRestart { down } => {
                 self.redis.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                mark("start");
                 std::thread::sleep(*down);
+                mark("end");
                 self.redis
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .restart();
             }
             Fault::Failover => {
+                mark("start");
                 let redis = self.redis.lock().unwrap_or_else(|e| e.into_inner());
                 if let Redis::Cluster(c) = &*redis {
                     failover(c);
                 }
+                mark("end");
             }
         }
-        mark("end");
     }
 
     fn save_log(&self, i: usize, node: &Node, tag: &str) {
