@@ -115,3 +115,52 @@ async fn a_redis_stall_longer_than_the_node_ttl_disconnects_no_live_connection()
         assert_eq!(c.recv_event("say.room").await["text"], "after stall");
     }
 }
+
+/// An event answered `unavailable` because Redis did not answer in time must not take
+/// effect later: the commands it sent sit in the stalled Redis' socket buffer (or in a
+/// TCP retransmission queue, when packets are dropped) and would otherwise run when
+/// Redis resumes, long after the client was told nothing happened. Found by the chaos
+/// soak (seed 1): a `say` answered `unavailable` during a 20 s packet drop was in the
+/// room's stream 20 s later, delivered to every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_unavailable_during_a_stall_never_takes_effect_later() {
+    let _serial = serial();
+    let cluster = Cluster::start_pack(2, &cluster_support::pack("chaos"), &[]).await;
+    let mut member = cluster.nodes[1].connect().await;
+    member.ok("join", json!({ "room": "h:late" })).await;
+    let mut a = cluster.nodes[0].connect().await;
+    a.ok("put", json!({ "c": "x", "n": 5 })).await;
+    a.ok("say", json!({ "room": "h:late", "id": "before" }))
+        .await;
+    let first = member.recv().await;
+    assert_eq!(first["data"]["id"], "before", "{first}");
+    let offset = first["offset"].as_u64().expect("an offset");
+
+    // One stall per event: after the first timeout the health check fails fast.
+    for (event, data) in [
+        ("say", json!({ "room": "h:late", "id": "stalled" })),
+        ("put", json!({ "c": "x", "n": 99 })),
+    ] {
+        cluster.redis.pause();
+        let ack = a.call_within(event, data, Duration::from_secs(10)).await;
+        assert_eq!(ack["error"]["code"], "unavailable", "{event}: {ack}");
+        cluster.redis.resume();
+        for node in &cluster.nodes {
+            node.wait_ready(Duration::from_secs(15)).await;
+        }
+    }
+    // Whatever Redis still had queued from the stall has run by now.
+    a.ok("say", json!({ "room": "h:late", "id": "after" }))
+        .await;
+    let next = member.recv().await;
+    assert_eq!(
+        (next["data"]["id"].as_str(), next["offset"].as_u64()),
+        (Some("after"), Some(offset + 1)),
+        "a delivery answered `unavailable` reached the room: {next}"
+    );
+    let read = a.ok("read", json!({ "c": "x" })).await;
+    assert_eq!(
+        read["n"], 5,
+        "a write answered `unavailable` took effect: {read}"
+    );
+}

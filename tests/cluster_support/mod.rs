@@ -363,15 +363,29 @@ impl Node {
             .args(["--redis", redis_url])
             .args(["--redis-prefix", prefix])
             .args(args)
-            .env("NO_COLOR", "1")
-            .env("WSS_LOG", "info")
+            .envs(env.iter().copied());
+        Self::spawn_command(name, cmd)
+    }
+
+    /// Start a node from a command the caller built: the binary with its arguments, or
+    /// a wrapper that runs it (`ip netns exec NS wss-engine …`, which execs, so the PID
+    /// is the node's). The engine's environment variables are cleared unless the
+    /// command sets them; its stderr is collected. Returns once it logged its address.
+    pub fn spawn_command(name: &str, mut cmd: Command) -> Node {
+        let explicit: Vec<std::ffi::OsString> =
+            cmd.get_envs().map(|(k, _)| k.to_os_string()).collect();
+        for var in ENGINE_ENV {
+            if !explicit.iter().any(|k| k == var) {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for var in ENGINE_ENV {
-            cmd.env_remove(var);
+        if !cmd.get_envs().any(|(k, _)| k == "WSS_LOG") {
+            cmd.env("WSS_LOG", "info");
         }
-        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn the wss-engine binary");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -465,6 +479,16 @@ impl Node {
 
     pub fn sigterm(&self) {
         signal(self.pid(), "TERM");
+    }
+
+    /// SIGSTOP: the process keeps its sockets and answers nothing (a stalled VM).
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
     }
 
     /// SIGHUP: reload the pack.

@@ -25,8 +25,15 @@ pub const NODE_TIMEOUT_MS: u64 = 2000;
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with("127.0.0.1", &[])
+    }
+
+    /// [`RedisCluster::start`] with more `redis-server` arguments for every server, the
+    /// cluster made on `host` (an address the servers also bind, e.g. one that nodes in
+    /// other network namespaces reach; see `--bind` and `--cluster-announce-ip`).
+    pub fn start_with(host: &str, extra: &[&str]) -> Self {
         let timeout = NODE_TIMEOUT_MS.to_string();
-        let args = [
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -34,10 +41,11 @@ impl RedisCluster {
             "--cluster-node-timeout",
             &timeout,
         ];
+        args.extend_from_slice(extra);
         let servers: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_with(&args)).collect();
         let addrs: Vec<String> = servers
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
+            .map(|s| format!("{host}:{}", s.port))
             .collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])

@@ -43,7 +43,9 @@
 //!
 //! Commits are one Lua script (`EVALSHA`, reloaded after a Redis restart): compare every
 //! read version, then apply the writes in native types, bump versions and `PUBLISH` the
-//! deliveries, all in one atomic step. A delivery to a room with history is placed in
+//! deliveries, all in one atomic step. Each carries a deadline in Redis' clock (see
+//! [`Deadlines`]): a commit that reaches Redis after its node stopped waiting, and told
+//! its client `unavailable`, changes nothing. A delivery to a room with history is placed in
 //! the room's stream by the same step (next offset, `XADD` to the history, trimmed by
 //! size, expiring by TTL), and so is one published without a commit (`publish.lua`).
 //! Reads of several keys are one Lua script too, so a script's prefetched keys are a
@@ -80,7 +82,7 @@ mod shards;
 mod store;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +103,70 @@ use shards::{ShardPushes, Shards};
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between reconnect attempts: recovery within a second of Redis' return.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A commit must run this long before its caller's [`OP_TIMEOUT`], so that its reply
+/// has time to come back: one that runs later is refused by the script instead.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
+/// A clock sample whose round trip took longer than this is too vague to keep.
+const CLOCK_SAMPLE_MAX_RTT: Duration = Duration::from_millis(100);
+
+/// Deadlines for commits, in Redis' clock.
+///
+/// A command whose answer did not come within [`OP_TIMEOUT`] is reported `unavailable`,
+/// yet its bytes may still reach Redis: they sit in a stalled server's socket buffer,
+/// or in the kernel's retransmission queue while packets are dropped, and run when the
+/// server or the network comes back, seconds later. For a commit that would be a write
+/// (and a delivery) its client was told never happened. So each commit script gets a
+/// deadline in Redis' own time (`TIME`) and, arriving later, changes nothing. The node
+/// learns how far Redis' clock is from its own on every health ping (`TIME`, kept only
+/// from quick round trips), so clock skew between machines does not matter; until the
+/// first sample there is no deadline. What is left is a commit that ran just before
+/// its deadline and whose reply was then lost: its outcome is unknown, as when a
+/// connection drops before its ack.
+pub(crate) struct Deadlines {
+    /// Redis' clock minus this node's, in ms; `i64::MIN` until measured.
+    offset_ms: AtomicI64,
+}
+
+impl Deadlines {
+    fn new() -> Self {
+        Self {
+            offset_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    fn local_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
+    /// Record one `TIME` answer (`secs`, `micros`) read between `sent` and `got` (local ms).
+    fn sample(&self, secs: i64, micros: i64, sent: i64, got: i64) {
+        if got - sent > CLOCK_SAMPLE_MAX_RTT.as_millis() as i64 {
+            return;
+        }
+        let redis_ms = secs * 1000 + micros / 1000;
+        self.offset_ms
+            .store(redis_ms - (sent + got) / 2, Ordering::Relaxed);
+    }
+
+    /// The deadline (Redis' ms) for a commit sent now, `0` (none) before the first sample.
+    pub(crate) fn next(&self) -> i64 {
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        if offset == i64::MIN {
+            return 0;
+        }
+        Self::local_ms() + offset + (OP_TIMEOUT - DEADLINE_MARGIN).as_millis() as i64
+    }
+}
+
+/// What the commit and publish scripts answer when they arrived after their deadline.
+const TOO_LATE: i64 = -1;
+
+/// The error of a commit refused for arriving after its deadline.
+fn too_late() -> BackendError {
+    unavailable("Redis received the commit after its deadline: nothing was written")
+}
 
 pub struct RedisBackend {
     node_id: Arc<str>,
@@ -115,6 +181,8 @@ pub struct RedisBackend {
     version_check: VersionCheck,
     durability: Durability,
     healthy: Arc<AtomicBool>,
+    /// Commit deadlines in Redis' clock, kept by the health task.
+    deadlines: Deadlines,
     /// Bumped each time Redis comes back after being unreachable.
     recoveries: watch::Sender<u64>,
     /// Numbers this node's script attempts on a Redis Cluster (see `Names::once`).
@@ -214,6 +282,7 @@ impl RedisBackend {
             version_check,
             durability,
             healthy: Arc::new(AtomicBool::new(true)),
+            deadlines: Deadlines::new(),
             recoveries: watch::channel(0).0,
             once_seq: AtomicU64::new(0),
         });
@@ -475,14 +544,21 @@ async fn health_task(backend: std::sync::Weak<RedisBackend>) {
             return;
         };
         let mut conn = this.conn.clone();
-        let ok = matches!(
-            tokio::time::timeout(
-                Duration::from_secs(1),
-                redis::cmd("PING").query_async::<String>(&mut conn)
-            )
-            .await,
-            Ok(Ok(_))
-        );
+        // `TIME` rather than `PING`: the same proof of life, and a clock sample.
+        let sent = Deadlines::local_ms();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("TIME").query_async::<(i64, i64)>(&mut conn),
+        )
+        .await;
+        let ok = match answer {
+            Ok(Ok((secs, micros))) => {
+                this.deadlines
+                    .sample(secs, micros, sent, Deadlines::local_ms());
+                true
+            }
+            _ => false,
+        };
         let was = this.healthy.swap(ok, Ordering::AcqRel);
         if was && !ok {
             tracing::warn!("Redis unreachable: events that need it answer `unavailable`");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::conn::Batch;
 use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
-use super::{Names, RedisBackend};
+use super::{too_late, Names, RedisBackend, TOO_LATE};
 use crate::backend::{
     new_epoch, BackendError, Channel, Commit, CommitOutcome, LiveConn, Placement, Session,
     StateStore, VersionCheck, Versioned,
@@ -247,9 +247,13 @@ impl RedisBackend {
             .arg(LUA_CHUNK)
             .arg(if skip_check { "1" } else { "0" })
             .arg(once)
-            .arg(ONCE_TTL_MS);
+            .arg(ONCE_TTL_MS)
+            .arg(self.deadlines.next());
         let mut conn = self.conn.clone();
         let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
+        if reply == RedisValue::Int(TOO_LATE) {
+            return Err(too_late());
+        }
         let RedisValue::Array(items) = reply else {
             return Ok(CommitOutcome::Conflict);
         };
@@ -381,7 +385,8 @@ impl RedisBackend {
             .arg(self.names.channel(&Channel::Room(room.to_string())))
             .arg(header(&self.node_id, envelope))
             .arg(&envelope.frame[..])
-            .arg(ONCE_TTL_MS);
+            .arg(ONCE_TTL_MS)
+            .arg(self.deadlines.next());
         if self.names.is_cluster() {
             invocation.key(
                 self.names
@@ -390,6 +395,9 @@ impl RedisBackend {
         }
         let mut conn = self.conn.clone();
         let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
+        if reply == RedisValue::Int(TOO_LATE) {
+            return Err(too_late());
+        }
         let (epoch, offset) = parse_placed(reply)?;
         metrics::counter!("wss_bus_published_total").increment(1);
         self.local.deliver(&envelope.placed(epoch.clone(), offset));

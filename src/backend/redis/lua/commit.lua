@@ -20,10 +20,14 @@
 --          connection broke before the reply, though the first one may have run: a
 --          once-key that exists means it did, and the commit is not applied twice.
 -- ARGV[5]: how long the once-key lives (ms).
--- Returns 0 when a read version changed (nothing written), else
--- { 1, { epoch, offset } per "s" entry, in order }.
+-- ARGV[6]: the deadline in Redis' ms, '0' for none (see too_late in stream.lua).
+-- Returns -1 after the deadline and 0 when a read version changed (nothing written
+-- either way), else { 1, { epoch, offset } per "s" entry, in order }.
+-- A once-key is looked at before the deadline: a retry of a commit that ran answers
+-- as it did, however late.
 local once = KEYS[tonumber(ARGV[4] or '0')]
 if once and redis.call('EXISTS', once) == 1 then return { 1 } end
+if too_late(ARGV[6]) then return -1 end
 local spec = cjson.decode(ARGV[1])
 if ARGV[3] ~= '1' then
   for _, r in ipairs(spec.r) do

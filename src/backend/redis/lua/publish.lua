@@ -7,8 +7,9 @@
 --          have run; a once-key that exists holds the place it got, and it is not
 --          placed twice
 -- ARGV: size, ttl_ms, epoch, publish, channel, header, unplaced (see stream.lua), then
---       how long the once-key lives (ms)
--- Returns { epoch, offset }.
+--       how long the once-key lives (ms), then deadline_ms (see too_late in stream.lua)
+-- Returns { epoch, offset }, or -1 (nothing done) after the deadline. A once-key is
+-- looked at first: a retry of a placement that ran answers with its place, however late.
 local once = KEYS[3]
 if once then
   local done = redis.call('GET', once)
@@ -17,6 +18,7 @@ if once then
     return { epoch, tonumber(offset) }
   end
 end
+if too_late(ARGV[9]) then return -1 end
 local placed = place(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 if once then redis.call('SET', once, placed[1] .. ' ' .. placed[2], 'PX', ARGV[8]) end
 return placed

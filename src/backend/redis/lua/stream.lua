@@ -14,6 +14,18 @@
 -- header         the message up to the epoch: `origin \n exclude \n target \n`
 -- unplaced       the frame up to its offset: `{"event":…,"data":…,"room":…,"offset":`
 -- Returns { epoch, offset }.
+--
+-- too_late(deadline_ms): whether Redis' clock is past `deadline_ms` (its own ms; '0'
+-- for no deadline). A commit whose node stopped waiting for it (and told its client
+-- `unavailable`) may still arrive, from a stalled server's socket buffer or a TCP
+-- retransmission after packets were dropped: it must change nothing then.
+local function too_late(deadline_ms)
+  local limit = tonumber(deadline_ms) or 0
+  if limit <= 0 then return false end
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > limit
+end
+
 local function place(pos_key, hist_key, size, ttl_ms, epoch, publish, channel, header, unplaced)
   local new_epoch = epoch
   if redis.call('HSETNX', pos_key, 'epoch', epoch) == 1 then
