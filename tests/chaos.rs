@@ -208,9 +208,16 @@ impl World {
             Fault::Failover => {
                 mark("start");
                 let redis = self.redis.lock().unwrap_or_else(|e| e.into_inner());
-                if let Redis::Cluster(c) = &*redis {
-                    failover(c);
-                }
+                let took_over = match &*redis {
+                    Redis::Cluster(c) => failover(c),
+                    Redis::Single(_) => None,
+                };
+                drop(redis);
+                // Which replica, and whether it became a master within the bound.
+                self.rec.record(
+                    "failover",
+                    json!({ "replica": took_over.map(|t| t.0), "master": took_over.map(|t| t.1) }),
+                );
                 mark("end");
             }
         }
@@ -233,20 +240,21 @@ impl World {
 
 static RUN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// `CLUSTER FAILOVER` on one replica, waiting (bounded) until it is a master.
-fn failover(cluster: &RedisCluster) {
+/// `CLUSTER FAILOVER` on one replica, waiting (bounded) until it is a master:
+/// `(its port, whether it became one)`.
+fn failover(cluster: &RedisCluster) -> Option<(u16, bool)> {
     let masters = cluster.masters();
     let replica = cluster
         .servers
         .iter()
-        .find(|s| !masters.contains(&s.port))
-        .expect("a replica in the Redis Cluster");
+        .find(|s| !masters.contains(&s.port))?;
     let mut conn = replica.conn();
     let _: Result<String, _> = redis::cmd("CLUSTER").arg("FAILOVER").query(&mut conn);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cluster.masters().contains(&replica.port) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    Some((replica.port, cluster.masters().contains(&replica.port)))
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {

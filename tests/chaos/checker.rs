@@ -117,6 +117,7 @@ pub fn check(events: &[Value], limits: &Limits) -> Verdict {
             }
             "resume" => v.bump("resumes.failed", 1),
             "gap" => v.bump("gaps", 1),
+            "failover" if e["master"] == true => v.bump("failovers_taken_over", 1),
             "session" => v.bump("sessions_reset", 1),
             "op" => v.bump(&format!("ops.{}.{}", s(&e["op"]), s(&e["phase"])), 1),
             _ => {}
