@@ -107,6 +107,19 @@ pub async fn connect(
     protocol: Protocol,
     timeout: Duration,
 ) -> anyhow::Result<Ws> {
+    connect_welcomed(target, source, protocol, timeout)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// [`connect`], also returning the server's first frame (wss-engine's `$welcome`, which
+/// holds the session a resume needs; Engine.IO's open packet).
+pub async fn connect_welcomed(
+    target: &Target,
+    source: Option<IpAddr>,
+    protocol: Protocol,
+    timeout: Duration,
+) -> anyhow::Result<(Ws, String)> {
     tokio::time::timeout(timeout, async {
         let socket = match target.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -133,15 +146,15 @@ pub async fn connect(
         )
         .await
         .with_context(|| format!("WebSocket handshake with {}", target.url))?;
-        match protocol {
+        let welcome = match protocol {
             Protocol::Wss => {
                 expect(&mut ws, protocol, |t| {
                     t.starts_with("{\"event\":\"$welcome\"")
                 })
-                .await?;
+                .await?
             }
             Protocol::Socketio => {
-                expect(&mut ws, protocol, |t| t.starts_with('0')).await?;
+                let open = expect(&mut ws, protocol, |t| t.starts_with('0')).await?;
                 ws.send(Message::text("40")).await?;
                 expect(&mut ws, protocol, |t| {
                     t.starts_with("40") || t.starts_with("44")
@@ -153,9 +166,10 @@ pub async fn connect(
                     }
                     Ok(t)
                 })?;
+                open
             }
-        }
-        Ok(ws)
+        };
+        Ok((ws, welcome))
     })
     .await
     .map_err(|_| anyhow!("connecting to {} timed out", target.url))?

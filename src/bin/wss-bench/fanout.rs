@@ -75,6 +75,78 @@ pub struct FanoutArgs {
     /// generator's own: shows who used the cores.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+    /// Pids whose CPU time is reported after the servers' (Redis, say) but not counted
+    /// as node CPU in `node_cpu_us_per_delivery`.
+    #[arg(long, value_delimiter = ',')]
+    pub other_pids: Vec<u32>,
+    /// How publishers space their messages. `phased` (default): every publisher sends at
+    /// the even rate, each from its own random phase within the interval, so 50
+    /// publishers do not fire in the same microsecond. `poisson`: exponential gaps
+    /// (a Poisson process per publisher). `lockstep`: every publisher starts its
+    /// schedule at the same instant (the generator's behaviour before the phases:
+    /// bursts that a server's write window coalesces, an unrealistically kind load).
+    #[arg(long, value_enum, default_value = "phased")]
+    pub schedule: Schedule,
+    /// Shorthand for `--schedule poisson`.
+    #[arg(long)]
+    pub poisson: bool,
+    /// Seed of the publishers' phases and gaps (each publisher draws from its own stream
+    /// derived from it), so a run can be repeated with the same schedule.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// When each publisher sends within a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Phased,
+    Poisson,
+    Lockstep,
+}
+
+/// A publisher's send times within a step: seconds from the step's start.
+struct Spacing {
+    schedule: Schedule,
+    rng: rand::rngs::StdRng,
+}
+
+impl Spacing {
+    fn new(schedule: Schedule, seed: u64, publisher: u64) -> Self {
+        use rand::SeedableRng;
+        // Spread the publishers' seeds over the whole u64 space (splitmix's constant):
+        // seeds 1 and 2 of neighbouring publishers must not give related streams.
+        let seed = seed.wrapping_add(publisher.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        Self {
+            schedule,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Time of the first message of a step at `rate` messages per second.
+    fn first(&mut self, rate: f64) -> f64 {
+        use rand::Rng;
+        match self.schedule {
+            Schedule::Lockstep => 0.0,
+            // A uniform phase within one interval: the publishers' sends interleave.
+            Schedule::Phased => self.rng.random::<f64>() / rate,
+            // A Poisson process has no phase: its first arrival is one exponential gap.
+            Schedule::Poisson => self.gap(rate),
+        }
+    }
+
+    /// Time from one message to the next.
+    fn gap(&mut self, rate: f64) -> f64 {
+        use rand::Rng;
+        match self.schedule {
+            Schedule::Lockstep | Schedule::Phased => 1.0 / rate,
+            Schedule::Poisson => {
+                // Inverse CDF of the exponential distribution; 1 - u is in (0, 1].
+                let u: f64 = self.rng.random();
+                -(1.0 - u).ln() / rate
+            }
+        }
+    }
 }
 
 /// What the coordinator asks a publisher to do.
@@ -107,6 +179,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
     if rates.is_empty() {
         bail!("no step to run: give --rates or a positive --step-from");
     }
+    let schedule = if args.poisson {
+        Schedule::Poisson
+    } else {
+        args.schedule
+    };
     let run_id: u32 = rand::random();
     let rooms: Vec<String> = (0..args.rooms)
         .map(|i| format!("b{run_id:08x}-{i}"))
@@ -194,12 +271,15 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         let timeout = common.connect_timeout();
+        let spacing = Spacing::new(schedule, args.seed, j as u64);
         tasks.spawn(async move {
             match conn::connect(&target, source, shared.protocol, timeout).await {
                 Ok(ws) => {
                     let _ = ready.send(Ok(())).await;
                     let npub = j as u64;
-                    if let Err(e) = publisher(ws, npub, shared, cmd_rx, hard_deadline).await {
+                    if let Err(e) =
+                        publisher(ws, npub, shared, cmd_rx, spacing, hard_deadline).await
+                    {
                         eprintln!("fanout: publisher {j} failed: {e:#}");
                     }
                 }
@@ -237,7 +317,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
             }
         }
         let step_started = Instant::now();
-        let cpu_before = cpu_snapshot(&args.server_pids);
+        let cpu_before = cpu_snapshot(&args.server_pids, &args.other_pids);
         for done in dones {
             let _ = tokio::time::timeout(duration + Duration::from_secs(30), done).await;
         }
@@ -247,7 +327,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         while stats::load(&step.received) < expected && Instant::now() < drain_deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let cpu_after = cpu_snapshot(&args.server_pids);
+        let cpu_after = cpu_snapshot(&args.server_pids, &args.other_pids);
         let cpu: Vec<f64> = cpu_before
             .iter()
             .zip(&cpu_after)
@@ -261,6 +341,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         let p99_ms = latency.value_at_quantile(0.99) as f64 / 1000.0;
         let lost = expected.saturating_sub(received);
         let deliveries_per_s = received as f64 / args.duration.max(0.1);
+        // The nodes' CPU (the --server-pids, not the generator nor --other-pids) over
+        // the step, per delivery received: what one delivery costs the servers.
+        let node_cpu: f64 = (1..=args.server_pids.len())
+            .map(|i| cpu_after[i] - cpu_before[i])
+            .sum();
+        let node_us_per_delivery = (!args.server_pids.is_empty() && received > 0)
+            .then(|| (node_cpu * 1e6 / received as f64 * 100.0).round() / 100.0);
         let pass = sent > 0
             && lost == 0
             && errors == 0
@@ -285,6 +372,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
             // CPU seconds over the step (send + drain): generator first, then each
             // --server-pids entry.
             "cpu_s": cpu,
+            "node_cpu_us_per_delivery": node_us_per_delivery,
             "pass": pass,
         });
         eprintln!(
@@ -297,6 +385,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
                 "offered_msgs_per_s": rate,
                 "deliveries_per_s": deliveries_per_s.round(),
                 "p99_ms": p99_ms,
+                "node_cpu_us_per_delivery": node_us_per_delivery,
             }));
         }
         results.push(result);
@@ -331,6 +420,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
         "duration_s": args.duration,
         "max_p99_ms": args.max_p99_ms,
         "payload_bytes": args.payload_bytes,
+        "schedule": schedule,
+        "seed": args.seed,
         "steps": results,
         "best": best,
         "other_frames": stats::load(&shared.other_frames),
@@ -340,10 +431,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Value> {
     }))
 }
 
-/// CPU seconds used so far by this generator and by each given server process.
-fn cpu_snapshot(pids: &[u32]) -> Vec<f64> {
+/// CPU seconds used so far by this generator, then by each given server process, then
+/// by each other process.
+fn cpu_snapshot(pids: &[u32], others: &[u32]) -> Vec<f64> {
     std::iter::once(std::process::id())
         .chain(pids.iter().copied())
+        .chain(others.iter().copied())
         .map(|pid| stats::cpu_seconds(pid).unwrap_or(0.0))
         .collect()
 }
@@ -492,6 +585,7 @@ async fn publisher(
     p: u64,
     shared: Arc<Shared>,
     mut commands: mpsc::Receiver<StepCmd>,
+    mut spacing: Spacing,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     let mut seq = 0u64;
@@ -511,16 +605,20 @@ async fn publisher(
             .steps
             .get(cmd.k)
             .ok_or_else(|| anyhow!("step {} out of range", cmd.k))?;
-        let total = (cmd.rate * cmd.duration.as_secs_f64()).round() as u64;
+        let secs = cmd.duration.as_secs_f64();
         let start = tokio::time::Instant::now();
         // A publisher that cannot keep up stops at the step's end plus a grace second:
         // the step then fails on its send time rather than running on forever.
         let give_up = start + cmd.duration + Duration::from_secs(1);
         let (mut sent, mut expected) = (0u64, 0u64);
-        while sent < total && tokio::time::Instant::now() < give_up {
-            let due = ((start.elapsed().as_secs_f64() * cmd.rate) as u64 + 1).min(total);
+        // Seconds from `start` at which the next message is due; the step sends every
+        // message due before its duration ends (rate × duration of them, give or take
+        // one for the phase; a Poisson count for `--poisson`).
+        let mut at = spacing.first(cmd.rate);
+        while at < secs && tokio::time::Instant::now() < give_up {
+            let elapsed = start.elapsed().as_secs_f64();
             let mut burst = 0;
-            while sent < due && burst < MAX_BURST {
+            while at < secs && at <= elapsed && burst < MAX_BURST {
                 seq += 1;
                 room = (room + 1) % shared.rooms.len();
                 let data = format!(
@@ -540,12 +638,15 @@ async fn publisher(
                 sent += 1;
                 burst += 1;
                 expected += shared.members[room];
+                at += spacing.gap(cmd.rate);
             }
-            ws.flush().await?;
-            if sent >= total {
+            if burst > 0 {
+                ws.flush().await?;
+            }
+            if at >= secs {
                 break;
             }
-            let next = start + Duration::from_secs_f64(sent as f64 / cmd.rate);
+            let next = start + Duration::from_secs_f64(at);
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 frame = ws.next() => handle_publisher_frame(&mut ws, &shared, Some(cmd.k), frame).await?,
@@ -583,4 +684,40 @@ async fn handle_publisher_frame(
         _ => stats::add(&shared.other_frames, 1),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phased_publishers_start_apart_within_one_interval_and_repeat_with_the_seed() {
+        let rate = 10.0;
+        let firsts: Vec<f64> = (0..50)
+            .map(|p| Spacing::new(Schedule::Phased, 7, p).first(rate))
+            .collect();
+        assert!(firsts.iter().all(|t| (0.0..0.1).contains(t)), "{firsts:?}");
+        let mut sorted = firsts.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.dedup();
+        assert_eq!(sorted.len(), 50, "every publisher has its own phase");
+        // Spread over the interval, not bunched: both halves are used.
+        assert!(firsts.iter().filter(|t| **t < 0.05).count() >= 10);
+        assert!(firsts.iter().filter(|t| **t >= 0.05).count() >= 10);
+        let again: Vec<f64> = (0..50)
+            .map(|p| Spacing::new(Schedule::Phased, 7, p).first(rate))
+            .collect();
+        assert_eq!(firsts, again);
+        let mut one = Spacing::new(Schedule::Phased, 7, 0);
+        assert_eq!(one.gap(rate), 0.1);
+        assert_eq!(Spacing::new(Schedule::Lockstep, 7, 3).first(rate), 0.0);
+    }
+
+    #[test]
+    fn poisson_gaps_average_one_interval() {
+        let mut s = Spacing::new(Schedule::Poisson, 1, 0);
+        let n = 20_000;
+        let mean = (0..n).map(|_| s.gap(100.0)).sum::<f64>() / n as f64;
+        assert!((mean - 0.01).abs() < 0.0005, "{mean}");
+    }
 }

@@ -4,6 +4,7 @@
 //! wss-bench fanout   --url ws://A/ws,ws://B/ws --subscribers 1000 --rooms 1 --publishers 4
 //! wss-bench idle     --url ws://A/ws --connections 10000 --pid <server pid> --procs 2
 //! wss-bench scripted --url ws://A/ws,ws://B/ws,ws://C/ws --clients 48 --duration 10
+//! wss-bench resume   --url ws://A/ws,ws://B/ws --clients 1000 --rooms 100 --messages 100
 //! wss-bench get FILE best.deliveries_per_s ...   (read fields of a result, for scripts)
 //! ```
 //!
@@ -17,6 +18,7 @@
 mod conn;
 mod fanout;
 mod idle;
+mod resume;
 mod scripted;
 mod stats;
 
@@ -47,6 +49,8 @@ enum Mode {
     Idle(idle::IdleArgs),
     /// Read-modify-write script events on shared state; checks the final count.
     Scripted(scripted::ScriptedArgs),
+    /// Clients in rooms with history drop, miss messages, resume: time, loss, order.
+    Resume(resume::ResumeArgs),
     /// Print fields of a JSON result file (dot paths, `steps.0.lost`), one per line.
     Get {
         file: std::path::PathBuf,
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Mode::Fanout(a) => a.common.threads,
         Mode::Idle(a) => a.common.threads,
         Mode::Scripted(a) => a.common.threads,
+        Mode::Resume(a) => a.common.threads,
         Mode::Get { file, paths } => return get(file, paths),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -130,6 +135,7 @@ fn main() -> ExitCode {
             Mode::Fanout(a) => fanout::run(a).await,
             Mode::Idle(a) => idle::run(a).await,
             Mode::Scripted(a) => scripted::run(a).await,
+            Mode::Resume(a) => resume::run(a).await,
             Mode::Get { .. } => Ok(Value::Null),
         }
     });

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -340,11 +340,20 @@ fn violation(error: &WsError) -> Option<Exit> {
 /// memory) forever: the slow-consumer flag, the idle check and the pings are all
 /// behind the stuck write. So a write ends early when the outbound queue overflows (the
 /// slow-consumer policy) or when it makes no progress for `stall`.
+///
+/// Almost every write finishes at its first poll (the socket buffer has room), so that
+/// poll is made alone: only a write that must wait arms the stall timer and the other
+/// branches. A timer per write (registered in the runtime's wheel, then cancelled) was
+/// a per-delivery cost in fan-outs to many small rooms, where every delivery is a write.
 async fn guarded<T>(
     link: &ConnLink,
     stall: Duration,
     write: impl std::future::Future<Output = Result<T, WsError>>,
 ) -> Result<T, Exit> {
+    let mut write = std::pin::pin!(write);
+    if let Some(written) = (&mut write).now_or_never() {
+        return written.map_err(|_| Exit::Gone);
+    }
     tokio::select! {
         written = write => written.map_err(|_| Exit::Gone),
         why = link.ended() => Err(ending_close(why)),
