@@ -108,6 +108,9 @@ pub fn router(state: ApiState) -> axum::Router {
     let _ = state.openapi.set(openapi::base(doc));
     let app = routes
         .route("/api", any(not_found))
+        // `{*rest}` needs at least one character: without this, `/api/` fell through
+        // to axum's empty 404, not JSON (found by the `api_body` fuzz target).
+        .route("/api/", any(not_found))
         .route("/api/{*rest}", any(not_found))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
