@@ -88,3 +88,62 @@ fn a_script_file_over_the_limit_is_refused() {
         "{diags}"
     );
 }
+
+/// An engine on the memory backend, once dropped, frees its router and backend. The
+/// router held the store (for history reads) and the store the router (its sink for
+/// local deliveries): each engine built and dropped leaked both with every room and
+/// value in them. `ws_frames`, which builds one per input, grew past 2 GiB on it;
+/// `wss-engine test` builds one per case.
+#[test]
+fn a_dropped_engine_frees_its_router_and_backend() {
+    use std::sync::{Arc, Weak};
+    use wss_engine::backend::memory::MemoryBackend;
+    use wss_engine::backend::{Bus, StateStore};
+    use wss_engine::delivery::{ConnLink, Router, Sink};
+    use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
+
+    let dir = pack(
+        "rooms:\n  \"*\": { history: { size: 10, ttl: 60 } }\nevents:\n  say:\n    scope: local\n    schema: { type: object }\n    to: \"room:{{data.room}}\"\n    script: |\n      join(data.room);\n      state.incr(\"n\", 1);\n",
+    );
+    let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
+    let (pack, _) = config::load(dir.path(), &runtime).expect("the pack loads");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (router_weak, backend_weak): (Weak<Router>, Weak<MemoryBackend>) = rt.block_on(async {
+        let router = Router::new();
+        let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
+        let engine = Engine::new(EngineParts {
+            pack: Arc::new(pack),
+            node_id: Arc::from("n"),
+            scripts: runtime.clone(),
+            store: backend.clone() as Arc<dyn StateStore>,
+            bus: backend.clone() as Arc<dyn Bus>,
+            router: router.clone(),
+            sink: router.clone() as Arc<dyn Sink>,
+            script_concurrency: 1,
+            sessions: SessionConfig::default(),
+        });
+        let mut conn = Conn::new(engine.next_conn_id(), None, serde_json::json!({}));
+        engine.connect(&mut conn, ConnLink::new(16)).await.unwrap();
+        for _ in 0..3 {
+            engine
+                .handle(&mut conn, "say", serde_json::json!({"room": "lobby"}))
+                .await
+                .unwrap();
+        }
+        engine.disconnect(&mut conn).await;
+        (Arc::downgrade(&router), Arc::downgrade(&backend))
+    });
+    drop(rt);
+    assert!(
+        router_weak.upgrade().is_none(),
+        "the router outlived its engine"
+    );
+    assert!(
+        backend_weak.upgrade().is_none(),
+        "the backend outlived its engine"
+    );
+}
