@@ -272,6 +272,14 @@ async fn errors_have_real_statuses_and_the_sockets_codes() {
             answer.text
         );
     }
+    // Found by `api_body` too: a path with a method it does not take answered an empty 405.
+    let wrong_method = api.post("/api/users/someone", "{}").await;
+    assert_eq!(
+        (wrong_method.status, wrong_method.code()),
+        (405, "method_not_allowed"),
+        "{}",
+        wrong_method.text
+    );
 
     let rejected = api.post("/api/events/refuse", "{}").await;
     assert_eq!((rejected.status, rejected.code()), (422, "out_of_stock"));
