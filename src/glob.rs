@@ -77,3 +77,53 @@ mod tests {
         assert!(glob_matches("lobby", "lobby") && !glob_matches("lobby", "lobby2"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::proptest_support::config;
+    use proptest::prelude::*;
+
+    /// The reference: textbook dynamic programming over characters, `*` any run.
+    fn model(pattern: &str, text: &str) -> bool {
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        // m[i][j]: the first i pattern characters match the first j text characters.
+        let mut m = vec![vec![false; t.len() + 1]; p.len() + 1];
+        m[0][0] = true;
+        for i in 1..=p.len() {
+            for j in 0..=t.len() {
+                m[i][j] = if p[i - 1] == '*' {
+                    m[i - 1][j] || (j > 0 && m[i][j - 1])
+                } else {
+                    j > 0 && m[i - 1][j - 1] && p[i - 1] == t[j - 1]
+                };
+            }
+        }
+        m[p.len()][t.len()]
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// `glob_matches` (and `Glob`, which it uses for patterns with a star) agrees
+        /// with the reference on small alphabets, where near-misses are common.
+        #[test]
+        fn glob_agrees_with_the_reference(pattern in "[ab:*é]{0,8}", text in "[ab:é]{0,10}") {
+            prop_assert_eq!(glob_matches(&pattern, &text), model(&pattern, &text));
+        }
+
+        /// A pattern matches the text it was made from with each star filled in.
+        #[test]
+        fn a_filled_in_pattern_matches(parts in prop::collection::vec("[ab:é]{0,3}", 1..5),
+                                       fills in prop::collection::vec("[ab:*é]{0,3}", 4)) {
+            let pattern = parts.join("*");
+            let text: String = parts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, p)| [p.as_str(), if i + 1 < parts.len() { fills[i].as_str() } else { "" }])
+                .collect();
+            prop_assert!(glob_matches(&pattern, &text), "{} should match {}", pattern, text);
+        }
+    }
+}

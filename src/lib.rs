@@ -35,8 +35,13 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod engine;
-mod glob;
+/// Star globs (`rooms:` patterns, `--allowed-origins`). Public only for the fuzz targets and
+/// property tests (`fuzz/`, `tests/properties_*.rs`), which compare it with a reference model.
+#[doc(hidden)]
+pub mod glob;
 pub mod packtest;
+#[cfg(test)]
+mod proptest_support;
 pub mod script;
 pub mod server;
 mod suggest;

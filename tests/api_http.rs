@@ -259,6 +259,27 @@ async fn errors_have_real_statuses_and_the_sockets_codes() {
     assert_eq!((unknown.status, unknown.code()), (404, "unknown_event"));
     let no_route = api.get("/api/nothing/here").await;
     assert_eq!((no_route.status, no_route.code()), (404, "not_found"));
+    // Found by the `api_body` fuzz target: `/api/` answered an empty 404, not JSON.
+    for answer in [
+        api.post("/api/", "{}").await,
+        api.get("/api/").await,
+        api.get("/api").await,
+    ] {
+        assert_eq!(
+            (answer.status, answer.code()),
+            (404, "not_found"),
+            "{}",
+            answer.text
+        );
+    }
+    // Found by `api_body` too: a path with a method it does not take answered an empty 405.
+    let wrong_method = api.post("/api/users/someone", "{}").await;
+    assert_eq!(
+        (wrong_method.status, wrong_method.code()),
+        (405, "method_not_allowed"),
+        "{}",
+        wrong_method.text
+    );
 
     let rejected = api.post("/api/events/refuse", "{}").await;
     assert_eq!((rejected.status, rejected.code()), (422, "out_of_stock"));

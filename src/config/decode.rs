@@ -183,7 +183,7 @@ impl<'a> Loader<'a> {
     }
 
     fn load_file(&mut self, file: &Path, defined: &mut Defined) {
-        let text = match std::fs::read_to_string(file) {
+        let text = match super::files::read_text(file) {
             Ok(t) => t,
             Err(e) => {
                 self.diags

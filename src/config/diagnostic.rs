@@ -64,7 +64,7 @@ impl Diagnostic {
 
     /// The offending source line with a caret under the column, for humans at a terminal.
     pub fn snippet(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.file).ok()?;
+        let text = super::files::read_text(&self.file).ok()?;
         let line = text.lines().nth(self.line.checked_sub(1)?)?;
         let gutter = self.line.to_string().len();
         let caret_pad: String = line

@@ -1,6 +1,35 @@
 //! The files of a pack, and the fingerprint of their content.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// Largest file a pack may consist of (a pack file, a schema, a script): far above any
+/// real one, and a bound on what `check` or a reload reads.
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+
+/// Read a file of a pack as text. Only regular files: a `$ref` or `script: { file }`
+/// naming `/dev/zero` or `/dev/stdin`, or a FIFO, would otherwise read without end or
+/// block the loader (and with it `check`, a start or a reload) forever. Found by the
+/// `pack_yaml` fuzz target's review of what a pack may name.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    // `metadata` follows symlinks (a Kubernetes ConfigMap is symlinks to files), and
+    // is checked before opening: opening a FIFO blocks until someone writes to it.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than the limit of {} MiB", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    Ok(text)
+}
 
 /// The pack files of a directory: `*.yaml`/`*.yml` in it and in its `events/`, sorted.
 pub fn pack_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -45,7 +45,7 @@ use crate::script::ScriptRuntime;
 
 pub use decode::{check_keys, string_field, CONNECT_HOOK, DISCONNECT_HOOK};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
-pub use files::pack_files;
+pub use files::{pack_files, read_text as read_pack_file, MAX_FILE_BYTES};
 pub use rooms::{HistoryPolicy, RoomRule, RoomRules};
 pub use target::{TargetError, TargetSpec, Template, TemplateContext};
 

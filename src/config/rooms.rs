@@ -525,3 +525,88 @@ mod tests {
         assert_eq!(order, ["doc:1", "doc:*", "lobby"]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::proptest_support::config;
+    use proptest::prelude::*;
+
+    /// Every string over `alphabet` of at most `max` characters.
+    fn strings(alphabet: &[char], max: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    fn rule(pattern: &str, size: usize) -> RoomRule {
+        RoomRule {
+            pattern: pattern.into(),
+            history: HistoryPolicy {
+                size,
+                ttl: Duration::from_secs(1),
+            },
+            file: PathBuf::from("p.yaml"),
+            line: 1,
+            col: 1,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// `globs_intersect` says yes exactly when some name matches both: a shortest
+        /// common name is no longer than both patterns' literals together and uses only
+        /// their characters (or one neither names), so a bounded search decides it.
+        #[test]
+        fn intersection_agrees_with_a_search(a in "[ab*]{0,4}", b in "[ab:*]{0,4}") {
+            let literals = a.chars().chain(b.chars()).filter(|c| *c != '*').count();
+            let witness = strings(&['a', 'b', ':'], literals)
+                .into_iter()
+                .find(|s| glob_matches(&a, s) && glob_matches(&b, s));
+            prop_assert_eq!(globs_intersect(&a, &b), witness.is_some(),
+                "{:?} and {:?}: witness {:?}", a, b, witness);
+        }
+
+        /// `glob_covers(outer, inner)`: when yes, every name `inner` matches (its stars
+        /// filled with anything) is matched by `outer`; when no, filling each star of
+        /// `inner` with a long run of a character `outer` never names gives a name
+        /// `outer` refuses.
+        #[test]
+        fn cover_agrees_with_examples(outer in "[ab:*]{0,5}", inner in "[ab:*]{0,5}",
+                                      fills in prop::collection::vec("[ab:]{0,3}", 5)) {
+            let filled = |with: &dyn Fn(usize) -> String| -> String {
+                let mut stars = 0;
+                inner.chars().map(|c| if c == '*' { stars += 1; with(stars - 1) } else { c.to_string() }).collect()
+            };
+            if glob_covers(&outer, &inner) {
+                let name = filled(&|i| fills[i % fills.len()].clone());
+                prop_assert!(glob_matches(&outer, &name), "{:?} covers {:?} but refuses {:?}", outer, inner, name);
+            } else {
+                let name = filled(&|_| "z".repeat(outer.len() + 1));
+                prop_assert!(!glob_matches(&outer, &name), "{:?} does not cover {:?} yet matches {:?}", outer, inner, name);
+            }
+        }
+
+        /// The indexed lookup (literals hashed, globs scanned up to the first literal
+        /// match) picks what the plain rule does: the first pattern in declaration
+        /// order that matches.
+        #[test]
+        fn rule_lookup_is_the_first_match(patterns in prop::collection::vec("[ab:*]{0,4}", 0..6),
+                                          room in "[ab:]{0,5}") {
+            let mut rules = RoomRules::default();
+            for (i, p) in patterns.iter().enumerate() {
+                rules.push(rule(p, i + 1));
+            }
+            let expected = patterns.iter().position(|p| glob_matches(p, &room)).map(|i| i + 1);
+            prop_assert_eq!(rules.history_for(&room).map(|h| h.size), expected);
+        }
+    }
+}

@@ -74,7 +74,7 @@ impl SchemaFiles {
         if let Some(doc) = self.docs.get(canonical) {
             return doc.clone();
         }
-        let doc = match std::fs::read_to_string(canonical) {
+        let doc = match super::files::read_text(canonical) {
             Err(e) => {
                 diags.error(
                     path,

@@ -36,7 +36,7 @@ impl Loader<'_> {
                 };
                 let rel = self.string(file, path_node, "script.file")?;
                 let path = file.parent().unwrap_or(Path::new(".")).join(rel);
-                match std::fs::read_to_string(&path) {
+                match super::files::read_text(&path) {
                     Ok(source) => {
                         self.fingerprint.write(source.as_bytes());
                         self.sources.insert(path.clone());

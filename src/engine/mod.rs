@@ -205,8 +205,15 @@ pub struct EngineParts {
 }
 
 /// The backend's room histories, as the router reads them to fill a hole in a stream.
+///
+/// It holds the store weakly: the store's sink is the router (local deliveries), and
+/// the router holds this, so a strong reference would make router and store keep each
+/// other alive after the engine is gone, leaking both with all their rooms, streams and
+/// state for every engine built and dropped (`wss-engine test` builds one per case; the
+/// `ws_frames` fuzz target, one per input, ran out of memory on it). The engine holds
+/// the store for as long as there is anything to read.
 struct StoreHistory {
-    store: Arc<dyn StateStore>,
+    store: std::sync::Weak<dyn StateStore>,
     pack: Arc<ArcSwap<Pack>>,
 }
 
@@ -221,10 +228,12 @@ impl History for StoreHistory {
         let Some(policy) = self.pack.load().rooms.history_for(room) else {
             return Box::pin(std::future::ready(None));
         };
+        let Some(store) = self.store.upgrade() else {
+            return Box::pin(std::future::ready(None));
+        };
         let (room, epoch) = (room.to_string(), epoch.map(str::to_string));
         Box::pin(async move {
-            match self
-                .store
+            match store
                 .history(&room, &policy, epoch.as_deref(), after, limit)
                 .await
             {
@@ -249,7 +258,7 @@ impl Engine {
     pub fn new(parts: EngineParts) -> Arc<Self> {
         let pack = Arc::new(ArcSwap::new(parts.pack));
         parts.router.set_history(Arc::new(StoreHistory {
-            store: parts.store.clone(),
+            store: Arc::downgrade(&parts.store),
             pack: pack.clone(),
         }));
         Arc::new(Self {

@@ -63,7 +63,7 @@ pub fn load(dir: &Path) -> (Vec<EventCases>, Diagnostics) {
     };
     let mut out = Vec::new();
     for file in pack_files(dir).unwrap_or_default() {
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        let Ok(text) = crate::config::read_pack_file(&file) else {
             continue;
         };
         let Ok(Some(root)) = yaml::parse(&text) else {

@@ -108,7 +108,11 @@ pub fn router(state: ApiState) -> axum::Router {
     let _ = state.openapi.set(openapi::base(doc));
     let app = routes
         .route("/api", any(not_found))
+        // `{*rest}` needs at least one character: without this, `/api/` fell through
+        // to axum's empty 404, not JSON (found by the `api_body` fuzz target).
+        .route("/api/", any(not_found))
         .route("/api/{*rest}", any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -121,6 +125,17 @@ pub fn router(state: ApiState) -> axum::Router {
 /// Any other path under `/api`: a JSON 404.
 async fn not_found() -> Reply {
     Reply::not_found("no such API operation: see /api/openapi.json")
+}
+
+/// A path of the API with a method it does not take: a JSON 405, where axum's own has
+/// an empty body (found by the `api_body` fuzz target: `POST /api/users/{user}`).
+async fn method_not_allowed() -> Reply {
+    Reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this API path does not take this method: see /api/openapi.json",
+        Vec::new(),
+    )
 }
 
 /// Who is calling: the key from `Authorization: Bearer` or `X-API-Key`. 401 without a

@@ -409,7 +409,11 @@ async fn write_queued(socket: &mut WebSocket, link: &ConnLink) -> Result<usize, 
 }
 
 /// Handle one client frame; true when an answer (ack or `$error`) was queued.
-async fn handle_text(
+///
+/// Public only so the fuzz targets (`fuzz/`) drive the same path a socket's text frame
+/// takes, without a socket.
+#[doc(hidden)]
+pub async fn handle_text(
     engine: &Arc<Engine>,
     conn: &mut Conn,
     link: &ConnLink,

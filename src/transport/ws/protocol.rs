@@ -173,3 +173,88 @@ mod tests {
         assert!(answer(None, &Ok(None)).is_none());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::proptest_support::{config, json, text};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn id() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            Just(None),
+            text().prop_map(|s| Some(Value::from(s))),
+            any::<i64>().prop_map(|n| Some(Value::from(n))),
+            any::<u64>().prop_map(|n| Some(Value::from(n))),
+            (-1e9f64..1e9).prop_map(|f| Some(Value::from(f))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Any text: never a panic, and the failure says which kind.
+        #[test]
+        fn parse_never_panics(text in any::<String>()) {
+            if let Err(rejected) = parse(&text) {
+                let code = rejected.1.code;
+                prop_assert!(code == ErrorCode::BadJson || code == ErrorCode::BadFrame);
+            }
+            let _ = read_id(&text);
+        }
+
+        /// Any JSON value: an object with a string `event` (and an id, when present, a
+        /// string or number) is a request; everything else a `bad_frame`.
+        #[test]
+        fn any_json_is_classified(value in json()) {
+            let text = value.to_string();
+            let valid = value.as_object().is_some_and(|o| {
+                o.get("event").is_some_and(Value::is_string)
+                    && o.get("id").is_none_or(|id| id.is_null() || id.is_string() || id.is_number())
+            });
+            match parse(&text) {
+                Ok(request) => {
+                    prop_assert!(valid, "accepted {}", text);
+                    prop_assert_eq!(&Value::from(request.event), &value["event"]);
+                }
+                Err(rejected) => {
+                    prop_assert!(!valid, "refused {}", text);
+                    prop_assert_eq!(rejected.1.code, ErrorCode::BadFrame);
+                }
+            }
+        }
+
+        /// A valid envelope, in any key order and with unknown keys, parses to what it
+        /// holds; `read_id` (the path for oversized frames) finds the same id; and an
+        /// ack for it carries the id back unchanged.
+        #[test]
+        fn valid_envelopes_round_trip(event in text(), data in json(), id in id(),
+                                      extra in json(), data_first in any::<bool>()) {
+            let mut frame = serde_json::Map::new();
+            if data_first {
+                frame.insert("data".into(), data.clone());
+                frame.insert("extra".into(), extra.clone());
+            }
+            frame.insert("event".into(), Value::from(event.clone()));
+            if let Some(id) = &id {
+                frame.insert("id".into(), id.clone());
+            }
+            if !data_first {
+                frame.insert("extra".into(), extra.clone());
+                frame.insert("data".into(), data.clone());
+            }
+            let text = Value::Object(frame).to_string();
+            let request = parse(&text).expect("a valid envelope");
+            prop_assert_eq!(&request.event, &event);
+            prop_assert_eq!(&request.data, &data);
+            prop_assert_eq!(&request.id, &id);
+            prop_assert_eq!(read_id(&text), id.clone());
+            if let Some(id) = &id {
+                let ack = answer(Some(id), &Ok(Some(json!(1)))).expect("an ack");
+                let ack: Value = serde_json::from_str(ack.as_str()).expect("JSON");
+                prop_assert_eq!(&ack["ack"], id);
+            }
+        }
+    }
+}

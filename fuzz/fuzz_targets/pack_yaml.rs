@@ -1,0 +1,72 @@
+//! The pack loader on one pack file: YAML → events, rooms, schemas, scripts, targets,
+//! `tests:` cases → a pack or diagnostics, never a panic or a hang. A loaded pack also
+//! goes through what `wss-engine asyncapi` and `wss-engine diff` do with it (against the
+//! fuzz pack, and against itself, which must show no change).
+//!
+//! The input is written as `p.yaml` into a directory that also holds `schemas/say.json`
+//! and `scripts/ops.rhai` (copied from `packs/engine`), so `$ref`s and script files in
+//! the input can resolve.
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use wss_engine::config::{self, asyncapi, diff};
+use wss_engine::packtest::cases;
+use wss_engine::script::{ScriptLimits, ScriptRuntime};
+use wss_engine_fuzz::{engine_pack, here};
+
+struct Dir {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+    runtime: ScriptRuntime,
+}
+
+fn dir() -> &'static Dir {
+    static D: OnceLock<Dir> = OnceLock::new();
+    D.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let path = tmp.path().to_path_buf();
+        for sub in ["schemas/say.json", "scripts/ops.rhai"] {
+            let to = path.join(sub);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(here("packs/engine").join(sub), to).unwrap();
+        }
+        Dir {
+            _tmp: tmp,
+            path,
+            runtime: ScriptRuntime::new(&ScriptLimits::default()),
+        }
+    })
+}
+
+fuzz_target!(|bytes: &[u8]| {
+    let d = dir();
+    std::fs::write(d.path.join("p.yaml"), bytes).expect("write the pack file");
+    match config::load(&d.path, &d.runtime) {
+        Ok((pack, warnings)) => {
+            assert!(!warnings.has_errors());
+            show(&warnings);
+            let _ = asyncapi::document(&pack, "fuzz");
+            let _ = diff::diff(&engine_pack(), &pack);
+            let _ = diff::diff(&pack, &engine_pack());
+            let same = diff::diff(&pack, &pack);
+            assert!(same.is_empty(), "a pack differs from itself: {same:?}");
+        }
+        Err(diags) => {
+            assert!(diags.has_errors(), "a refused pack has no error:\n{diags}");
+            show(&diags);
+        }
+    }
+    let (_cases, diags) = cases::load(&d.path);
+    show(&diags);
+});
+
+/// Render every diagnostic as `check` prints it, snippets included.
+fn show(diags: &config::Diagnostics) {
+    let _ = diags.to_string();
+    for d in diags.iter() {
+        let _ = d.snippet();
+    }
+}
