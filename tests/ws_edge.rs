@@ -56,7 +56,7 @@ async fn foreign_origins_are_refused_own_origin_and_non_browsers_pass() {
         upgrade_status(&url, &[("origin", "https://evil.example")]).await,
         403
     );
-    let log = server.log_text();
+    let log = server.log_with(&["foreign origin", "https://evil.example"]);
     assert!(
         log.contains("foreign origin") && log.contains("https://evil.example"),
         "the refusal names the origin:\n{log}"
@@ -275,5 +275,7 @@ async fn tls_serves_wss_and_reloads_its_certificate_on_sighup_without_dropping_s
     server.signal("HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(wss(port, &second.cert).await.is_ok());
-    assert!(server.log_text().contains("TLS certificate reload refused"));
+    assert!(server
+        .log_with(&["TLS certificate reload refused"])
+        .contains("TLS certificate reload refused"));
 }

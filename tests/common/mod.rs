@@ -242,6 +242,23 @@ impl BinaryServer {
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")
     }
+
+    /// The log once it holds a line with every one of `needles` (within 5 s: the server
+    /// may log after it answered, and the reader thread collects lines on its own).
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log_text();
+            if log
+                .lines()
+                .any(|line| needles.iter().all(|n| line.contains(n)))
+                || Instant::now() >= deadline
+            {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for BinaryServer {
