@@ -8,41 +8,13 @@
 //! the input can resolve.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use wss_engine::config::{self, asyncapi, diff};
 use wss_engine::packtest::cases;
-use wss_engine::script::{ScriptLimits, ScriptRuntime};
-use wss_engine_fuzz::{engine_pack, here};
-
-struct Dir {
-    _tmp: tempfile::TempDir,
-    path: PathBuf,
-    runtime: ScriptRuntime,
-}
-
-fn dir() -> &'static Dir {
-    static D: OnceLock<Dir> = OnceLock::new();
-    D.get_or_init(|| {
-        let tmp = tempfile::tempdir().expect("a temp dir");
-        let path = tmp.path().to_path_buf();
-        for sub in ["schemas/say.json", "scripts/ops.rhai"] {
-            let to = path.join(sub);
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(here("packs/engine").join(sub), to).unwrap();
-        }
-        Dir {
-            _tmp: tmp,
-            path,
-            runtime: ScriptRuntime::new(&ScriptLimits::default()),
-        }
-    })
-}
+use wss_engine_fuzz::{engine_pack, pack_dir};
 
 fuzz_target!(|bytes: &[u8]| {
-    let d = dir();
+    let d = pack_dir(&["schemas/say.json", "scripts/ops.rhai"]);
     std::fs::write(d.path.join("p.yaml"), bytes).expect("write the pack file");
     match config::load(&d.path, &d.runtime) {
         Ok((pack, warnings)) => {

@@ -9,45 +9,16 @@
 //! Checked: nothing panics or hangs; a schema that loads validates payloads.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use wss_engine::config;
-use wss_engine::script::{ScriptLimits, ScriptRuntime};
-use wss_engine_fuzz::here;
-
-struct Dir {
-    _tmp: tempfile::TempDir,
-    path: PathBuf,
-    runtime: ScriptRuntime,
-}
-
-fn dir() -> &'static Dir {
-    static D: OnceLock<Dir> = OnceLock::new();
-    D.get_or_init(|| {
-        let tmp = tempfile::tempdir().expect("a temp dir");
-        let path = tmp.path().to_path_buf();
-        std::fs::create_dir_all(path.join("schemas")).unwrap();
-        std::fs::copy(
-            here("packs/engine/schemas/say.json"),
-            path.join("schemas/say.json"),
-        )
-        .unwrap();
-        Dir {
-            _tmp: tmp,
-            path,
-            runtime: ScriptRuntime::new(&ScriptLimits::default()),
-        }
-    })
-}
+use wss_engine_fuzz::pack_dir;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(schema) = serde_json::from_slice::<Value>(bytes) else {
         return;
     };
-    let d = dir();
+    let d = pack_dir(&["schemas/say.json"]);
     let yaml = format!("events:\n  e:\n    scope: local\n    schema: {schema}\n");
     std::fs::write(d.path.join("p.yaml"), yaml).expect("write the pack file");
     let Ok((pack, _)) = config::load(&d.path, &d.runtime) else {

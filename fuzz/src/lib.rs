@@ -200,3 +200,30 @@ fn check_error(error: &Value, text: &str) {
         assert!(details.is_array(), "details not a list: {text}");
     }
 }
+
+/// A scratch pack directory for one input file, holding `files` copied from
+/// `packs/engine` (so an input's `$ref`s and script files resolve), and the script
+/// runtime loads use. Made once per process (each target is a process of its own).
+pub struct PackDir {
+    _tmp: tempfile::TempDir,
+    pub path: PathBuf,
+    pub runtime: ScriptRuntime,
+}
+
+pub fn pack_dir(files: &[&str]) -> &'static PackDir {
+    static DIR: OnceLock<PackDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let path = tmp.path().to_path_buf();
+        for file in files {
+            let to = path.join(file);
+            std::fs::create_dir_all(to.parent().expect("a file in a folder")).expect("its folder");
+            std::fs::copy(here("packs/engine").join(file), to).expect("copy from packs/engine");
+        }
+        PackDir {
+            _tmp: tmp,
+            path,
+            runtime: ScriptRuntime::new(&ScriptLimits::default()),
+        }
+    })
+}
