@@ -21,20 +21,8 @@ const GUESS: &str = "a-wrong-guess-0123456789";
 
 /// The binary with `args`, logging at `log` level, keys file in the environment.
 fn spawn(pack: &Path, args: &[&str], log: &str, keys_file: Option<&Path>) -> BinaryServer {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss-engine"));
-    cmd.arg("--config")
-        .arg(pack)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("WSS_LOG", log)
-        .env_remove("REDIS_URL")
-        .env_remove("WSS_LISTEN")
-        .env_remove("SERVER_PORT")
-        .env_remove("WSS_API_KEYS_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = common::binary_command(pack, args);
+    cmd.env("WSS_LOG", log);
     if let Some(file) = keys_file {
         cmd.env("WSS_API_KEYS_FILE", file);
     }

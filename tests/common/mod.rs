@@ -142,6 +142,13 @@ pub struct BinaryServer {
 /// Start `wss-engine --config DIR --listen 127.0.0.1:0 ARGS…` and wait (bounded) for the
 /// `listening: ws://ADDR/ws` log line.
 pub fn spawn_binary(pack: &Path, args: &[&str]) -> BinaryServer {
+    spawn_command(binary_command(pack, args))
+}
+
+/// `wss-engine --config DIR --listen 127.0.0.1:0 ARGS…`, stderr piped, with none of the
+/// environment that would change what it serves (Redis, listen address, API keys file):
+/// for a test that adds its own before [`spawn_command`].
+pub fn binary_command(pack: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss-engine"));
     cmd.arg("--config")
         .arg(pack)
@@ -155,10 +162,11 @@ pub fn spawn_binary(pack: &Path, args: &[&str]) -> BinaryServer {
         .env_remove("REDIS_URL")
         .env_remove("WSS_LISTEN")
         .env_remove("SERVER_PORT")
+        .env_remove("WSS_API_KEYS_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    spawn_command(cmd)
+    cmd
 }
 
 /// Spawn a prepared `wss-engine` command (stderr piped) and wait (bounded) for its
