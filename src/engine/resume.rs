@@ -23,14 +23,15 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::{Conn, Detail, Engine, ErrorCode, Failure, Outcome};
-use crate::delivery::{Activated, ConnId, Ending, HistoryPolicy, RoomChange};
+use crate::delivery::{Activated, ConnId, Ending, HistoryEntry, HistoryPolicy, RoomChange};
 
 /// The event name of a resume request.
 pub(super) const RESUME: &str = "$resume";
 /// Most rooms one resume request may describe.
 const MAX_ROOMS: usize = 1_000;
-/// How often a replay is read again when live deliveries overtook the history read.
-const REPLAY_ATTEMPTS: usize = 4;
+/// How many reads a replay may take to catch up with live deliveries that keep
+/// overtaking it (each reads only what the previous ones did not reach).
+const REPLAY_ATTEMPTS: usize = 16;
 
 /// Where the client says it is in one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +168,10 @@ impl Engine {
 
     /// Place `conn` at the client's offset with everything since replayed; `None` when
     /// that cannot be done whole.
+    ///
+    /// Live deliveries keep moving the stream while history is read, so each attempt
+    /// reads only the tail the previous reads did not reach: a busy room converges in a
+    /// few short reads instead of racing one long read against every new delivery.
     async fn replay(
         &self,
         conn: &ConnId,
@@ -174,6 +179,9 @@ impl Engine {
         policy: &HistoryPolicy,
         claim: &Claim,
     ) -> Result<Option<usize>, Failure> {
+        let mut replay: Vec<HistoryEntry> = Vec::new();
+        // `replay` holds every delivery in (claim.offset, covered], in order.
+        let mut covered = claim.offset;
         for _ in 0..REPLAY_ATTEMPTS {
             let Some((epoch, last)) = self.router.stream_position(room) else {
                 return Ok(None);
@@ -192,35 +200,36 @@ impl Engine {
                     return Ok(None);
                 }
             }
-            let behind = last.saturating_sub(claim.offset);
-            if behind > self.sessions.max_replay as u64 {
+            if last.saturating_sub(claim.offset) > self.sessions.max_replay as u64 {
                 return Ok(None);
             }
-            let read = if behind == 0 {
-                None
-            } else {
+            if last > covered {
                 let read = self
                     .store
                     .history(
                         room,
                         policy,
                         Some(&claim.epoch),
-                        claim.offset,
-                        self.sessions.max_replay,
+                        covered,
+                        self.sessions.max_replay - replay.len(),
                     )
                     .await?;
                 if *read.epoch != *claim.epoch || !read.complete {
                     return Ok(None);
                 }
-                Some(read)
-            };
-            let entries = read.as_ref().map_or(&[][..], |r| &r.entries[..]);
+                for entry in read.entries {
+                    if entry.offset == covered + 1 {
+                        covered = entry.offset;
+                        replay.push(entry);
+                    }
+                }
+            }
             match self
                 .router
-                .activate(conn, room, Some((claim.offset, entries)))
+                .activate(conn, room, Some((claim.offset, &replay)))
             {
                 Activated::Replayed { replayed, .. } => return Ok(Some(replayed)),
-                // Live deliveries moved the stream past what was read: read again.
+                // Live deliveries moved the stream past what was read: read the rest.
                 Activated::NeedsHistory { .. } => continue,
                 _ => return Ok(None),
             }
