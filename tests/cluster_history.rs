@@ -559,3 +559,68 @@ async fn a_history_ahead_of_its_position_starts_a_new_epoch() {
     assert_ne!(sub.positions["h:ahead"].epoch, before.epoch, "a new epoch");
     assert!(!sub.flagged.is_empty(), "members are told with $gap");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placements_a_node_makes_at_once_share_calls_and_every_stream_stays_whole() {
+    let _serial = serial();
+    let cluster = Cluster::start_pack(2, &pack("history"), &[]).await;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut members = Vec::new();
+    for (i, node) in [n1, n2, n1, n2].into_iter().enumerate() {
+        let mut m = Tracked::connect(node, &format!("m{i}")).await;
+        m.join("h:busy").await;
+        members.push(m);
+    }
+    // 40 publishers on one node, each firing 25 messages without waiting: their
+    // placements queue up behind the calls already out and go in groups.
+    let mut publishers = Vec::new();
+    for _ in 0..40 {
+        publishers.push(n1.connect().await);
+    }
+    let sends = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut client)| async move {
+            for i in 0..25 {
+                client
+                    .emit("say", say("h:busy", &format!("p{p}-{i}")))
+                    .await;
+            }
+            client.sync().await;
+        });
+    futures_util::future::join_all(sends).await;
+
+    let mut streams: Vec<Vec<String>> = Vec::new();
+    for m in &mut members {
+        m.catch_up(&BTreeMap::from([("h:busy".to_string(), 1000)]), WAIT)
+            .await;
+        streams.push(m.got["h:busy"].iter().map(|(_, id)| id.clone()).collect());
+        let ids: Vec<&str> = m.got["h:busy"].iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids.len(), 1000, "every message once");
+        for p in 0..40 {
+            let own: Vec<usize> = ids
+                .iter()
+                .filter_map(|id| id.strip_prefix(&format!("p{p}-")))
+                .map(|n| n.parse().expect("number"))
+                .collect();
+            assert_eq!(own, (0..25).collect::<Vec<_>>(), "p{p}'s messages in order");
+        }
+    }
+    // One stream: the same message at every offset, on either node.
+    assert!(
+        streams.iter().all(|s| *s == streams[0]),
+        "members disagree on which message is at which offset"
+    );
+    if cluster_support::cluster_mode() {
+        // On a Redis Cluster each placement is its own call (rooms of one batch would
+        // live in different slots).
+        return;
+    }
+    let calls = n1.metric_sum("wss_redis_placement_batch_count").await;
+    let placed = n1.metric_sum("wss_redis_placement_batch_sum").await;
+    assert_eq!(placed, 1000.0, "every placement went through the queue");
+    assert!(
+        calls < placed,
+        "{placed} placements in {calls} calls: none were grouped"
+    );
+}
