@@ -96,6 +96,10 @@ pub struct StormArgs {
     /// The nodes' HS256 secret (`--jwt-secret`); every client signs its own token.
     #[arg(long, env = "WSS_BENCH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Connect without tokens (anonymous sessions, no per-user channel on the node): to
+    /// see what authenticated users cost in the storm.
+    #[arg(long)]
+    pub anonymous: bool,
     /// Internal: run as a worker holding clients offset..offset+count.
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -110,6 +114,14 @@ pub struct StormArgs {
 impl StormArgs {
     fn rooms(&self) -> usize {
         self.clients.div_ceil(self.per_room.max(1)).max(1)
+    }
+
+    /// `?token=…` for `user` (empty with `--anonymous`).
+    fn token_query(&self, user: &str) -> anyhow::Result<String> {
+        if self.anonymous {
+            return Ok(String::new());
+        }
+        Ok(format!("?token={}", token(&self.secret()?, user)?))
     }
 
     fn secret(&self) -> anyhow::Result<String> {
@@ -226,6 +238,7 @@ fn spawn_workers(
         let c = &args.common;
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["storm", "--worker", "--threads", "1"])
+            .args(args.anonymous.then_some("--anonymous"))
             .args(["--url", &c.url.join(",")])
             .args(["--clients", &args.clients.to_string()])
             .args(["--per-room", &args.per_room.to_string()])
@@ -239,7 +252,10 @@ fn spawn_workers(
             .args(["--connect-concurrency", &c.connect_concurrency.to_string()])
             .args(["--connect-timeout", &c.connect_timeout.to_string()])
             .args(["--setup-timeout", &c.setup_timeout.to_string()])
-            .env("WSS_BENCH_JWT_SECRET", args.secret()?)
+            .env(
+                "WSS_BENCH_JWT_SECRET",
+                args.jwt_secret.clone().unwrap_or_default(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -286,7 +302,9 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     let kill_pid = args
         .kill_pid
         .ok_or_else(|| anyhow!("give --kill-pid (node A's pid)"))?;
-    let secret = args.secret()?;
+    if !args.anonymous {
+        args.secret()?;
+    }
     if args.clients < 2 || args.rate <= 0.0 {
         bail!("--clients must be at least 2 and --rate positive");
     }
@@ -346,9 +364,9 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
             .collect();
         let target = Target {
             url: format!(
-                "{}?token={}",
+                "{}{}",
                 targets[NODE_B].url,
-                token(&secret, &format!("publisher-{j}"))?
+                args.token_query(&format!("publisher-{j}"))?
             ),
             addr: targets[NODE_B].addr,
         };

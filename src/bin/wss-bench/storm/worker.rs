@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{by_node, client_plan, histogram_json, room_name, stopped, token, StormArgs, NODE_B};
+use super::{by_node, client_plan, histogram_json, room_name, stopped, StormArgs, NODE_B};
 use crate::conn::{self, classify, fields_u64, Inbound, Protocol, Target, Ws};
 use crate::stats::{self, now_us};
 
@@ -151,7 +151,6 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     if targets.len() != 2 {
         bail!("--url takes two nodes: the one killed, then the survivor");
     }
-    let secret = args.secret()?;
     let ctx = Arc::new(Ctx {
         first_disconnect_us: AtomicU64::new(u64::MAX),
         first_resume_sent_us: AtomicU64::new(u64::MAX),
@@ -169,7 +168,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
             room,
             room_name: room_name(args.run_id, room),
             home_b: home == NODE_B,
-            token: token(&secret, &format!("u{:08x}-{i}", args.run_id))?,
+            token: args.token_query(&format!("u{:08x}-{i}", args.run_id))?,
             home: targets[home].clone(),
             survivor: targets[NODE_B].clone(),
         };
@@ -305,6 +304,7 @@ struct Client {
     room: usize,
     room_name: String,
     home_b: bool,
+    /// `?token=…`, or empty for an anonymous client.
     token: String,
     home: Target,
     survivor: Target,
@@ -395,7 +395,7 @@ impl Client {
 
     fn target(&self, base: &Target) -> Target {
         Target {
-            url: format!("{}?token={}", base.url, self.token),
+            url: format!("{}{}", base.url, self.token),
             addr: base.addr,
         }
     }
