@@ -662,3 +662,56 @@ fn joined_position(text: &str, room: &str) -> anyhow::Result<(String, u64)> {
         _ => bail!("room {room} has no history ({text}): run the nodes on bench/pack-history"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_late_offset_is_out_of_order_and_a_hole_that_stays_is_lost() {
+        let ctx = Ctx::default();
+        let mut t = Track::new(4);
+        for offset in [5, 7, 6, 7, 9] {
+            t.see(offset, &ctx);
+        }
+        assert_eq!(t.last(), 9);
+        assert_eq!(n(&ctx.out_of_order), 1); // 6 after 7
+        assert_eq!(n(&ctx.duplicates), 1); // 7 twice
+        assert_eq!(t.missing.iter().copied().collect::<Vec<_>>(), [8]);
+    }
+
+    #[test]
+    fn what_the_server_owned_up_to_is_flagged_not_lost() {
+        let ctx = Ctx::default();
+        let mut t = Track::new(10);
+        // `recovered: false` with the room at 15: 11..=15 are flagged.
+        t.skip_flagged(15, &ctx);
+        t.see(16, &ctx);
+        // `$gap`, then the stream goes on at 20: 17..=19 are flagged.
+        t.resync = true;
+        t.see(20, &ctx);
+        assert_eq!(n(&ctx.flagged), 8);
+        assert!(t.missing.is_empty());
+        assert_eq!(t.last(), 20);
+    }
+
+    #[test]
+    fn every_room_has_members_on_both_nodes_and_workers_hold_one_node() {
+        let (clients, rooms) = (40, 4);
+        for r in 0..rooms {
+            let homes: Vec<usize> = (0..clients)
+                .filter(|&i| client_plan(i, rooms).0 == r)
+                .map(|i| client_plan(i, rooms).1)
+                .collect();
+            assert_eq!(homes.iter().filter(|&&h| h == NODE_B).count(), 5);
+        }
+        let order = by_node(clients, rooms);
+        let homes: Vec<usize> = order.iter().map(|&i| client_plan(i, rooms).1).collect();
+        assert!(homes[..20].iter().all(|&h| h != NODE_B));
+        assert!(homes[20..].iter().all(|&h| h == NODE_B));
+    }
+}
