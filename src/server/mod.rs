@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::backend::memory::MemoryBackend;
@@ -325,9 +325,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let listen: SocketAddr = args.listen_addr().map_err(anyhow::Error::msg)?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
     let config = ServerConfig {
         pack,
         redis: args.redis_url().map(|url| RedisConfig {
@@ -397,4 +395,27 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// Connections the kernel may queue for `accept`. tokio's `TcpListener::bind` asks for
+/// 1,024: when a node dies its clients come back to the survivors at once (W5 in
+/// bench/run: ~10,000 within 100 ms), a full queue drops their SYNs, and each client's
+/// kernel resends only after 1 s, then 3 s, so most of the reconnect time was spent
+/// waiting for retransmits while the node had capacity. The kernel caps the value at
+/// `net.core.somaxconn` (4,096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Bind the listener with [`LISTEN_BACKLOG`].
+fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std's and tokio's own `bind` do on Unix: a restarted node takes its port back
+    // while the old connections are in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(LISTEN_BACKLOG)
 }

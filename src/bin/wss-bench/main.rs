@@ -5,6 +5,7 @@
 //! wss-bench idle     --url ws://A/ws --connections 10000 --pid <server pid> --procs 2
 //! wss-bench scripted --url ws://A/ws,ws://B/ws,ws://C/ws --clients 48 --duration 10
 //! wss-bench resume   --url ws://A/ws,ws://B/ws --clients 1000 --rooms 100 --messages 100
+//! wss-bench storm    --url ws://A/ws,ws://B/ws --kill-pid A --server-pid B --jwt-secret S --clients 19800
 //! wss-bench get FILE best.deliveries_per_s ...   (read fields of a result, for scripts)
 //! ```
 //!
@@ -21,6 +22,7 @@ mod idle;
 mod resume;
 mod scripted;
 mod stats;
+mod storm;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,6 +53,8 @@ enum Mode {
     Scripted(scripted::ScriptedArgs),
     /// Clients in rooms with history drop, miss messages, resume: time, loss, order.
     Resume(resume::ResumeArgs),
+    /// Reconnect storm: kill node A, its clients resume on B with backoff (W5).
+    Storm(storm::StormArgs),
     /// Print fields of a JSON result file (dot paths, `steps.0.lost`), one per line.
     Get {
         file: std::path::PathBuf,
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         Mode::Idle(a) => a.common.threads,
         Mode::Scripted(a) => a.common.threads,
         Mode::Resume(a) => a.common.threads,
+        Mode::Storm(a) => a.common.threads,
         Mode::Get { file, paths } => return get(file, paths),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
             Mode::Idle(a) => idle::run(a).await,
             Mode::Scripted(a) => scripted::run(a).await,
             Mode::Resume(a) => resume::run(a).await,
+            Mode::Storm(a) => storm::run(a).await,
             Mode::Get { .. } => Ok(Value::Null),
         }
     });
