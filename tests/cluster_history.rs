@@ -561,7 +561,7 @@ async fn a_history_ahead_of_its_position_starts_a_new_epoch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placements_a_node_makes_at_once_share_calls_and_every_stream_stays_whole() {
+async fn many_publishers_on_one_node_give_every_member_the_same_whole_stream() {
     let _serial = serial();
     let cluster = Cluster::start_pack(2, &pack("history"), &[]).await;
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
@@ -572,7 +572,7 @@ async fn placements_a_node_makes_at_once_share_calls_and_every_stream_stays_whol
         members.push(m);
     }
     // 40 publishers on one node, each firing 25 messages without waiting: their
-    // placements queue up behind the calls already out and go in groups.
+    // placements race each other to Redis and to this node's members.
     let mut publishers = Vec::new();
     for _ in 0..40 {
         publishers.push(n1.connect().await);
@@ -610,17 +610,5 @@ async fn placements_a_node_makes_at_once_share_calls_and_every_stream_stays_whol
     assert!(
         streams.iter().all(|s| *s == streams[0]),
         "members disagree on which message is at which offset"
-    );
-    if cluster_support::cluster_mode() {
-        // On a Redis Cluster each placement is its own call (rooms of one batch would
-        // live in different slots).
-        return;
-    }
-    let calls = n1.metric_sum("wss_redis_placement_batch_count").await;
-    let placed = n1.metric_sum("wss_redis_placement_batch_sum").await;
-    assert_eq!(placed, 1000.0, "every placement went through the queue");
-    assert!(
-        calls < placed,
-        "{placed} placements in {calls} calls: none were grouped"
     );
 }

@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use crate::delivery::{ConnId, Ending, Envelope, HistoryPolicy, HistoryRead};
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("state backend unavailable: {0}")]
     Unavailable(String),

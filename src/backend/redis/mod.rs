@@ -47,9 +47,7 @@
 //! [`Deadlines`]): a commit that reaches Redis after its node stopped waiting, and told
 //! its client `unavailable`, changes nothing. A delivery to a room with history is placed in
 //! the room's stream by the same step (next offset, `XADD` to the history, trimmed by
-//! size, expiring by TTL), and so is one published without a commit: on one Redis the
-//! placements a node makes at once share one call (`place_many.lua`, see `placer`), on
-//! a Redis Cluster each is its own (`publish.lua`).
+//! size, expiring by TTL), and so is one published without a commit (`publish.lua`).
 //! Reads of several keys are one Lua script too, so a script's prefetched keys are a
 //! consistent snapshot. On a Redis Cluster the commit script writes state only, in its
 //! keys' slot; each delivery is then placed and published by `publish.lua` on its
@@ -69,7 +67,6 @@
 //! wire.rs      Pub/Sub messages between nodes, values as Redis holds them
 //! store.rs     StateStore: reads, the commit script, rooms, live connections
 //! bus.rs       Bus: publish, watches, the Pub/Sub connection task
-//! placer.rs    placements to rooms with history, grouped into shared script calls
 //! shards.rs    sharded Pub/Sub on a Redis Cluster: per-channel subscriptions, probes
 //! sentinel.rs  following the primary Sentinel names
 //! registry.rs  the node registry the cluster module keeps (heartbeats, cleanup)
@@ -79,7 +76,6 @@
 mod bus;
 mod conn;
 mod keys;
-mod placer;
 mod registry;
 mod sentinel;
 mod shards;
@@ -181,9 +177,6 @@ pub struct RedisBackend {
     read_script: Script,
     commit_script: Script,
     publish_script: Script,
-    /// `publish.lua` for a batch, on one Redis (see `placer`).
-    place_many_script: Script,
-    placer: placer::Placer,
     history_script: Script,
     version_check: VersionCheck,
     durability: Durability,
@@ -270,7 +263,7 @@ impl RedisBackend {
                 (conn, Subscriber::Cluster(shards), None)
             }
         };
-        let backend = Arc::new_cyclic(|this| Self {
+        let backend = Arc::new(Self {
             node_id,
             names,
             conn,
@@ -285,11 +278,6 @@ impl RedisBackend {
                 include_str!("lua/stream.lua"),
                 include_str!("lua/publish.lua")
             )),
-            place_many_script: Script::new(concat!(
-                include_str!("lua/stream.lua"),
-                include_str!("lua/place_many.lua")
-            )),
-            placer: placer::Placer::new(this.clone()),
             history_script: Script::new(include_str!("lua/history.lua")),
             version_check,
             durability,

@@ -370,30 +370,6 @@ impl RedisBackend {
         room: &str,
         policy: &HistoryPolicy,
     ) -> Result<Placement, BackendError> {
-        let (epoch, offset) = if self.names.is_cluster() {
-            let (epoch, offset) = self.place_alone(envelope, room, policy).await?;
-            self.local.deliver(&envelope.placed(epoch.clone(), offset));
-            (epoch, offset)
-        } else {
-            // Delivered here by the call that placed it, in placement order.
-            self.place_queued(envelope, room, policy).await?
-        };
-        metrics::counter!("wss_bus_published_total").increment(1);
-        Ok(Placement {
-            room: room.to_string(),
-            epoch,
-            offset,
-        })
-    }
-
-    /// One placement in its own call (`publish.lua`): on a Redis Cluster, where the
-    /// rooms of a batch would not share a slot.
-    async fn place_alone(
-        &self,
-        envelope: &Envelope,
-        room: &str,
-        policy: &HistoryPolicy,
-    ) -> Result<(Arc<str>, u64), BackendError> {
         let mut invocation = self.publish_script.prepare_invoke();
         invocation
             .key(self.names.position(room))
@@ -422,7 +398,14 @@ impl RedisBackend {
         if reply == RedisValue::Int(TOO_LATE) {
             return Err(too_late());
         }
-        parse_placed(reply)
+        let (epoch, offset) = parse_placed(reply)?;
+        metrics::counter!("wss_bus_published_total").increment(1);
+        self.local.deliver(&envelope.placed(epoch.clone(), offset));
+        Ok(Placement {
+            room: room.to_string(),
+            epoch,
+            offset,
+        })
     }
 
     async fn read_history(
@@ -464,7 +447,7 @@ pub(super) fn unplaced(envelope: &Envelope) -> Option<(&str, &HistoryPolicy)> {
     }
 }
 
-pub(super) fn ttl_ms(policy: &HistoryPolicy) -> u64 {
+fn ttl_ms(policy: &HistoryPolicy) -> u64 {
     u64::try_from(policy.ttl.as_millis())
         .unwrap_or(u64::MAX / 2)
         .max(1)

@@ -19,38 +19,24 @@
 -- for no deadline). A commit whose node stopped waiting for it (and told its client
 -- `unavailable`) may still arrive, from a stalled server's socket buffer or a TCP
 -- retransmission after packets were dropped: it must change nothing then.
---
--- Redis' clock is read once per script: a script runs atomically, and every entry it
--- appends is stamped with the same instant (TIME is a call like any other, and this
--- script is on the hot path of every delivery to a room with history).
-local clock_ms
-local function now_ms()
-  if not clock_ms then
-    local now = redis.call('TIME')
-    clock_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  end
-  return clock_ms
-end
-
 local function too_late(deadline_ms)
   local limit = tonumber(deadline_ms) or 0
   if limit <= 0 then return false end
-  return now_ms() > limit
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > limit
 end
 
 local function place(pos_key, hist_key, size, ttl_ms, epoch, publish, channel, header, unplaced)
   local new_epoch = epoch
-  -- Read first: a room almost always has its epoch already.
-  local current = redis.call('HGET', pos_key, 'epoch')
-  if current then
-    epoch = current
-  else
-    redis.call('HSET', pos_key, 'epoch', epoch)
+  if redis.call('HSETNX', pos_key, 'epoch', epoch) == 1 then
     redis.call('DEL', hist_key)
+  else
+    epoch = redis.call('HGET', pos_key, 'epoch')
   end
   local offset = redis.call('HINCRBY', pos_key, 'offset', 1)
   local frame = unplaced .. offset .. '}'
-  local ms = now_ms()
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   local added = redis.pcall('XADD', hist_key, 'MAXLEN', size, offset .. '-0', 't', ms, 'f', frame)
   if type(added) == 'table' and added.err then
     -- The history is ahead of the position (they disagree after a hand edit or a
