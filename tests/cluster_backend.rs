@@ -13,60 +13,20 @@
 mod cluster_support;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::redis::{Names, RedisBackend};
+use wss_engine::backend::redis::Names;
 use wss_engine::backend::{
-    Bus, Channel, Commit, CommitOutcome, StateStore, StoredValue, VersionCheck, Versioned, Write,
+    Bus, Channel, Commit, CommitOutcome, StateStore, StoredValue, Versioned, Write,
 };
 use wss_engine::delivery::{ConnId, Envelope, Sink, Target};
 
+use cluster_support::backend::{redis_instance, Recorder};
 use cluster_support::{cluster_mode, unique_prefix, Redis};
-
-/// A sink that records every envelope it is handed.
-#[derive(Default)]
-struct Recorder {
-    seen: Mutex<Vec<Envelope>>,
-}
-
-impl Sink for Recorder {
-    fn deliver(&self, envelope: &Envelope) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(envelope.clone());
-    }
-}
-
-impl Recorder {
-    fn frames(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.frame).to_string())
-            .collect()
-    }
-
-    fn envelopes(&self) -> Vec<Envelope> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Wait (bounded) until `n` envelopes arrived, then a little longer so a duplicate
-    /// in flight would show; returns the frames.
-    async fn settle(&self, n: usize) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.frames().len() < n && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.frames()
-    }
-}
 
 /// One backend under test, seen through both contracts.
 struct Subject {
@@ -86,36 +46,6 @@ async fn memory() -> Subject {
         sink,
         redis: None,
     }
-}
-
-async fn redis_instance(
-    server: &Redis,
-    prefix: &str,
-    node: &str,
-) -> (Arc<RedisBackend>, Arc<Recorder>) {
-    let sink = Arc::new(Recorder::default());
-    let backend = tokio::time::timeout(
-        Duration::from_secs(10),
-        RedisBackend::connect(
-            &server.url(),
-            prefix,
-            Arc::from(node),
-            sink.clone() as Arc<dyn Sink>,
-            VersionCheck::Enforce,
-        ),
-    )
-    .await
-    .expect("RedisBackend::connect took more than 10 s")
-    .expect("connect the Redis backend");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !backend.is_ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the Redis backend never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    (backend, sink)
 }
 
 async fn redis() -> Subject {

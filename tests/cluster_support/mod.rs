@@ -34,6 +34,7 @@ pub const QUIET: Duration = Duration::from_millis(500);
 /// The HS256 secret nodes started by [`Cluster::start_with_jwt`] verify tokens with.
 pub const JWT_SECRET: &str = "cluster-test-secret";
 
+pub mod backend;
 #[path = "../support/client.rs"]
 mod client;
 pub use client::*;

@@ -1,7 +1,7 @@
 //! Deliveries between nodes: the `Bus` side of Redis, and the task that owns the
 //! Pub/Sub connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -24,8 +24,17 @@ pub(super) struct PubSubState {
     /// Channel → local reasons to listen. The connection task subscribes all of them
     /// after every reconnect.
     wanted: parking_lot::Mutex<HashMap<String, usize>>,
-    /// The live connection's command half; `None` while disconnected. An async mutex:
-    /// subscribe calls await the server's confirmation while holding it.
+    /// Channels the server confirmed on the live connection: a later watcher of one
+    /// needs no SUBSCRIBE of its own.
+    confirmed: parking_lot::Mutex<HashSet<String>>,
+    /// Channels no longer wanted, waiting for one batched UNSUBSCRIBE.
+    leaving: parking_lot::Mutex<Vec<String>>,
+    /// The live connection's command half; `None` while disconnected. The connection
+    /// pipelines commands, so watchers only clone it and send concurrently (a reconnect
+    /// storm subscribes thousands of user channels a second). The lock is held across
+    /// an await only where a command must be ordered against every later SUBSCRIBE:
+    /// the reconnect (subscribes everything wanted) and the unsubscriber (checks
+    /// `wanted`, then unsubscribes).
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
     ready: AtomicBool,
 }
@@ -35,6 +44,8 @@ impl PubSubState {
     pub(super) fn new(always: impl IntoIterator<Item = String>) -> Self {
         Self {
             wanted: parking_lot::Mutex::new(always.into_iter().map(|c| (c, 1)).collect()),
+            confirmed: parking_lot::Mutex::new(HashSet::new()),
+            leaving: parking_lot::Mutex::new(Vec::new()),
             sink: tokio::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
         }
@@ -42,6 +53,10 @@ impl PubSubState {
 
     pub(super) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    async fn live_sink(&self) -> Option<PubSubSink> {
+        self.sink.lock().await.clone()
     }
 }
 
@@ -133,24 +148,28 @@ impl RedisBackend {
 impl PubSubState {
     /// A local recipient appeared for `channel`; resolves once subscribed.
     pub(super) async fn watch(&self, name: String) -> Result<(), BackendError> {
-        // Counted under the sink lock, so a second watcher cannot return (and its
-        // client be told "joined") while the first one's SUBSCRIBE is still in flight.
-        let mut sink = self.sink.lock().await;
         let first = {
             let mut wanted = self.wanted.lock();
             let count = wanted.entry(name.clone()).or_insert(0);
             *count += 1;
             *count == 1
         };
-        if !first {
+        if !first && self.confirmed.lock().contains(&name) {
             return Ok(());
         }
+        // A second watcher whose first one is still in flight sends its own SUBSCRIBE
+        // (idempotent): its client must not be told "joined" before the channel holds.
+        // `wanted` was counted before taking the lock, so an unsubscriber that runs
+        // first has either seen it and skipped the channel, or finished its
+        // UNSUBSCRIBE before this SUBSCRIBE goes out.
         // On failure the channel stays wanted: the reconnect loop subscribes every
         // wanted channel, and the caller balances with `unwatch` if it gives up.
-        match sink.as_mut() {
-            Some(s) => bounded(s.subscribe(&name)).await,
-            None => Err(unavailable("Pub/Sub connection to Redis is down")),
-        }
+        let Some(mut sink) = self.live_sink().await else {
+            return Err(unavailable("Pub/Sub connection to Redis is down"));
+        };
+        bounded(sink.subscribe(&name)).await?;
+        self.confirmed.lock().insert(name);
+        Ok(())
     }
 
     pub(super) fn unwatch(self: &Arc<Self>, name: String) {
@@ -168,18 +187,43 @@ impl PubSubState {
                 None => false,
             }
         };
-        if last {
+        if !last {
+            return;
+        }
+        // The first channel to leave schedules the UNSUBSCRIBE; the ones that follow
+        // while it waits for the lock go in the same command.
+        let schedule = {
+            let mut leaving = self.leaving.lock();
+            leaving.push(name);
+            leaving.len() == 1
+        };
+        if schedule {
             let pubsub = self.clone();
-            tokio::spawn(async move {
-                let mut sink = pubsub.sink.lock().await;
-                // Re-check: a join may have wanted it again while we waited for the lock.
-                if pubsub.wanted.lock().contains_key(&name) {
-                    return;
-                }
-                if let Some(s) = sink.as_mut() {
-                    let _ = tokio::time::timeout(OP_TIMEOUT, s.unsubscribe(&name)).await;
-                }
-            });
+            tokio::spawn(async move { pubsub.unsubscribe_leaving().await });
+        }
+    }
+
+    async fn unsubscribe_leaving(&self) {
+        let mut sink = self.sink.lock().await;
+        let mut names = std::mem::take(&mut *self.leaving.lock());
+        {
+            // A join may have wanted one again while we waited for the lock.
+            let wanted = self.wanted.lock();
+            names.retain(|name| !wanted.contains_key(name));
+        }
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            return;
+        }
+        {
+            let mut confirmed = self.confirmed.lock();
+            for name in &names {
+                confirmed.remove(name);
+            }
+        }
+        if let Some(s) = sink.as_mut() {
+            let _ = tokio::time::timeout(OP_TIMEOUT, s.unsubscribe(&names)).await;
         }
     }
 }
@@ -230,6 +274,7 @@ pub(super) async fn pubsub_task(source: PrimarySource, backend: std::sync::Weak<
             continue;
         }
         *guard = Some(sink);
+        state.confirmed.lock().extend(channels.iter().cloned());
         drop(guard);
         state.ready.store(true, Ordering::Release);
         tracing::info!(channels = channels.len(), "Redis Pub/Sub subscribed");
@@ -270,10 +315,11 @@ pub(super) async fn pubsub_task(source: PrimarySource, backend: std::sync::Weak<
                     }
                 } => break,
                 _ = ping.tick() => {
-                    let mut sink = state.sink.lock().await;
+                    // Not under the lock: the ping waits its turn in the pipeline, and
+                    // watchers must not wait for it.
                     // In subscribed mode PING answers `["pong", ""]`, not a string: any
                     // answer proves the connection alive; only errors and timeouts don't.
-                    let alive = match sink.as_mut() {
+                    let alive = match state.live_sink().await.as_mut() {
                         Some(s) => matches!(tokio::time::timeout(OP_TIMEOUT, s.ping::<RedisValue>()).await, Ok(Ok(_))),
                         None => false,
                     };
@@ -285,6 +331,7 @@ pub(super) async fn pubsub_task(source: PrimarySource, backend: std::sync::Weak<
         }
         state.ready.store(false, Ordering::Release);
         *state.sink.lock().await = None;
+        state.confirmed.lock().clear();
         tracing::warn!("Redis Pub/Sub connection lost; reconnecting");
     }
 }
