@@ -2,26 +2,26 @@
 //! /proc to get the memory one idle connection costs.
 //!
 //! A process may have at most 20,000 open files on this machine, so with `--procs M`
-//! the connections are held by M child processes of this binary (`idle --child`), each
-//! reporting one line when its share is open; the parent holds none itself and only
+//! the connections are held by M child processes of this binary (`idle --child`,
+//! `crate::workers`), each reporting one line when its share is open; the parent holds none itself and only
 //! measures. Connections rotate over several 127.0.0.x source addresses so ephemeral
 //! ports never run out.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{self, Protocol};
 use crate::stats;
+use crate::workers::{first_lines, Workers};
 use crate::Common;
 
 /// Child processes one run may start.
@@ -116,12 +116,12 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Value> {
 
 enum Holder {
     InProcess(watch::Sender<bool>, JoinSet<()>),
-    Children(Vec<std::process::Child>),
+    Children(Workers),
 }
 
 impl Holder {
     /// Close every connection: stop the tasks, or close the children's stdin and reap
-    /// them (killing, by their own handle, any that outlives the grace period).
+    /// them (killing any that outlives the grace period).
     async fn release(&mut self) {
         match self {
             Holder::InProcess(stop, tasks) => {
@@ -134,29 +134,14 @@ impl Holder {
                     tasks.abort_all();
                 }
             }
-            Holder::Children(children) => {
-                for child in children.iter_mut() {
-                    drop(child.stdin.take());
-                }
-                let deadline = Instant::now() + Duration::from_secs(15);
-                for child in children.iter_mut() {
-                    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    if matches!(child.try_wait(), Ok(None)) {
-                        let _ = child.kill();
-                    }
-                    let _ = child.wait();
-                }
-            }
+            Holder::Children(children) => children.release(Duration::from_secs(15)).await,
         }
     }
 }
 
 async fn spawn_children(args: &IdleArgs, procs: usize) -> anyhow::Result<(u64, u64, Holder)> {
     let exe = std::env::current_exe().context("locating wss-bench for the child processes")?;
-    let mut children = Vec::with_capacity(procs);
-    let mut readers = Vec::with_capacity(procs);
+    let mut commands = Vec::with_capacity(procs);
     let mut offset = 0usize;
     for i in 0..procs {
         let share = args.connections / procs + usize::from(i < args.connections % procs);
@@ -172,53 +157,17 @@ async fn spawn_children(args: &IdleArgs, procs: usize) -> anyhow::Result<(u64, u
             .args([
                 "--connect-concurrency",
                 &args.common.connect_concurrency.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().context("starting an idle child process")?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("child stdout missing"))?;
-        readers.push(BufReader::new(stdout));
-        children.push(child);
+            ]);
+        commands.push(cmd);
         offset += share;
     }
+    let (children, mut said) = Workers::spawn(commands)?;
     let (mut opened, mut failed) = (0u64, 0u64);
-    let deadline = tokio::time::Instant::now() + args.common.setup_timeout();
-    // Each child's report is read on a blocking thread; a child that never reports is
-    // killed below, which closes its pipe and ends the read.
-    let mut reports = Vec::new();
-    for mut reader in readers {
-        reports.push(tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            reader.read_line(&mut line).map(|n| (n, line))
-        }));
+    for v in first_lines(&mut said, procs, args.common.setup_timeout()).await? {
+        opened += v["opened"].as_u64().unwrap_or(0);
+        failed += v["failed"].as_u64().unwrap_or(0);
     }
-    let mut holder = Holder::Children(children);
-    for report in reports {
-        let (n, line) = match tokio::time::timeout_at(deadline, report).await {
-            Ok(Ok(Ok(r))) => r,
-            _ => (0, String::new()),
-        };
-        match n {
-            0 => {
-                holder.release().await;
-                bail!(
-                    "an idle child exited or did not report within {:?}",
-                    args.common.setup_timeout()
-                );
-            }
-            _ => {
-                let v: Value = serde_json::from_str(line.trim())
-                    .with_context(|| format!("child said `{}`", line.trim()))?;
-                opened += v["opened"].as_u64().unwrap_or(0);
-                failed += v["failed"].as_u64().unwrap_or(0);
-            }
-        }
-    }
-    Ok((opened, failed, holder))
+    Ok((opened, failed, Holder::Children(children)))
 }
 
 fn protocol_name(p: Protocol) -> &'static str {

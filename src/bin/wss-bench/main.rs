@@ -23,6 +23,7 @@ mod resume;
 mod scripted;
 mod stats;
 mod storm;
+mod workers;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -17,8 +17,7 @@
 //! ```
 //!
 //! One process may hold 20,000 open files here, so the clients live in `--procs`
-//! worker processes of this binary, talking JSON lines over their pipes; a worker
-//! exits when its stdin closes, so none outlives the coordinator. A worker holds the
+//! worker processes of this binary (`crate::workers`). A worker holds the
 //! clients of one node only, so B's survivors are timed by processes that do none of
 //! the reconnecting. A reconnect goes straight to B, as a load balancer that has taken
 //! A out of rotation would send it.
@@ -26,8 +25,6 @@
 mod publish;
 mod worker;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::conn::{Protocol, Target};
 use crate::stats::{self, now_us};
+use crate::workers::{first_lines, Said, Workers};
 use crate::Common;
 use publish::{publish, Published};
 
@@ -179,48 +177,14 @@ fn merge_histogram(into: &mut Histogram<u64>, v: &Value) {
     }
 }
 
-/// The worker processes; killed if the coordinator leaves early.
-struct Workers {
-    children: Vec<Child>,
-    stdins: Vec<ChildStdin>,
-}
-
-impl Workers {
-    fn tell(&mut self, line: &str) {
-        for stdin in &mut self.stdins {
-            let _ = writeln!(stdin, "{line}").and_then(|_| stdin.flush());
-        }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.stdins.clear(); // EOF: a worker exits on its own
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for child in &mut self.children {
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Start the workers; their stdout lines arrive on the returned channel.
 fn spawn_workers(
     args: &StormArgs,
     run_id: u32,
     procs: usize,
-) -> anyhow::Result<(Workers, mpsc::UnboundedReceiver<(usize, Value)>)> {
+) -> anyhow::Result<(Workers, mpsc::UnboundedReceiver<Said>)> {
     let exe = std::env::current_exe().context("locating wss-bench for the workers")?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut workers = Workers {
-        children: Vec::new(),
-        stdins: Vec::new(),
-    };
+    let mut commands = Vec::with_capacity(procs);
     // Each node's clients split evenly over its own workers.
     let on_a = by_node(args.clients, args.rooms())
         .iter()
@@ -255,36 +219,11 @@ fn spawn_workers(
             .env(
                 "WSS_BENCH_JWT_SECRET",
                 args.jwt_secret.clone().unwrap_or_default(),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().context("starting a storm worker")?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no worker stdout"))?;
-        workers.stdins.push(
-            child
-                .stdin
-                .take()
-                .ok_or_else(|| anyhow!("no worker stdin"))?,
-        );
-        workers.children.push(child);
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
-                    if tx.send((w, v)).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+            );
+        commands.push(cmd);
         offset += count;
     }
-    Ok((workers, rx))
+    Workers::spawn(commands)
 }
 
 pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
@@ -325,16 +264,8 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     let started = Instant::now();
     let (mut workers, mut lines) = spawn_workers(&args, run_id, procs)?;
     let (mut ready, mut failed, mut first_error) = (0u64, 0u64, None);
-    for _ in 0..procs {
-        let Some((_, v)) = tokio::time::timeout(
-            common.setup_timeout() + Duration::from_secs(10),
-            lines.recv(),
-        )
-        .await
-        .ok()
-        .flatten() else {
-            bail!("a worker exited or did not report within the setup timeout");
-        };
+    let timeout = common.setup_timeout() + Duration::from_secs(10);
+    for v in first_lines(&mut lines, workers.len(), timeout).await? {
         ready += v["ready"].as_u64().unwrap_or(0);
         failed += v["failed"].as_u64().unwrap_or(0);
         if first_error.is_none() && !v["first_error"].is_null() {
@@ -438,7 +369,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
             _ => bail!("only {} of {procs} workers reported", reports.len()),
         }
     }
-    drop(workers);
+    workers.release(Duration::from_secs(5)).await;
     let cpu_b = match (cpu_b_before, cpu_b_after) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
