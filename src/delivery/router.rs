@@ -499,7 +499,16 @@ impl Router {
 
     /// Read what a room's stream misses from history and release it (or announce the
     /// gap); repeat while the stream asks for more.
-    async fn fill(&self, room: String, mut after: u64, mut until: Option<u64>) {
+    async fn fill(&self, room: String, after: u64, until: Option<u64>) {
+        let mut open = None;
+        self.step(&room, |stream, _| {
+            open = stream.open_hole(after, until);
+            Next::Nothing
+        });
+        // Most holes close during the grace: nothing left to read.
+        let Some((mut after, mut until)) = open else {
+            return;
+        };
         let started = tokio::time::Instant::now();
         loop {
             let limit = until.map_or(MAX_FILL, |u| {

@@ -163,6 +163,27 @@ impl Stream {
         self.release_held(out)
     }
 
+    /// A fill scheduled for the hole after `after` is about to read history: the hole
+    /// that is open now, which may have moved or closed during the grace (its
+    /// deliveries arrived). `None`: nothing to read, and the fill ends. A catch-up
+    /// (`until` = `None`) always reads.
+    pub(super) fn open_hole(
+        &mut self,
+        after: u64,
+        until: Option<u64>,
+    ) -> Option<(u64, Option<u64>)> {
+        if until.is_none() {
+            return Some((after, until));
+        }
+        match self.held.first_key_value() {
+            Some((&first, _)) => Some((self.last, Some(first - 1))),
+            None => {
+                self.filling = false;
+                None
+            }
+        }
+    }
+
     /// Catch up after the bus was away: read whatever came after the last release.
     pub(super) fn resync(&mut self) -> Next {
         if self.epoch.is_none() || self.filling {
@@ -247,6 +268,38 @@ mod tests {
         let mut s = Stream::new();
         s.start(Arc::from("e"), head, &mut Vec::new());
         s
+    }
+
+    #[test]
+    fn a_hole_closed_during_the_grace_is_not_read_and_a_later_one_is() {
+        let mut s = started(4);
+        let mut out = Vec::new();
+        assert_eq!(
+            offer(&mut s, "e", 6, &mut out),
+            Next::Fill {
+                after: 4,
+                until: Some(5)
+            }
+        );
+        offer(&mut s, "e", 5, &mut out);
+        assert_eq!(released(&out), ["5", "6"]);
+        // The scheduled fill finds nothing missing.
+        assert_eq!(s.open_hole(4, Some(5)), None);
+        // The next hole gets a fill of its own.
+        assert_eq!(
+            offer(&mut s, "e", 8, &mut out),
+            Next::Fill {
+                after: 6,
+                until: Some(7)
+            }
+        );
+        // Closed and opened again further on during one grace: the fill reads the new
+        // hole, not the old one.
+        offer(&mut s, "e", 7, &mut out);
+        offer(&mut s, "e", 10, &mut out);
+        assert_eq!(s.open_hole(6, Some(7)), Some((8, Some(9))));
+        // A catch-up reads whatever the stream holds.
+        assert_eq!(s.open_hole(8, None), Some((8, None)));
     }
 
     #[test]
