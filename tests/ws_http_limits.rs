@@ -1,6 +1,7 @@
 //! Request heads are bounded before any handler runs: oversized heads get 431, and a
 //! connection that does not finish its head in time (silent, or a slowloris trickle) is
-//! closed and counted. Every exchange is raw TCP, as an attacker would speak it.
+//! closed and counted. Every exchange is raw TCP, as an attacker would speak it. And the
+//! accept queue is as deep as the kernel allows.
 
 mod common;
 
@@ -255,4 +256,30 @@ events:
         assert!(value("wss_socket_flushes_total") >= 1.0);
         assert_eq!(value("wss_http_head_timeouts_total"), 1.0, "{metrics}");
     });
+}
+
+/// The accept queue is as deep as the kernel allows (`net.core.somaxconn`), not tokio's
+/// default 1,024: when a node dies, its clients come back to the survivors within
+/// milliseconds, and a full queue drops their SYNs for a second or more.
+#[test]
+fn the_listen_queue_is_as_deep_as_the_kernel_allows() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("read net.core.somaxconn")
+        .trim()
+        .parse()
+        .expect("somaxconn is a number");
+    let pack = write_pack(PACK);
+    let server = spawn_binary(pack.path(), &[]);
+    // For a listening socket, `ss` shows the backlog as Send-Q.
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", server.addr.port())])
+        .output()
+        .expect("run ss (iproute2)");
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let backlog: u32 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket in `ss` output: {line:?}"));
+    assert_eq!(backlog, somaxconn.min(65_535), "ss: {line}");
 }
