@@ -28,6 +28,10 @@ const WAIT = 15_000;
 
 const children = [];
 const cleanups = [];
+// A test process that ends early (a failed `before`) still takes its children along.
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
 let browser;
 let nodes;
 
@@ -137,13 +141,17 @@ before(async () => {
 });
 
 after(async () => {
-  if (browser) {
-    await browser.close();
-    rmSync(browser.userDataDir, { recursive: true, force: true });
+  try {
+    if (browser) {
+      await browser.close();
+      rmSync(browser.userDataDir, { recursive: true, force: true });
+    }
+  } finally {
+    // Only the processes this test started, by their handles; even when closing the
+    // browser failed, so no redis-server or node outlives the test.
+    for (const child of children.reverse()) child.kill("SIGKILL");
+    for (const cleanup of cleanups) cleanup();
   }
-  // Only the processes this test started, by their handles.
-  for (const child of children.reverse()) child.kill("SIGKILL");
-  for (const cleanup of cleanups) cleanup();
 });
 
 test("the dashboard signs in with an admin key, lists both nodes, sends and disconnects", async () => {
