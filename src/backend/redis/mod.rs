@@ -76,6 +76,7 @@
 mod bus;
 mod conn;
 mod keys;
+mod presence;
 mod registry;
 mod sentinel;
 mod shards;

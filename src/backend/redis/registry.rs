@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::conn::Batch;
-use super::store::{add_conn, add_member, keep_session, recount};
+use super::presence::{add_conn, add_member, keep_session, recount};
 use super::{Names, RedisBackend};
 use crate::backend::BackendError;
 use crate::delivery::ConnSnapshot;
