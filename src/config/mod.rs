@@ -26,6 +26,7 @@ mod checks;
 mod decode;
 pub mod diagnostic;
 pub mod diff;
+mod fields;
 mod files;
 mod rooms;
 mod schema;
