@@ -23,6 +23,7 @@
 //! A out of rotation would send it.
 
 mod publish;
+mod tally;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

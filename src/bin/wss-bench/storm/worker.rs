@@ -16,135 +16,24 @@
 //!
 //! Stdin closing (the coordinator gone) ends the worker at once: nothing outlives a run.
 
-use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{by_node, client_plan, histogram_json, room_name, stopped, StormArgs, NODE_B};
+use super::tally::{add, record, report, Ctx, Track, AFTER, DURING};
+use super::{by_node, client_plan, room_name, stopped, StormArgs, NODE_B};
 use crate::conn::{self, classify, fields_u64, Inbound, Protocol, Target, Ws};
-use crate::stats::{self, now_us};
+use crate::stats::now_us;
 
 const DELIVERY_EVENT: &str = "bench.msg";
-/// A hole wider than this is counted without remembering each missing offset.
-const MAX_TRACKED_GAP: u64 = 10_000;
-
-/// Phases (`Ctx::phase`): 0 before the kill, then these.
-const DURING: u8 = 1;
-const AFTER: u8 = 2;
-
-/// What the worker's clients share: the phase and everything they count.
-#[derive(Default)]
-struct Ctx {
-    phase: AtomicU8,
-    finals: OnceLock<Vec<u64>>,
-    lost: AtomicU64,
-    flagged: AtomicU64,
-    duplicates: AtomicU64,
-    out_of_order: AtomicU64,
-    gaps: AtomicU64,
-    not_recovered: AtomicU64,
-    refused: AtomicU64,
-    resumed: AtomicU64,
-    resumed_a: AtomicU64,
-    disconnects_a: AtomicU64,
-    disconnects_b: AtomicU64,
-    attempts: AtomicU64,
-    failed_attempts: AtomicU64,
-    failed_resumes: AtomicU64,
-    gave_up: AtomicU64,
-    received: AtomicU64,
-    first_disconnect_us: AtomicU64,
-    first_resume_sent_us: AtomicU64,
-    /// Wall-clock µs at which each home-A client's resume was acknowledged.
-    done_a_us: Mutex<Vec<u64>>,
-    /// Dial + WebSocket upgrade + `$welcome` of each reconnect that succeeded.
-    handshake: Mutex<Option<Histogram<u64>>>,
-    /// `$resume` written → its ack (the replay arrives before the ack).
-    resume_ack: Mutex<Option<Histogram<u64>>>,
-    /// Delivery latency of the survivors (home B, never disconnected), per phase.
-    survivors: [Mutex<Option<Histogram<u64>>>; 3],
-}
-
-fn record(h: &Mutex<Option<Histogram<u64>>>, us: u64) {
-    h.lock()
-        .get_or_insert_with(stats::new_histogram)
-        .saturating_record(us.clamp(1, 60_000_000));
-}
-
-fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-/// A client's place in its room's stream: every offset must come once and in order.
-struct Track {
-    next: u64,
-    /// Offsets skipped by a later delivery: found later = out of order, else lost.
-    missing: BTreeSet<u64>,
-    lost_wide: u64,
-    /// After a `$gap` the next delivery sets the position; what it skips is flagged.
-    resync: bool,
-}
-
-impl Track {
-    fn new(joined_at: u64) -> Self {
-        Self {
-            next: joined_at + 1,
-            missing: BTreeSet::new(),
-            lost_wide: 0,
-            resync: false,
-        }
-    }
-
-    fn last(&self) -> u64 {
-        self.next - 1
-    }
-
-    fn see(&mut self, offset: u64, ctx: &Ctx) {
-        if self.resync {
-            self.resync = false;
-            if offset >= self.next {
-                add(&ctx.flagged, offset - self.next);
-                self.next = offset + 1;
-                return;
-            }
-        }
-        if offset == self.next {
-            self.next += 1;
-        } else if offset > self.next {
-            let gap = offset - self.next;
-            if gap > MAX_TRACKED_GAP {
-                self.lost_wide += gap;
-            } else {
-                self.missing.extend(self.next..offset);
-            }
-            self.next = offset + 1;
-        } else if self.missing.remove(&offset) {
-            add(&ctx.out_of_order, 1);
-        } else {
-            add(&ctx.duplicates, 1);
-        }
-    }
-
-    /// The client was told it cannot recover up to `joined`: that stretch is flagged.
-    fn skip_flagged(&mut self, joined: u64, ctx: &Ctx) {
-        if joined >= self.next {
-            add(&ctx.flagged, joined + 1 - self.next);
-            self.next = joined + 1;
-        }
-    }
-}
-
 pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     let common = &args.common;
     let targets = common.targets().await?;
@@ -252,26 +141,6 @@ pub async fn run(args: StormArgs) -> anyhow::Result<Value> {
     }
     println!("{}", json!({ "report": report(&ctx) }));
     Ok(Value::Null)
-}
-
-fn report(ctx: &Ctx) -> Value {
-    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let hist = |h: &Mutex<Option<Histogram<u64>>>| h.lock().as_ref().map(histogram_json);
-    json!({
-        "lost": n(&ctx.lost), "flagged": n(&ctx.flagged), "duplicates": n(&ctx.duplicates),
-        "out_of_order": n(&ctx.out_of_order), "gaps": n(&ctx.gaps),
-        "not_recovered": n(&ctx.not_recovered), "refused": n(&ctx.refused),
-        "resumed": n(&ctx.resumed), "resumed_a": n(&ctx.resumed_a),
-        "disconnects_a": n(&ctx.disconnects_a), "disconnects_b": n(&ctx.disconnects_b),
-        "attempts": n(&ctx.attempts), "failed_attempts": n(&ctx.failed_attempts),
-        "failed_resumes": n(&ctx.failed_resumes), "gave_up": n(&ctx.gave_up),
-        "received": n(&ctx.received),
-        "first_disconnect_us": n(&ctx.first_disconnect_us),
-        "first_resume_sent_us": n(&ctx.first_resume_sent_us),
-        "done_a_us": *ctx.done_a_us.lock(),
-        "handshake": hist(&ctx.handshake), "resume_ack": hist(&ctx.resume_ack),
-        "survivors": [hist(&ctx.survivors[0]), hist(&ctx.survivors[1]), hist(&ctx.survivors[2])],
-    })
 }
 
 /// The timing options every client needs.
@@ -666,38 +535,6 @@ fn joined_position(text: &str, room: &str) -> anyhow::Result<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn n(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-
-    #[test]
-    fn a_late_offset_is_out_of_order_and_a_hole_that_stays_is_lost() {
-        let ctx = Ctx::default();
-        let mut t = Track::new(4);
-        for offset in [5, 7, 6, 7, 9] {
-            t.see(offset, &ctx);
-        }
-        assert_eq!(t.last(), 9);
-        assert_eq!(n(&ctx.out_of_order), 1); // 6 after 7
-        assert_eq!(n(&ctx.duplicates), 1); // 7 twice
-        assert_eq!(t.missing.iter().copied().collect::<Vec<_>>(), [8]);
-    }
-
-    #[test]
-    fn what_the_server_owned_up_to_is_flagged_not_lost() {
-        let ctx = Ctx::default();
-        let mut t = Track::new(10);
-        // `recovered: false` with the room at 15: 11..=15 are flagged.
-        t.skip_flagged(15, &ctx);
-        t.see(16, &ctx);
-        // `$gap`, then the stream goes on at 20: 17..=19 are flagged.
-        t.resync = true;
-        t.see(20, &ctx);
-        assert_eq!(n(&ctx.flagged), 8);
-        assert!(t.missing.is_empty());
-        assert_eq!(t.last(), 20);
-    }
 
     #[test]
     fn every_room_has_members_on_both_nodes_and_workers_hold_one_node() {
