@@ -3,7 +3,7 @@
 //! rooms with history, counter increments acked one by one, subscribers that resume),
 //! while a schedule drawn from a seed kills, stops and cuts off nodes and restarts
 //! Redis. Every op, delivery, resume, fault, readiness probe and RSS sample goes into a
-//! history file; the checker (`chaos/checker.rs`) then proves the delivery guarantees
+//! history file; the checker (`chaos/checker/`) then proves the delivery guarantees
 //! held, or names each place they did not.
 //!
 //! Run it with `scripts/chaos [--duration S] [--seed N] [--redis-cluster]` (root: it
@@ -15,12 +15,13 @@
 //! chaos/netns.rs     namespaces, veth pairs, the DROP rules
 //! chaos/workload.rs  subscribers, publishers, counters; the final reads
 //! chaos/history.rs   the JSON-lines history
-//! chaos/checker.rs   the verdict, with tests on synthetic histories
+//! chaos/checker/     the verdict (streams, counters, rooms; nodes.rs: readiness and
+//!                    processes), with tests on synthetic histories
 //! ```
 
 mod cluster_support;
 
-#[path = "chaos/checker.rs"]
+#[path = "chaos/checker/mod.rs"]
 mod checker;
 #[path = "chaos/history.rs"]
 mod history;
