@@ -39,6 +39,7 @@ pub mod engine;
 /// property tests (`fuzz/`, `tests/properties_*.rs`), which compare it with a reference model.
 #[doc(hidden)]
 pub mod glob;
+pub mod ids;
 pub mod packtest;
 #[cfg(test)]
 mod proptest_support;

@@ -301,8 +301,11 @@ async fn a_ttl_write_expires(s: Subject) {
 }
 
 async fn rooms_join_leave_members(s: Subject) {
-    let (c1, c2, c3): (ConnId, ConnId, ConnId) =
-        (Arc::from("na-1"), Arc::from("nb-2"), Arc::from("na-3"));
+    let (c1, c2, c3): (ConnId, ConnId, ConnId) = (
+        ConnId::from("na-1"),
+        ConnId::from("nb-2"),
+        ConnId::from("na-3"),
+    );
     assert!(s.store.members("r").await.expect("members").is_empty());
     s.store.join("r", &c2).await.expect("join");
     s.store.join("r", &c1).await.expect("join");
@@ -356,7 +359,7 @@ async fn a_publish_reaches_the_local_sink_once(s: Subject) {
             "{text} missing from {frames:?}"
         );
     }
-    let exclude: ConnId = Arc::from("na-7");
+    let exclude = ConnId::from("na-7");
     let mut e = envelope(Target::Room("r".into()), "excl");
     e.exclude = Some(exclude.clone());
     s.bus.publish(e).await.expect("publish");
@@ -443,7 +446,7 @@ async fn redis_instances_share_state_and_versions() {
         .expect("GET");
     assert_eq!(version, 2);
     // Rooms are shared too.
-    nb.join("r", &Arc::from("nb-1")).await.expect("join");
+    nb.join("r", &ConnId::from("nb-1")).await.expect("join");
     assert_eq!(s.store.members("r").await.expect("members"), vec!["nb-1"]);
 }
 
@@ -496,7 +499,7 @@ async fn redis_publish_reaches_another_instance_that_watches() {
 
     // A commit's deliveries travel with it, with the exclusion, once.
     let mut e = envelope(Target::Room("r".into()), "committed");
-    e.exclude = Some(Arc::from("nb-9"));
+    e.exclude = Some(ConnId::from("nb-9"));
     let outcome = commit(&s, &[], vec![write("x", json(json!(1)))], vec![e]).await;
     assert_eq!(outcome, CommitOutcome::Committed(vec![]));
     nb_sink.settle(5).await;

@@ -158,7 +158,7 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
     for i in 0..RUNS {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
-            let id: Arc<str> = Arc::from(format!("n1-{i}"));
+            let id = ConnId::from(format!("n1-{i}"));
             let link = ConnLink::new(16);
             engine
                 .router()

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::{Bus, StateStore, VersionCheck};
 use wss_engine::config;
-use wss_engine::delivery::{ConnLink, Router, Sink};
+use wss_engine::delivery::{ConnId, ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
@@ -58,7 +58,7 @@ async fn hammer(engine: Arc<Engine>, backend: Arc<MemoryBackend>) -> (usize, i64
     for t in 0..TASKS {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
-            let id: Arc<str> = Arc::from(format!("n1-{t}"));
+            let id = ConnId::from(format!("n1-{t}"));
             let link = ConnLink::new(16);
             engine
                 .router()

@@ -174,7 +174,7 @@ fn engine(
 
 /// Every message's answer: the reply, or `error code: message`.
 async fn run(engine: Arc<Engine>, messages: &[Vec<Value>]) -> Vec<Result<Value, String>> {
-    let id: Arc<str> = Arc::from("n1-1");
+    let id = wss_engine::ids::ConnId::from("n1-1");
     engine
         .router()
         .register(id.clone(), None, Arc::from("s"), ConnLink::new(64));

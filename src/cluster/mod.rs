@@ -26,6 +26,7 @@ use crate::backend::redis::RedisBackend;
 use crate::backend::BackendError;
 use crate::engine::stats::StatsSnapshot;
 use crate::engine::{Caller, Engine, Hook};
+use crate::ids::ConnId;
 
 mod fleet;
 pub use fleet::{Fleet, NodeStatus};
@@ -189,7 +190,7 @@ impl NodeRegistry {
         let count = orphans.len();
         for orphan in orphans {
             let caller = Caller {
-                id: Arc::from(orphan.id.as_str()),
+                id: ConnId::from(orphan.id.as_str()),
                 user: orphan.user.as_deref().map(Arc::from),
                 claims: serde_json::Value::Null,
                 rooms: Some(orphan.rooms.clone()),

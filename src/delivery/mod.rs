@@ -31,9 +31,7 @@ pub use router::{Activated, ConnSnapshot, RoomChange, Router};
 pub use target::{Target, TargetKind, TargetSyntaxError};
 pub use windows::WriteWindows;
 
-/// Connection ids embed the id of the node that holds them, so a `conn:` delivery can be
-/// routed to that node's channel without a lookup.
-pub type ConnId = Arc<str>;
+pub use crate::ids::ConnId;
 
 /// A delivery on its way to every node: who gets it and the frame, serialized once.
 #[derive(Debug, Clone)]

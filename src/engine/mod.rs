@@ -81,7 +81,7 @@ impl Caller {
     /// rooms, no connection (its `to: sender` deliveries reach nobody).
     pub fn api(key: &str) -> Self {
         Self {
-            id: Arc::from(format!("api:{key}")),
+            id: ConnId::api(key),
             user: None,
             claims: Value::Object(Default::default()),
             rooms: Some(Vec::new()),
@@ -311,7 +311,7 @@ impl Engine {
     /// A new connection id: `<node>-<n>`, unique in the cluster and routable to its node.
     pub fn next_conn_id(&self) -> ConnId {
         let n = self.conn_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        Arc::from(format!("{}-{n:x}", self.node_id))
+        ConnId::new(&self.node_id, n)
     }
 
     /// Handle one event a client sent on its socket. The caller parsed the frame.

@@ -164,7 +164,7 @@ async fn run_case(
             (caller.id, outcome)
         }
         Sender::Clients => {
-            let id: ConnId = Arc::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
+            let id = ConnId::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
             let user = case.conn.user.as_deref().map(Arc::from);
             let link = ConnLink::new(1024);
             router.register(id.clone(), user.clone(), Arc::from("test-session"), link);

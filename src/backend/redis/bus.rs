@@ -15,7 +15,7 @@ use super::wire::{decode_message, encode_end, encode_message, Message};
 use std::sync::Arc;
 
 use super::{
-    bounded, node_of, unavailable, PrimarySource, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT,
+    bounded, unavailable, PrimarySource, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT,
 };
 use crate::backend::{BackendError, Bus, Channel, Placement};
 use crate::delivery::{Ending, Envelope};
@@ -80,7 +80,7 @@ impl Bus for RedisBackend {
     fn end_conn(&self, conn: &str, why: Ending) -> BoxFuture<'_, Result<(), BackendError>> {
         let conn = conn.to_string();
         async move {
-            let node = node_of(&conn);
+            let node = crate::ids::node_of(&conn);
             if node == &*self.node_id {
                 self.local.end_conn(&conn, why);
                 return Ok(());

@@ -132,14 +132,9 @@ impl Names {
             Target::All => Some(self.all_channel()),
             Target::Room(r) => Some(self.channel(&Channel::Room(r.clone()))),
             Target::User(u) => Some(self.channel(&Channel::User(u.clone()))),
-            Target::Conn(c) => Some(self.node_channel(node_of(c))),
+            Target::Conn(c) => Some(self.node_channel(crate::ids::node_of(c))),
         }
     }
-}
-
-/// Connection ids are `<node>-<n>`.
-pub fn node_of(conn: &str) -> &str {
-    conn.rsplit_once('-').map_or(conn, |(node, _)| node)
 }
 
 #[cfg(test)]
@@ -148,7 +143,6 @@ mod tests {
 
     #[test]
     fn conn_ids_name_their_node() {
-        assert_eq!(node_of("ab12cd34-1f"), "ab12cd34");
         let names = Names::new("wss:");
         assert_eq!(
             names

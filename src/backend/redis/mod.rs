@@ -94,7 +94,7 @@ use tokio::sync::watch;
 use super::{BackendError, VersionCheck};
 use crate::delivery::Sink;
 use conn::{Batch, Commands};
-pub use keys::{node_of, Names};
+pub use keys::Names;
 pub use registry::list_nodes;
 
 use sentinel::SentinelPrimary;

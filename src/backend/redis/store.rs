@@ -31,7 +31,7 @@ impl RedisBackend {
     /// Whether a delivery has recipients on other nodes at all.
     pub(super) fn needs_publish(&self, envelope: &Envelope) -> bool {
         match &envelope.target {
-            crate::delivery::Target::Conn(c) => super::node_of(c) != &*self.node_id,
+            crate::delivery::Target::Conn(c) => crate::ids::node_of(c) != &*self.node_id,
             crate::delivery::Target::None => false,
             _ => true,
         }
@@ -453,7 +453,7 @@ impl StateStore for RedisBackend {
 
     fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
         // The registry hash of the node the id names: no lookup table needed.
-        let key = self.names.node_conns(super::node_of(conn));
+        let key = self.names.node_conns(crate::ids::node_of(conn));
         let conn = conn.to_string();
         async move {
             let info: Option<String> = self.query(&redis::Cmd::hget(&key, &conn)).await?;

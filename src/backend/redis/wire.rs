@@ -9,7 +9,7 @@ use redis::Value as RedisValue;
 use serde_json::Value;
 
 use crate::backend::{BackendError, StoredValue, Versioned};
-use crate::delivery::{Ending, Envelope, HistoryEntry, HistoryRead, Position, Target};
+use crate::delivery::{ConnId, Ending, Envelope, HistoryEntry, HistoryRead, Position, Target};
 
 /// A message is `origin \n exclude \n target \n epoch \n offset \n frame`: the
 /// origin node drops its own echo (it already delivered locally), `exclude` is the
@@ -89,7 +89,7 @@ pub(super) fn decode_message(payload: &[u8]) -> Option<(&str, Message<'_>)> {
         origin,
         Message::Deliver(Envelope {
             target,
-            exclude: (!exclude.is_empty()).then(|| Arc::from(exclude)),
+            exclude: (!exclude.is_empty()).then(|| ConnId::from(exclude)),
             frame,
             position,
         }),
@@ -239,7 +239,7 @@ mod tests {
     fn messages_round_trip() {
         let mut envelope = Envelope::plain(
             Target::Room("lobby".into()),
-            Some(Arc::from("n1-1")),
+            Some(ConnId::from("n1-1")),
             Bytes::from_static(b"{\"event\":\"x\",\"data\":\"a\\nb\"}"),
         );
         let (origin, decoded) = decode(&encode_message("n1", &envelope));

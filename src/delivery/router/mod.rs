@@ -477,7 +477,7 @@ mod tests {
     #[tokio::test]
     async fn plain_rooms_announce_joins_and_leaves_in_the_delivery_queue() {
         let router = Router::new();
-        let id: ConnId = Arc::from("n-1");
+        let id = ConnId::from("n-1");
         let link = ConnLink::new(16);
         router.register(id.clone(), None, Arc::from("s"), link.clone());
         assert!(matches!(
@@ -505,7 +505,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_of_a_room_with_history_receives_after_its_joined_offset() {
         let router = Router::new();
-        let (a, b): (ConnId, ConnId) = (Arc::from("n-1"), Arc::from("n-2"));
+        let (a, b) = (ConnId::from("n-1"), ConnId::from("n-2"));
         let (la, lb) = (ConnLink::new(64), ConnLink::new(64));
         router.register(a.clone(), None, Arc::from("s1"), la.clone());
         router.register(b.clone(), None, Arc::from("s2"), lb.clone());
@@ -560,7 +560,7 @@ mod tests {
     async fn take_over_ends_the_connection() {
         let router = Router::new();
         let link = ConnLink::new(4);
-        router.register(Arc::from("n-1"), None, Arc::from("s"), link.clone());
+        router.register(ConnId::from("n-1"), None, Arc::from("s"), link.clone());
         assert!(router.end_conn("n-1", Ending::TakenOver));
         assert_eq!(link.ending(), Some(Ending::TakenOver));
         assert!(!router.end_conn("n-2", Ending::Disconnected));

@@ -14,8 +14,8 @@ use super::model::{
 };
 use super::request::{idempotency_key, query_u64, Authed, Name};
 use super::ApiState;
-use crate::backend::redis::node_of;
 use crate::delivery::Ending;
+use crate::ids::node_of;
 
 /// Most rooms `GET /api/rooms` lists.
 const MAX_ROOMS: u64 = 100;
