@@ -7,6 +7,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY benches benches
 COPY src src
+# A workspace member (the load generator): cargo loads every member, it builds only wss-engine.
+COPY bench/wss-bench bench/wss-bench
 # `wss-engine schema` embeds the pack-format schema at compile time.
 COPY schemas schemas
 RUN cargo build --release --locked --bin wss-engine \
