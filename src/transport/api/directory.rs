@@ -2,17 +2,16 @@
 //! disconnects it asks for.
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::response::Response;
 use serde_json::Value;
 
-use super::error::{merge, ApiResult, Reply};
-use super::idempotency::{self, fingerprint};
-use super::keys::Scope;
+use super::error::ApiError;
+use super::idempotency::{fingerprint, Idempotency};
 use super::model::{
-    ConnRef, Disconnected, ErrorReply, HistoryPage, Position, RoomCount, RoomInfo, RoomList,
-    Success, UserDisconnected, UserInfo,
+    ok, ApiResult, ConnRef, Disconnected, ErrorReply, HistoryPage, Position, RoomCount, RoomInfo,
+    RoomList, Success, UserDisconnected, UserInfo,
 };
-use super::request::{idempotency_key, query_u64, Authed, Name};
+use super::request::{query_u64, Admin, Name, Needs, Read};
 use super::ApiState;
 use crate::delivery::Ending;
 use crate::ids::node_of;
@@ -27,7 +26,7 @@ pub const MAX_OFFSET: u64 = (1 << 53) - 1;
 
 impl ApiState {
     /// A room's stream position, for rooms with history.
-    async fn position(&self, room: &str) -> Result<Option<Position>, Reply> {
+    async fn position(&self, room: &str) -> Result<Option<Position>, ApiError> {
         let Some(policy) = self.engine.pack().rooms.history_for(room) else {
             return Ok(None);
         };
@@ -52,27 +51,21 @@ impl ApiState {
 )]
 pub async fn list_rooms(
     State(state): State<ApiState>,
-    authed: Authed,
+    _: Needs<Read>,
     RawQuery(query): RawQuery,
-) -> Reply {
-    merge(
-        async {
-            authed.require(Scope::Read)?;
-            let limit = query_u64(query.as_deref(), "limit", 20, 1, MAX_ROOMS)?;
-            let busiest = state.engine.store().busiest_rooms(limit as usize).await?;
-            let mut rooms = Vec::with_capacity(busiest.len());
-            for (room, members) in busiest {
-                let history = state.position(&room).await?;
-                rooms.push(RoomCount {
-                    room,
-                    members,
-                    history,
-                });
-            }
-            ok(&RoomList { rooms })
-        }
-        .await,
-    )
+) -> ApiResult<RoomList> {
+    let limit = query_u64(query.as_deref(), "limit", 20, 1, MAX_ROOMS)?;
+    let busiest = state.engine.store().busiest_rooms(limit as usize).await?;
+    let mut rooms = Vec::with_capacity(busiest.len());
+    for (room, members) in busiest {
+        let history = state.position(&room).await?;
+        rooms.push(RoomCount {
+            room,
+            members,
+            history,
+        });
+    }
+    ok(RoomList { rooms })
 }
 
 /// A room
@@ -86,21 +79,19 @@ pub async fn list_rooms(
     params(("room" = String, Path, min_length = 1, max_length = 256)),
     responses((status = 200, description = "The room (members may be none)", body = Success<RoomInfo>))
 )]
-pub async fn room(State(state): State<ApiState>, authed: Authed, Name(room): Name) -> Reply {
-    merge(
-        async {
-            authed.require(Scope::Read)?;
-            let members = state.engine.store().members(&room).await?;
-            let history = state.position(&room).await?;
-            ok(&RoomInfo {
-                count: members.len() as u64,
-                room,
-                members,
-                history,
-            })
-        }
-        .await,
-    )
+pub async fn room(
+    State(state): State<ApiState>,
+    Name(room): Name,
+    _: Needs<Read>,
+) -> ApiResult<RoomInfo> {
+    let members = state.engine.store().members(&room).await?;
+    let history = state.position(&room).await?;
+    ok(RoomInfo {
+        count: members.len() as u64,
+        room,
+        members,
+        history,
+    })
 }
 
 /// A room's history
@@ -124,40 +115,34 @@ pub async fn room(State(state): State<ApiState>, authed: Authed, Name(room): Nam
 )]
 pub async fn history(
     State(state): State<ApiState>,
-    authed: Authed,
     Name(room): Name,
+    _: Needs<Read>,
     RawQuery(query): RawQuery,
-) -> Reply {
-    merge(
-        async {
-            authed.require(Scope::Read)?;
-            let since = query_u64(query.as_deref(), "since", 0, 0, MAX_OFFSET)?;
-            let limit = query_u64(query.as_deref(), "limit", 100, 1, MAX_PAGE)?;
-            let Some(policy) = state.engine.pack().rooms.history_for(&room) else {
-                return Err(Reply::not_found(format!(
-                    "room `{room}` keeps no history: no `rooms:` entry of the pack gives it one"
-                )));
-            };
-            let read = state
-                .engine
-                .store()
-                .history(&room, &policy, None, since, limit as usize)
-                .await?;
-            let deliveries = read
-                .entries
-                .iter()
-                .map(|e| serde_json::from_slice(&e.frame).unwrap_or(Value::Null))
-                .collect();
-            ok(&HistoryPage {
-                room,
-                epoch: read.epoch.to_string(),
-                offset: read.head,
-                complete: read.complete,
-                deliveries,
-            })
-        }
-        .await,
-    )
+) -> ApiResult<HistoryPage> {
+    let since = query_u64(query.as_deref(), "since", 0, 0, MAX_OFFSET)?;
+    let limit = query_u64(query.as_deref(), "limit", 100, 1, MAX_PAGE)?;
+    let Some(policy) = state.engine.pack().rooms.history_for(&room) else {
+        return Err(ApiError::not_found(format!(
+            "room `{room}` keeps no history: no `rooms:` entry of the pack gives it one"
+        )));
+    };
+    let read = state
+        .engine
+        .store()
+        .history(&room, &policy, None, since, limit as usize)
+        .await?;
+    let deliveries = read
+        .entries
+        .iter()
+        .map(|e| serde_json::from_slice(&e.frame).unwrap_or(Value::Null))
+        .collect();
+    ok(HistoryPage {
+        room,
+        epoch: read.epoch.to_string(),
+        offset: read.head,
+        complete: read.complete,
+        deliveries,
+    })
 }
 
 /// A user's connections
@@ -171,25 +156,23 @@ pub async fn history(
     params(("user" = String, Path, min_length = 1, max_length = 256)),
     responses((status = 200, description = "The user's connections (maybe none)", body = Success<UserInfo>))
 )]
-pub async fn user(State(state): State<ApiState>, authed: Authed, Name(user): Name) -> Reply {
-    merge(
-        async {
-            authed.require(Scope::Read)?;
-            let connections = state
-                .engine
-                .store()
-                .user_conns(&user)
-                .await?
-                .into_iter()
-                .map(|id| ConnRef {
-                    node: node_of(&id).to_string(),
-                    id,
-                })
-                .collect();
-            ok(&UserInfo { user, connections })
-        }
-        .await,
-    )
+pub async fn user(
+    State(state): State<ApiState>,
+    Name(user): Name,
+    _: Needs<Read>,
+) -> ApiResult<UserInfo> {
+    let connections = state
+        .engine
+        .store()
+        .user_conns(&user)
+        .await?
+        .into_iter()
+        .map(|id| ConnRef {
+            node: node_of(&id).to_string(),
+            id,
+        })
+        .collect();
+    ok(UserInfo { user, connections })
 }
 
 /// Disconnect a connection
@@ -212,44 +195,31 @@ pub async fn user(State(state): State<ApiState>, authed: Authed, Name(user): Nam
 )]
 pub async fn disconnect_conn(
     State(state): State<ApiState>,
-    authed: Authed,
     Name(id): Name,
-    headers: HeaderMap,
-) -> Reply {
-    if let Err(reply) = authed.require(Scope::Admin) {
-        return reply;
-    }
-    let idem = match idempotency_key(&headers) {
-        Ok(key) => key,
-        Err(reply) => return reply,
-    };
-    let request = fingerprint(
-        "POST",
-        &format!("/api/connections/{id}/disconnect"),
-        &Value::Null,
-    );
-    let store = state.engine.store().clone();
-    idempotency::once(store, &authed.0.name, idem, request, async move {
-        merge(
-            async {
-                if state.engine.store().live_conn(&id).await?.is_none() {
-                    return Err(Reply::not_found(format!("no node holds connection `{id}`")));
-                }
-                state
-                    .engine
-                    .bus()
-                    .end_conn(&id, Ending::Disconnected)
-                    .await?;
-                tracing::info!(conn = %id, "disconnected through the API");
-                ok(&Disconnected {
-                    node: node_of(&id).to_string(),
-                    connection: id,
-                })
+    _: Needs<Admin>,
+    idempotency: Idempotency,
+) -> Response {
+    let path = format!("/api/connections/{id}/disconnect");
+    let request = fingerprint("POST", &path, &Value::Null);
+    idempotency
+        .once(request, async move {
+            if state.engine.store().live_conn(&id).await?.is_none() {
+                return Err(ApiError::not_found(format!(
+                    "no node holds connection `{id}`"
+                )));
             }
-            .await,
-        )
-    })
-    .await
+            state
+                .engine
+                .bus()
+                .end_conn(&id, Ending::Disconnected)
+                .await?;
+            tracing::info!(conn = %id, "disconnected through the API");
+            ok(Disconnected {
+                node: node_of(&id).to_string(),
+                connection: id,
+            })
+        })
+        .await
 }
 
 /// Disconnect a user
@@ -268,42 +238,27 @@ pub async fn disconnect_conn(
 )]
 pub async fn disconnect_user(
     State(state): State<ApiState>,
-    authed: Authed,
     Name(user): Name,
-    headers: HeaderMap,
-) -> Reply {
-    if let Err(reply) = authed.require(Scope::Admin) {
-        return reply;
-    }
-    let idem = match idempotency_key(&headers) {
-        Ok(key) => key,
-        Err(reply) => return reply,
-    };
-    let request = fingerprint(
-        "POST",
-        &format!("/api/users/{user}/disconnect"),
-        &Value::Null,
-    );
-    let store = state.engine.store().clone();
-    idempotency::once(store, &authed.0.name, idem, request, async move {
-        merge(async {
+    _: Needs<Admin>,
+    idempotency: Idempotency,
+) -> Response {
+    let path = format!("/api/users/{user}/disconnect");
+    let request = fingerprint("POST", &path, &Value::Null);
+    idempotency
+        .once(request, async move {
             let conns = state.engine.store().user_conns(&user).await?;
             for conn in &conns {
-                state.engine.bus().end_conn(conn, Ending::Disconnected).await?;
+                state
+                    .engine
+                    .bus()
+                    .end_conn(conn, Ending::Disconnected)
+                    .await?;
             }
             tracing::info!(%user, connections = conns.len(), "user disconnected through the API");
-            ok(&UserDisconnected {
+            ok(UserDisconnected {
                 user,
                 disconnected: conns.len() as u64,
             })
-        }.await)
-    })
-    .await
-}
-
-/// `{"ok": true, "data": value}`.
-pub fn ok(value: &impl serde::Serialize) -> ApiResult {
-    Ok(Reply::ok(
-        serde_json::to_value(value).unwrap_or(Value::Null),
-    ))
+        })
+        .await
 }

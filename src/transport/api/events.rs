@@ -5,20 +5,21 @@
 use std::sync::LazyLock;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{Method, Request};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_service::Service;
 
-use super::error::Reply;
-use super::idempotency::{self, fingerprint};
-use super::keys::Scope;
-use super::model::{BatchResult, ErrorReply, EventReply, Success};
-use super::request::{idempotency_key, json_body, Authed, Name};
+use super::error::ApiError;
+use super::idempotency::{fingerprint, Idempotency};
+use super::model::{ok, ApiResult, BatchResult, ErrorReply, EventReply, Success};
+use super::request::{Authed, JsonBody, Name, Needs, Publish};
 use super::ApiState;
 use crate::config::Sender;
-use crate::engine::Caller;
+use crate::engine::{Caller, ErrorCode};
 
 /// Most calls in one batch.
 pub const MAX_BATCH: usize = 100;
@@ -49,32 +50,20 @@ const MAX_CALL_ANSWER: usize = 4 << 20;
 )]
 pub async fn post_event(
     State(state): State<ApiState>,
-    authed: Authed,
     Name(name): Name,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    if let Err(reply) = authed.require(Scope::Publish) {
-        return reply;
-    }
-    let idem = match idempotency_key(&headers) {
-        Ok(key) => key,
-        Err(reply) => return reply,
-    };
-    let data = match json_body(&headers, body, state.max_body).await {
-        Ok(data) => data,
-        Err(reply) => return reply,
-    };
+    caller: Needs<Publish>,
+    idempotency: Idempotency,
+    JsonBody(data): JsonBody,
+) -> Response {
     let request = fingerprint("POST", &format!("/api/events/{name}"), &data);
-    let store = state.engine.store().clone();
-    let key = authed.0.name.clone();
-    idempotency::once(store, &key.clone(), idem, request, async move {
-        run_event(&state, &key, &name, data).await
-    })
-    .await
+    idempotency
+        .once(request, async move {
+            run_event(&state, &caller.key.name, &name, data).await
+        })
+        .await
 }
 
-async fn run_event(state: &ApiState, key: &str, event: &str, data: Value) -> Reply {
+async fn run_event(state: &ApiState, key: &str, event: &str, data: Value) -> ApiResult<EventReply> {
     let engine = &state.engine;
     // Only events with a rate limit touch the key's buckets (and their lock).
     if engine
@@ -84,15 +73,10 @@ async fn run_event(state: &ApiState, key: &str, event: &str, data: Value) -> Rep
     {
         let mut buckets = state.buckets.lock();
         let buckets = buckets.entry(key.to_string()).or_default();
-        if let Err(failure) = engine.take_token(buckets, Sender::Api, event) {
-            return Reply::failure(&failure);
-        }
+        engine.take_token(buckets, Sender::Api, event)?;
     }
-    let caller = Caller::api(key);
-    match engine.handle_for(&caller, event, data).await {
-        Ok(reply) => Reply::ok(reply.unwrap_or(Value::Null)),
-        Err(failure) => Reply::failure(&failure),
-    }
+    let reply = engine.handle_for(&Caller::api(key), event, data).await?;
+    ok(EventReply(reply.unwrap_or(Value::Null)))
 }
 
 /// The schema of a batch request, as documented and as checked (one definition).
@@ -146,6 +130,20 @@ struct Call {
 #[derive(Clone)]
 struct InBatch;
 
+/// A request not made by a batch: a batch's call of `/api/batch` is refused.
+pub struct Outermost;
+
+impl<S: Send + Sync> FromRequestParts<S> for Outermost {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if parts.extensions.get::<InBatch>().is_some() {
+            return Err(ApiError::invalid("/path", "a batch cannot contain a batch"));
+        }
+        Ok(Outermost)
+    }
+}
+
 /// Run several calls
 ///
 /// Runs each call in order, as if it were sent on its own with this request's API key
@@ -168,20 +166,10 @@ struct InBatch;
 pub async fn batch(
     State(state): State<ApiState>,
     authed: Authed,
-    headers: HeaderMap,
-    request: Request<Body>,
-) -> Reply {
-    if request.extensions().get::<InBatch>().is_some() {
-        return Reply::invalid("/path", "a batch cannot contain a batch");
-    }
-    let idem = match idempotency_key(&headers) {
-        Ok(key) => key,
-        Err(reply) => return reply,
-    };
-    let body = match json_body(&headers, request.into_body(), state.max_body).await {
-        Ok(body) => body,
-        Err(reply) => return reply,
-    };
+    _: Outermost,
+    idempotency: Idempotency,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     if let Some(validator) = BATCH_VALIDATOR.as_ref() {
         let details: Vec<Value> = validator
             .iter_errors(&body)
@@ -189,45 +177,35 @@ pub async fn batch(
             .map(|e| json!({ "path": e.instance_path().as_str(), "message": e.to_string() }))
             .collect();
         if !details.is_empty() {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_payload",
-                "the batch does not match its schema",
-                details,
-            );
+            let message = "the batch does not match its schema";
+            return Err(ApiError::new(ErrorCode::InvalidPayload, message).with_details(details));
         }
     }
-    let batch: Batch = match serde_json::from_value(body.clone()) {
-        Ok(batch) => batch,
-        Err(e) => return Reply::invalid("", format!("bad batch: {e}")),
-    };
+    let batch: Batch = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::invalid("", format!("bad batch: {e}")))?;
     let request = fingerprint("POST", "/api/batch", &body);
-    let store = state.engine.store().clone();
-    let key = authed.0.name.clone();
-    idempotency::once(store, &key, idem, request, async move {
+    let answer = idempotency.once(request, async move {
         let mut results = Vec::with_capacity(batch.calls.len());
         for call in batch.calls {
             let (status, body) = run_call(&state, &authed, call).await;
             results.push(BatchResult { status, body });
         }
-        Reply::ok(serde_json::to_value(&results).unwrap_or(Value::Null))
-    })
-    .await
+        ok(results)
+    });
+    Ok(answer.await)
 }
 
 /// One call of a batch, through the API's own routes.
 async fn run_call(state: &ApiState, authed: &Authed, call: Call) -> (u16, Value) {
-    let refuse = |reply: Reply| (reply.status.as_u16(), reply.body);
+    let refuse = |error: ApiError| (error.status().as_u16(), error.body());
     if !call.path.starts_with("/api/") {
-        return refuse(Reply::invalid("/path", "a call's path starts with `/api/`"));
+        return refuse(ApiError::invalid(
+            "/path",
+            "a call's path starts with `/api/`",
+        ));
     }
     let Some(router) = state.router.get() else {
-        return refuse(Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the API is starting",
-            Vec::new(),
-        ));
+        return refuse(ApiError::new(ErrorCode::Unavailable, "the API is starting"));
     };
     let method = if call.method == "POST" {
         Method::POST
@@ -242,7 +220,7 @@ async fn run_call(state: &ApiState, authed: &Authed, call: Call) -> (u16, Value)
         .body(Body::from(body));
     let mut request = match request {
         Ok(request) => request,
-        Err(e) => return refuse(Reply::invalid("/path", format!("bad path: {e}"))),
+        Err(e) => return refuse(ApiError::invalid("/path", format!("bad path: {e}"))),
     };
     request.extensions_mut().insert(authed.clone());
     request.extensions_mut().insert(InBatch);
@@ -252,11 +230,9 @@ async fn run_call(state: &ApiState, authed: &Authed, call: Call) -> (u16, Value)
     let body = match axum::body::to_bytes(response.into_body(), MAX_CALL_ANSWER).await {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         Err(_) => {
-            return refuse(Reply::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+            return refuse(ApiError::new(
+                ErrorCode::TooLarge,
                 format!("the call's answer exceeds {MAX_CALL_ANSWER} bytes; make it on its own"),
-                Vec::new(),
             ))
         }
     };

@@ -2,11 +2,10 @@
 
 use axum::extract::State;
 
-use super::directory::ok;
-use super::error::{merge, Reply};
-use super::keys::Scope;
-use super::model::{Counters, NodeCounters, NodeList, NodeView, StatsView, Success, WhoAmI};
-use super::request::Authed;
+use super::model::{
+    ok, ApiResult, Counters, NodeCounters, NodeList, NodeView, StatsView, Success, WhoAmI,
+};
+use super::request::{Authed, Needs, Read};
 use super::ApiState;
 use crate::engine::stats::StatsSnapshot;
 
@@ -22,39 +21,33 @@ use crate::engine::stats::StatsSnapshot;
     tag = "nodes",
     responses((status = 200, description = "Sorted by id", body = Success<NodeList>))
 )]
-pub async fn nodes(State(state): State<ApiState>, authed: Authed) -> Reply {
-    merge(
-        async {
-            authed.require(Scope::Read)?;
-            let nodes = state.fleet.nodes().await?;
-            let mut packs: Vec<&str> = nodes
-                .iter()
-                .filter_map(|n| n.info.as_ref().map(|i| i.fingerprint.as_str()))
-                .collect();
-            packs.sort_unstable();
-            packs.dedup();
-            let packs = packs.len() as u64;
-            let nodes = nodes
-                .into_iter()
-                .map(|n| {
-                    let info = n.info.as_ref();
-                    NodeView {
-                        alive: n.alive,
-                        addr: info.map(|i| i.addr.clone()),
-                        connections: info.map(|i| i.connections as u64),
-                        pack: info.map(|i| i.fingerprint.clone()),
-                        ready: info.map(|i| i.ready),
-                        uptime: info.map(|_| n.uptime),
-                        version: info.map(|i| i.version.clone()),
-                        this: n.this,
-                        id: n.id,
-                    }
-                })
-                .collect();
-            ok(&NodeList { nodes, packs })
-        }
-        .await,
-    )
+pub async fn nodes(State(state): State<ApiState>, _: Needs<Read>) -> ApiResult<NodeList> {
+    let nodes = state.fleet.nodes().await?;
+    let mut packs: Vec<&str> = nodes
+        .iter()
+        .filter_map(|n| n.info.as_ref().map(|i| i.fingerprint.as_str()))
+        .collect();
+    packs.sort_unstable();
+    packs.dedup();
+    let packs = packs.len() as u64;
+    let nodes = nodes
+        .into_iter()
+        .map(|n| {
+            let info = n.info.as_ref();
+            NodeView {
+                alive: n.alive,
+                addr: info.map(|i| i.addr.clone()),
+                connections: info.map(|i| i.connections as u64),
+                pack: info.map(|i| i.fingerprint.clone()),
+                ready: info.map(|i| i.ready),
+                uptime: info.map(|_| n.uptime),
+                version: info.map(|i| i.version.clone()),
+                this: n.this,
+                id: n.id,
+            }
+        })
+        .collect();
+    ok(NodeList { nodes, packs })
 }
 
 fn counters(s: StatsSnapshot) -> Counters {
@@ -77,24 +70,18 @@ fn counters(s: StatsSnapshot) -> Counters {
     tag = "nodes",
     responses((status = 200, description = "Per node and in total", body = Success<StatsView>))
 )]
-pub async fn stats(State(state): State<ApiState>, authed: Authed) -> Reply {
-    merge(
-        async {
-            authed.require(Scope::Read)?;
-            let (per_node, total) = state.fleet.stats().await?;
-            ok(&StatsView {
-                nodes: per_node
-                    .into_iter()
-                    .map(|(node, s)| NodeCounters {
-                        node,
-                        counters: counters(s),
-                    })
-                    .collect(),
-                total: counters(total),
+pub async fn stats(State(state): State<ApiState>, _: Needs<Read>) -> ApiResult<StatsView> {
+    let (per_node, total) = state.fleet.stats().await?;
+    ok(StatsView {
+        nodes: per_node
+            .into_iter()
+            .map(|(node, s)| NodeCounters {
+                node,
+                counters: counters(s),
             })
-        }
-        .await,
-    )
+            .collect(),
+        total: counters(total),
+    })
 }
 
 /// The key of this request
@@ -107,14 +94,9 @@ pub async fn stats(State(state): State<ApiState>, authed: Authed) -> Reply {
     tag = "keys",
     responses((status = 200, description = "The key", body = Success<WhoAmI>))
 )]
-pub async fn whoami(authed: Authed) -> Reply {
-    merge(ok(&WhoAmI {
-        key: authed.0.name.clone(),
-        scopes: authed
-            .0
-            .scopes
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect(),
-    }))
+pub async fn whoami(Authed(key): Authed) -> ApiResult<WhoAmI> {
+    ok(WhoAmI {
+        key: key.name.clone(),
+        scopes: key.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+    })
 }

@@ -2,15 +2,21 @@
 //!
 //! ```text
 //! keys.rs         API keys and scopes; secrets compared as digests in constant time
-//! request.rs      bounded bodies, checked parameters, JSON refusals
-//! error.rs        the answer shape and which status each error code gets
-//! idempotency.rs  Idempotency-Key: first answer kept cluster-wide for 5 minutes
+//! request.rs      extractors: the key (`Authed`) and a scope it must have (`Needs<S>`),
+//!                 a path name, a bounded JSON body; checked query parameters
+//! error.rs        ApiError: the one place an error code gets its status and headers
+//! idempotency.rs  the `Idempotency` extractor: first answer kept cluster-wide 5 minutes
 //! events.rs       POST /api/events/{name}, POST /api/batch
 //! directory.rs    rooms, histories, users; disconnects
 //! fleet.rs        nodes, stats, whoami
-//! model.rs        the answers' shapes, serialized and documented from one definition
+//! model.rs        the answers' shapes, serialized and documented from one definition;
+//!                 `ok()` and `ApiResult<T>`, what every handler returns
 //! openapi.rs      GET /api/openapi.json: utoipa's document + the pack's API events
 //! ```
+//!
+//! A handler takes what it needs as extractors, in the order its refusals are checked
+//! (path, scope, `Idempotency-Key`, body), and answers `ApiResult<T>` with `?`; one
+//! that takes an `Idempotency-Key` runs its body through `Idempotency::once`.
 //!
 //! Off unless a key is configured: with none, nothing is routed under `/api` (404),
 //! so no deployment opens it by accident. Every request needs a key
@@ -34,7 +40,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -45,7 +51,7 @@ use utoipa_axum::routes;
 
 use crate::cluster::Fleet;
 use crate::engine::{Engine, RateBuckets};
-use error::Reply;
+use error::{ApiError, Code};
 use keys::ApiKeys;
 use request::Authed;
 
@@ -123,18 +129,16 @@ pub fn router(state: ApiState) -> axum::Router {
 }
 
 /// Any other path under `/api`: a JSON 404.
-async fn not_found() -> Reply {
-    Reply::not_found("no such API operation: see /api/openapi.json")
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such API operation: see /api/openapi.json")
 }
 
 /// A path of the API with a method it does not take: a JSON 405, where axum's own has
 /// an empty body (found by the `api_body` fuzz target: `POST /api/users/{user}`).
-async fn method_not_allowed() -> Reply {
-    Reply::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        Code::MethodNotAllowed,
         "this API path does not take this method: see /api/openapi.json",
-        Vec::new(),
     )
 }
 
@@ -151,20 +155,7 @@ async fn authenticate(State(state): State<ApiState>, mut request: Request, next:
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim);
-    let refuse = |message: &str| {
-        let mut response = Reply::error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            message,
-            Vec::new(),
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        response
-    };
+    let refuse = |message: &str| ApiError::new(Code::NoKey, message).into_response();
     let Some(presented) = presented else {
         return refuse(
             "an API key is required: `Authorization: Bearer <secret>` or `X-API-Key: <secret>`",

@@ -1,9 +1,35 @@
 //! The shapes of the API's answers: serialized to build them and described (utoipa)
-//! to document them, so the OpenAPI document cannot drift from what is sent.
+//! to document them, so the OpenAPI document cannot drift from what is sent. A
+//! handler answers [`ApiResult`]: [`ok`] with its data, or an [`ApiError`].
 
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
+
+use super::error::ApiError;
+
+/// What a handler answers: its data, shaped as [`Success`], or why it failed.
+pub type ApiResult<T> = Result<Success<T>, ApiError>;
+
+/// `{"ok": true, "data": data}`, 200.
+pub fn ok<T: ToSchema>(data: T) -> ApiResult<T> {
+    Ok(Success { ok: true, data })
+}
+
+/// A JSON answer with `status`: every answer of the API is written here.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
 
 /// Every successful answer: `{"ok": true, "data": …}`.
 #[derive(Serialize, ToSchema)]
@@ -11,6 +37,20 @@ pub struct Success<T: ToSchema> {
     /// Always `true`.
     pub ok: bool,
     pub data: T,
+}
+
+impl<T: ToSchema + Serialize> Success<T> {
+    /// The answer's body, as an idempotency key keeps it. Data that cannot be JSON
+    /// (no type here has any) is sent as `null` rather than failing the request.
+    pub fn body(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_else(|_| json!({ "ok": true, "data": null }))
+    }
+}
+
+impl<T: ToSchema + Serialize> IntoResponse for Success<T> {
+    fn into_response(self) -> Response {
+        json_response(StatusCode::OK, &self.body())
+    }
 }
 
 /// Every error: `{"ok": false, "error": {…}}`.

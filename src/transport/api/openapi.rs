@@ -7,12 +7,13 @@
 //! error answers every operation may give, and the pack's events.
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
-use super::error::Reply;
 use super::events::BATCH_SCHEMA;
-use super::model::ErrorReply;
+use super::model::{json_response, ErrorReply};
 use super::request::Authed;
 use super::ApiState;
 use crate::config::Pack;
@@ -42,16 +43,9 @@ pub struct ApiDoc;
     tag = "keys",
     responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object))
 )]
-pub async fn document(State(state): State<ApiState>, _authed: Authed) -> Reply {
-    Reply {
-        status: axum::http::StatusCode::OK,
-        body: with_events(
-            state.openapi.get().unwrap_or(&Value::Null),
-            &state.engine.pack(),
-        ),
-        retry_after: None,
-        replayed: false,
-    }
+pub async fn document(State(state): State<ApiState>, _: Authed) -> Response {
+    let base = state.openapi.get().unwrap_or(&Value::Null);
+    json_response(StatusCode::OK, &with_events(base, &state.engine.pack()))
 }
 
 /// The template path every API event's own path is made from.
@@ -163,7 +157,7 @@ fn tighten(param: &mut Value) {
         param["schema"] = json!({
             "type": "string",
             "minLength": 1,
-            "maxLength": super::request::MAX_IDEMPOTENCY_KEY,
+            "maxLength": super::idempotency::MAX_KEY,
             "pattern": "^[!-~]+$"
         });
         return;
