@@ -11,8 +11,6 @@
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
 //! diff/      two loaded packs compared, for `wss-engine diff`
-//! shapes.rs  what a script emits, replies and delivers, read from its source
-//! asyncapi.rs the AsyncAPI document of a pack (`wss-engine asyncapi`)
 //! senders.rs `senders:`: clients, the HTTP API, or both
 //! ```
 //!
@@ -21,7 +19,6 @@
 //! touches the network or starts a runtime. `tests:` cases are the business of
 //! `crate::packtest`, which reads them from the same files.
 
-pub mod asyncapi;
 mod checks;
 mod decode;
 pub mod diagnostic;
@@ -32,7 +29,6 @@ mod rooms;
 mod schema;
 mod scripts;
 mod senders;
-pub mod shapes;
 pub mod target;
 pub mod yaml;
 
