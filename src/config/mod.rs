@@ -10,7 +10,6 @@
 //! scripts.rs Rhai sources compiled on the engine the server runs them on
 //! schema.rs  JSON Schemas, `$ref`s preloaded from disk
 //! target.rs  `to:` and `keys:` templates
-//! diff/      two loaded packs compared, for `wss-engine diff`
 //! senders.rs `senders:`: clients, the HTTP API, or both
 //! ```
 //!
@@ -22,7 +21,6 @@
 mod checks;
 mod decode;
 pub mod diagnostic;
-pub mod diff;
 mod fields;
 mod files;
 mod rooms;
