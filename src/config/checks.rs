@@ -5,10 +5,10 @@ use std::path::Path;
 
 use super::decode::Loader;
 use super::diagnostic::{Diagnostic, CROSS_SLOT};
-use super::rooms::{glob_covers, globs_intersect};
 use super::target::{KeySlot, TargetSpec, Template};
 use super::yaml::{Node, NodeKind, Pos};
 use super::Senders;
+use crate::glob::{glob_covers, globs_intersect};
 use crate::suggest::suggest;
 
 impl Loader<'_> {
