@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::decode::{check_keys, Loader};
+use super::diagnostic::Diagnostics;
+use super::fields::check_keys;
 use super::yaml::{Node, NodeKind, Pos};
 use crate::glob::Glob;
 
@@ -137,167 +138,174 @@ fn pattern_problem(pattern: &str) -> Option<String> {
     ))
 }
 
-impl Loader<'_> {
-    /// The `rooms:` map of one pack file. `defined` holds every pattern seen in earlier
-    /// files (and this one), valid or not, to name the first place of a repeat.
-    pub(super) fn load_rooms(
-        &mut self,
-        file: &Path,
-        rooms: &Node,
-        defined: &mut HashMap<String, (PathBuf, usize)>,
-    ) {
-        let Some(entries) = rooms.as_map() else {
-            if !matches!(rooms.kind, NodeKind::Null) {
-                self.diags.error(
-                    file,
-                    rooms.pos,
-                    format!(
-                        "`rooms` must be a mapping of room patterns to settings, like `\"doc:*\": {{ history: {{ size: 1000, ttl: 3600 }} }}`, not {}",
-                        rooms.type_name()
-                    ),
-                );
-            }
-            return;
-        };
-        for (key, def) in entries {
-            let pattern = key.name.as_str();
-            if let Some(problem) = pattern_problem(pattern) {
-                self.diags.error(file, key.pos, problem);
-                continue;
-            }
-            if let Some((other_file, other_line)) = defined.get(pattern) {
-                self.diags.error(
-                    file,
-                    key.pos,
-                    format!(
-                        "rooms pattern `{pattern}` is already declared at {}:{}: keep one entry",
-                        other_file.display(),
-                        other_line
-                    ),
-                );
-                continue;
-            }
-            defined.insert(pattern.to_string(), (file.to_path_buf(), key.pos.line));
-            if let Some(history) = self.room(file, pattern, key.pos, def) {
-                self.rooms.push(RoomRule {
-                    pattern: pattern.to_string(),
-                    history,
-                    file: file.to_path_buf(),
-                    line: key.pos.line,
-                    col: key.pos.col,
-                });
-            }
-        }
-    }
-
-    /// One entry's settings: `{ history: { size, ttl } }`.
-    fn room(&mut self, file: &Path, pattern: &str, pos: Pos, def: &Node) -> Option<HistoryPolicy> {
-        let what = format!("rooms pattern `{pattern}`");
-        if def.as_map().is_none() && !matches!(def.kind, NodeKind::Null) {
-            self.diags.error(
+/// The `rooms:` map of one pack file. `defined` holds every pattern seen in earlier
+/// files (and this one), valid or not, to name the first place of a repeat.
+pub(super) fn load_rooms(
+    diags: &mut Diagnostics,
+    rules: &mut RoomRules,
+    file: &Path,
+    rooms: &Node,
+    defined: &mut HashMap<String, (PathBuf, usize)>,
+) {
+    let Some(entries) = rooms.as_map() else {
+        if !matches!(rooms.kind, NodeKind::Null) {
+            diags.error(
                 file,
-                def.pos,
+                rooms.pos,
                 format!(
-                    "{what} must be a mapping like `{{ history: {{ size: 100, ttl: 3600 }} }}`, not {}",
-                    def.type_name()
+                    "`rooms` must be a mapping of room patterns to settings, like `\"doc:*\": {{ history: {{ size: 1000, ttl: 3600 }} }}`, not {}",
+                    rooms.type_name()
                 ),
             );
-            return None;
         }
-        let misspelt = check_keys(&mut self.diags, file, def, ROOM_KEYS, &[], &what);
-        let Some(history) = def.get("history") else {
-            if !misspelt.contains(&"history") {
-                // A null entry (`"lobby":`) sits at its key; point there either way.
-                let at = if def.as_map().is_some() { def.pos } else { pos };
-                self.diags.error(
-                    file,
-                    at,
-                    format!(
-                        "{what} needs `history: {{ size: <deliveries kept>, ttl: <seconds> }}`"
-                    ),
-                );
-            }
-            return None;
-        };
-        if history.as_map().is_none() {
-            self.diags.error(
+        return;
+    };
+    for (key, def) in entries {
+        let pattern = key.name.as_str();
+        if let Some(problem) = pattern_problem(pattern) {
+            diags.error(file, key.pos, problem);
+            continue;
+        }
+        if let Some((other_file, other_line)) = defined.get(pattern) {
+            diags.error(
+                file,
+                key.pos,
+                format!(
+                    "rooms pattern `{pattern}` is already declared at {}:{}: keep one entry",
+                    other_file.display(),
+                    other_line
+                ),
+            );
+            continue;
+        }
+        defined.insert(pattern.to_string(), (file.to_path_buf(), key.pos.line));
+        if let Some(history) = room(diags, file, pattern, key.pos, def) {
+            rules.push(RoomRule {
+                pattern: pattern.to_string(),
+                history,
+                file: file.to_path_buf(),
+                line: key.pos.line,
+                col: key.pos.col,
+            });
+        }
+    }
+}
+
+/// One entry's settings: `{ history: { size, ttl } }`.
+fn room(
+    diags: &mut Diagnostics,
+    file: &Path,
+    pattern: &str,
+    pos: Pos,
+    def: &Node,
+) -> Option<HistoryPolicy> {
+    let what = format!("rooms pattern `{pattern}`");
+    if def.as_map().is_none() && !matches!(def.kind, NodeKind::Null) {
+        diags.error(
+            file,
+            def.pos,
+            format!(
+                "{what} must be a mapping like `{{ history: {{ size: 100, ttl: 3600 }} }}`, not {}",
+                def.type_name()
+            ),
+        );
+        return None;
+    }
+    let misspelt = check_keys(diags, file, def, ROOM_KEYS, &[], &what);
+    let Some(history) = def.get("history") else {
+        if !misspelt.contains(&"history") {
+            // A null entry (`"lobby":`) sits at its key; point there either way.
+            let at = if def.as_map().is_some() { def.pos } else { pos };
+            diags.error(
+                file,
+                at,
+                format!("{what} needs `history: {{ size: <deliveries kept>, ttl: <seconds> }}`"),
+            );
+        }
+        return None;
+    };
+    if history.as_map().is_none() {
+        diags.error(
+            file,
+            history.pos,
+            format!(
+                "`history` of {what} must be a mapping like `{{ size: 100, ttl: 3600 }}`, not {}",
+                history.type_name()
+            ),
+        );
+        return None;
+    }
+    let misspelt = check_keys(
+        diags,
+        file,
+        history,
+        HISTORY_KEYS,
+        &[],
+        &format!("history of {what}"),
+    );
+    let size = bounded_int(
+        diags,
+        file,
+        history,
+        "size",
+        &what,
+        &misspelt,
+        MAX_HISTORY_SIZE,
+        "deliveries kept",
+    );
+    let ttl = bounded_int(
+        diags,
+        file,
+        history,
+        "ttl",
+        &what,
+        &misspelt,
+        MAX_HISTORY_TTL_SECS,
+        "seconds; 30 days",
+    );
+    Some(HistoryPolicy {
+        size: usize::try_from(size?).ok()?,
+        ttl: Duration::from_secs(u64::try_from(ttl?).ok()?),
+    })
+}
+
+/// A required whole number in `1..=max` under `history`.
+#[allow(clippy::too_many_arguments)]
+fn bounded_int(
+    diags: &mut Diagnostics,
+    file: &Path,
+    history: &Node,
+    field: &str,
+    what: &str,
+    misspelt: &[&str],
+    max: i64,
+    unit: &str,
+) -> Option<i64> {
+    let Some(node) = history.get(field) else {
+        if !misspelt.contains(&field) {
+            diags.error(
                 file,
                 history.pos,
                 format!(
-                    "`history` of {what} must be a mapping like `{{ size: 100, ttl: 3600 }}`, not {}",
-                    history.type_name()
+                    "`history` of {what} needs `{field}`: a whole number from 1 to {max} ({unit})"
                 ),
             );
-            return None;
         }
-        let misspelt = check_keys(
-            &mut self.diags,
-            file,
-            history,
-            HISTORY_KEYS,
-            &[],
-            &format!("history of {what}"),
-        );
-        let size = self.bounded_int(
-            file,
-            history,
-            "size",
-            &what,
-            &misspelt,
-            MAX_HISTORY_SIZE,
-            "deliveries kept",
-        );
-        let ttl = self.bounded_int(
-            file,
-            history,
-            "ttl",
-            &what,
-            &misspelt,
-            MAX_HISTORY_TTL_SECS,
-            "seconds; 30 days",
-        );
-        Some(HistoryPolicy {
-            size: usize::try_from(size?).ok()?,
-            ttl: Duration::from_secs(u64::try_from(ttl?).ok()?),
-        })
-    }
-
-    /// A required whole number in `1..=max` under `history`.
-    #[allow(clippy::too_many_arguments)]
-    fn bounded_int(
-        &mut self,
-        file: &Path,
-        history: &Node,
-        field: &str,
-        what: &str,
-        misspelt: &[&str],
-        max: i64,
-        unit: &str,
-    ) -> Option<i64> {
-        let Some(node) = history.get(field) else {
-            if !misspelt.contains(&field) {
-                self.diags.error(
-                    file,
-                    history.pos,
-                    format!("`history` of {what} needs `{field}`: a whole number from 1 to {max} ({unit})"),
-                );
-            }
-            return None;
-        };
-        let got = match &node.kind {
-            NodeKind::Int(v) if (1..=max).contains(v) => return Some(*v),
-            NodeKind::Int(v) => v.to_string(),
-            // `{:?}` keeps the `.0` of `600.0`, which is what makes it not whole.
-            NodeKind::Float(v) => format!("{v:?}"),
-            _ => node.type_name().to_string(),
-        };
-        self.diags.error(
-            file,
-            node.pos,
-            format!("`history.{field}` of {what} must be a whole number from 1 to {max} ({unit}), not {got}"),
-        );
-        None
-    }
+        return None;
+    };
+    let got = match &node.kind {
+        NodeKind::Int(v) if (1..=max).contains(v) => return Some(*v),
+        NodeKind::Int(v) => v.to_string(),
+        // `{:?}` keeps the `.0` of `600.0`, which is what makes it not whole.
+        NodeKind::Float(v) => format!("{v:?}"),
+        _ => node.type_name().to_string(),
+    };
+    diags.error(
+        file,
+        node.pos,
+        format!("`history.{field}` of {what} must be a whole number from 1 to {max} ({unit}), not {got}"),
+    );
+    None
 }
 
 #[cfg(test)]
