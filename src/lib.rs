@@ -10,6 +10,8 @@
 //! ```
 //!
 //! - [`config`]: packs (YAML, schemas, targets, diagnostics). No tokio, no network.
+//! - [`describe`]: a loaded pack's AsyncAPI document (`wss-engine asyncapi`).
+//! - [`diff`]: two loaded packs compared, each change breaking or not (`wss-engine diff`).
 //! - [`script`]: the Rhai runtime and the script API, behind a host trait.
 //! - [`delivery`]: what a delivery is and the node-local path to sockets (router,
 //!   per-connection queues, write windows).
@@ -26,7 +28,8 @@
 //! Dependencies point one way: `server` → `transport` → `cluster` → `engine` →
 //! `config`/`script`/`backend` → `delivery` (only the HTTP API of `transport` reads
 //! `cluster`, for the node list). `config` and `script` know nothing of sockets or
-//! backends; backends know nothing of events.
+//! backends; backends know nothing of events. `commands` → `describe`/`diff` → `config`:
+//! `config` only loads packs, what is made of a loaded one lives beside it.
 
 pub mod backend;
 pub mod cli;
@@ -34,6 +37,8 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod delivery;
+pub mod describe;
+pub mod diff;
 pub mod engine;
 /// Star globs (`rooms:` patterns, `--allowed-origins`). Public only for the fuzz targets and
 /// property tests (`fuzz/`, `tests/properties_*.rs`), which compare it with a reference model.

@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wss_engine::config::{self, asyncapi, diff};
+use wss_engine::config;
+use wss_engine::describe::asyncapi;
+use wss_engine::diff;
 use wss_engine::packtest::cases;
 use wss_engine_fuzz::{engine_pack, pack_dir};
 

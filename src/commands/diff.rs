@@ -1,4 +1,4 @@
-//! `wss-engine diff OLD NEW`: load both packs, compare them (`config::diff`), print one
+//! `wss-engine diff OLD NEW`: load both packs, compare them (`crate::diff`), print one
 //! line (or JSON object) per change.
 //!
 //! Exit status: 0 when every change is compatible (or there are none), 1 when any is
@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{DiffArgs, OutputFormat};
-use crate::config::diff::{Change, Class, Site, Subject};
 use crate::config::{self, Diagnostics};
+use crate::diff::{Change, Class, Site, Subject};
 use crate::script::{ScriptLimits, ScriptRuntime};
 
 /// The exit status when a pack does not load: distinct from 1 (breaking changes).
@@ -31,7 +31,7 @@ pub fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             return print_load_errors(args.format, failed);
         }
     };
-    let changes = config::diff::diff(&old, &new);
+    let changes = crate::diff::diff(&old, &new);
     let breaking = changes
         .iter()
         .filter(|c| c.class == Class::Breaking)

@@ -1,5 +1,7 @@
-//! The files of a pack, and the fingerprint of their content.
+//! The files of a pack, and what a load read of them: their paths and the fingerprint
+//! of their content.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -55,23 +57,51 @@ pub fn pack_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// What a load read: every file (what a `--watch` reload watches) and the fingerprint
+/// of their content.
+pub(super) struct Sources {
+    fingerprint: Fingerprint,
+    pub(super) paths: BTreeSet<PathBuf>,
+}
+
+impl Sources {
+    pub(super) fn new() -> Self {
+        Self {
+            fingerprint: Fingerprint::new(),
+            paths: BTreeSet::new(),
+        }
+    }
+
+    /// Count a file in: `name` (how the pack names it) and then its text go into the
+    /// fingerprint, in the order files are read.
+    pub(super) fn record(&mut self, path: &Path, name: &[u8], text: &str) {
+        self.fingerprint.write(name);
+        self.fingerprint.write(text.as_bytes());
+        self.paths.insert(path.to_path_buf());
+    }
+
+    pub(super) fn fingerprint(&self) -> String {
+        self.fingerprint.hex()
+    }
+}
+
 /// FNV-1a over every file the pack reads: cheap, stable across builds and platforms,
 /// and only compared for equality (two nodes serving different packs).
-pub(super) struct Fingerprint(u64);
+struct Fingerprint(u64);
 
 impl Fingerprint {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         Self(0xcbf2_9ce4_8422_2325)
     }
 
-    pub(super) fn write(&mut self, bytes: &[u8]) {
+    fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
 
-    pub(super) fn hex(&self) -> String {
+    fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }
 }

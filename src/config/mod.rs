@@ -1,52 +1,54 @@
-//! Event packs: finding the files, decoding them, compiling schemas and scripts.
+//! Event packs, loaded: finding the files, decoding them, compiling schemas and scripts,
+//! checking what they say together. What is made of a loaded [`Pack`] lives elsewhere:
+//! its AsyncAPI document in `crate::describe`, two packs compared in `crate::diff`.
 //!
 //! ```text
-//! files.rs   the pack's files and its fingerprint
-//! yaml.rs    YAML → Node tree with positions
-//! decode.rs  Node tree → EventDefs, one field at a time, every problem collected
-//! checks.rs  checks across fields (`to` against the schema, fields with no effect)
-//!            and across the pack (`rooms:` patterns against the rooms events reach)
-//! rooms.rs   `rooms:` patterns, their settings and the lookup deliveries use
-//! scripts.rs Rhai sources compiled on the engine the server runs them on
-//! schema.rs  JSON Schemas, `$ref`s preloaded from disk
-//! target.rs  `to:` and `keys:` templates
-//! diff/      two loaded packs compared, for `wss-engine diff`
-//! shapes.rs  what a script emits, replies and delivers, read from its source
-//! asyncapi.rs the AsyncAPI document of a pack (`wss-engine asyncapi`)
-//! senders.rs `senders:`: clients, the HTTP API, or both
+//! load.rs       the loader: directory → files → events → Pack; runs each step below
+//! files.rs      the pack's files, what a load read and its fingerprint
+//! yaml.rs       YAML → Node tree with positions
+//! fields.rs     an event's single fields; `check_keys` and `string_field` for all steps
+//! senders.rs    `senders:`: clients, the HTTP API, or both
+//! scripts.rs    Rhai sources compiled on the engine the server runs them on, and what
+//!               their source tells (rooms they emit to, state keys they name)
+//! schema.rs     JSON Schemas, `$ref`s preloaded from disk
+//! rooms.rs      `rooms:` patterns, their settings and the lookup deliveries use
+//! checks.rs     checks across fields (`to` against the schema, fields with no effect)
+//!               and across the pack (`rooms:` patterns against the rooms events reach)
+//! target.rs     `to:` and `keys:` templates
+//! diagnostic.rs a problem at `file:line:col`
 //! ```
+//!
+//! Only `load.rs` knows the loader; each step takes what it needs (the diagnostics, the
+//! node it reads) and returns what it built, so the files depend on each other one way:
+//! load → checks → scripts/rooms → fields → schema/target/yaml/diagnostic.
 //!
 //! The loader collects every problem as a [`Diagnostic`] with `file:line:col` and keeps
 //! going, so `wss-engine check` shows an operator all mistakes at once. Nothing here
 //! touches the network or starts a runtime. `tests:` cases are the business of
 //! `crate::packtest`, which reads them from the same files.
 
-pub mod asyncapi;
 mod checks;
-mod decode;
 pub mod diagnostic;
-pub mod diff;
 mod fields;
 mod files;
+mod load;
 mod rooms;
 mod schema;
 mod scripts;
 mod senders;
-pub mod shapes;
 pub mod target;
 pub mod yaml;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use jsonschema::Validator;
 
-use crate::script::ScriptRuntime;
-
-pub use decode::{check_keys, string_field, CONNECT_HOOK, DISCONNECT_HOOK};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+pub use fields::{check_keys, string_field};
 pub use files::{pack_files, read_text as read_pack_file, MAX_FILE_BYTES};
+pub use load::{load, CONNECT_HOOK, DISCONNECT_HOOK};
 pub use rooms::{HistoryPolicy, RoomRule, RoomRules};
 pub use target::{TargetError, TargetSpec, Template, TemplateContext};
 
@@ -205,51 +207,4 @@ impl Pack {
     pub fn event(&self, name: &str) -> Option<&Arc<EventDef>> {
         self.events.get(name)
     }
-}
-
-/// Load a pack; `Err` carries every problem found (warnings included).
-pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), Diagnostics> {
-    let mut loader = decode::Loader::new(runtime);
-    loader.load_dir(dir);
-    let decode::Loader {
-        mut diags,
-        events,
-        hooks,
-        rooms,
-        mut fingerprint,
-        mut sources,
-        schemas,
-        ..
-    } = loader;
-    diags.sort();
-    if diags.has_errors() {
-        return Err(diags);
-    }
-    // Schema files count too (in path order, so the hash does not depend on the order
-    // events referred to them): a changed schema is a changed pack.
-    // Named relative to the pack (or by file name), so the fingerprint does not depend
-    // on where on disk a node keeps the pack.
-    let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    for (path, text) in &schemas.read {
-        let name = path
-            .strip_prefix(&root)
-            .ok()
-            .map(Path::as_os_str)
-            .or_else(|| path.file_name())
-            .unwrap_or_default();
-        fingerprint.write(name.as_encoded_bytes());
-        fingerprint.write(text.as_bytes());
-        sources.insert(path.clone());
-    }
-    Ok((
-        Pack {
-            root: dir.to_path_buf(),
-            events,
-            hooks,
-            rooms,
-            fingerprint: fingerprint.hex(),
-            sources: sources.into_iter().collect(),
-        },
-        diags,
-    ))
 }

@@ -5,93 +5,93 @@ use std::path::Path;
 
 use rhai::{ASTNode, Expr, Stmt, AST};
 
-use super::decode::{check_keys, Loader};
+use super::diagnostic::Diagnostics;
+use super::fields::{check_keys, string_field};
+use super::files::{read_text, Sources};
 use super::target::{placeholder, KeySlot, OPAQUE};
 use super::yaml::{Node, NodeKind, Pos};
 use super::ScriptDef;
 use crate::delivery::target::{split, TargetKind};
+use crate::script::ScriptRuntime;
 
-impl Loader<'_> {
-    /// Compile a script; returns it with its source text.
-    pub(super) fn script(
-        &mut self,
-        file: &Path,
-        text: &str,
-        node: &Node,
-    ) -> Option<(ScriptDef, String)> {
-        let (source, script_file, first_line, col_offset) = match &node.kind {
-            NodeKind::Str(source) => {
-                let (line, col) = inline_script_origin(text, source, node.pos);
-                (source.clone(), file.to_path_buf(), line, col)
-            }
-            NodeKind::Map(_) => {
-                check_keys(&mut self.diags, file, node, &["file"], &[], "script");
-                let Some(path_node) = node.get("file") else {
-                    self.diags.error(
-                        file,
-                        node.pos,
-                        "`script` must be Rhai source or `{ file: path.rhai }`",
-                    );
-                    return None;
-                };
-                let rel = self.string(file, path_node, "script.file")?;
-                let path = file.parent().unwrap_or(Path::new(".")).join(rel);
-                match super::files::read_text(&path) {
-                    Ok(source) => {
-                        self.fingerprint.write(source.as_bytes());
-                        self.sources.insert(path.clone());
-                        (source, path, 1, 0)
-                    }
-                    Err(e) => {
-                        self.diags.error(
-                            file,
-                            path_node.pos,
-                            format!("script file `{}`: {e}", path.display()),
-                        );
-                        return None;
-                    }
-                }
-            }
-            _ => {
-                self.diags.error(
+/// Compile the `script:` of an event found in `file` (whose text is `text`); a script
+/// file it names is read and counted in `sources`.
+pub(super) fn script(
+    runtime: &ScriptRuntime,
+    diags: &mut Diagnostics,
+    sources: &mut Sources,
+    file: &Path,
+    text: &str,
+    node: &Node,
+) -> Option<ScriptDef> {
+    let (source, script_file, first_line, col_offset) = match &node.kind {
+        NodeKind::Str(source) => {
+            let (line, col) = inline_script_origin(text, source, node.pos);
+            (source.clone(), file.to_path_buf(), line, col)
+        }
+        NodeKind::Map(_) => {
+            check_keys(diags, file, node, &["file"], &[], "script");
+            let Some(path_node) = node.get("file") else {
+                diags.error(
                     file,
                     node.pos,
-                    format!(
-                        "`script` must be Rhai source or `{{ file: path.rhai }}`, not {}",
-                        node.type_name()
-                    ),
+                    "`script` must be Rhai source or `{ file: path.rhai }`",
                 );
                 return None;
-            }
-        };
-        match self.runtime.compile(&source) {
-            Ok(ast) => Some((
-                ScriptDef {
-                    ast,
-                    file: script_file,
-                    first_line,
-                    source: source.clone(),
-                },
-                source,
-            )),
-            Err(errors) => {
-                for e in errors {
-                    let hint = if e.message.starts_with("Undefined variable") {
-                        " (a script sees `data`, `conn`, `event`, `state` and its own `let`s)"
-                    } else {
-                        ""
-                    };
-                    // Every line of an inline script is indented alike, so one
-                    // column offset holds for all of them.
-                    let pos = Pos {
-                        line: first_line + e.line.saturating_sub(1),
-                        col: col_offset + e.col,
-                    };
-                    self.diags
-                        .error(&script_file, pos, format!("script: {}{hint}", e.message));
+            };
+            let rel = string_field(diags, file, path_node, "script.file")?;
+            let path = file.parent().unwrap_or(Path::new(".")).join(rel);
+            match read_text(&path) {
+                Ok(source) => {
+                    // Only its text counts: the pack file that names it is counted too.
+                    sources.record(&path, &[], &source);
+                    (source, path, 1, 0)
                 }
-                None
+                Err(e) => {
+                    diags.error(
+                        file,
+                        path_node.pos,
+                        format!("script file `{}`: {e}", path.display()),
+                    );
+                    return None;
+                }
             }
+        }
+        _ => {
+            diags.error(
+                file,
+                node.pos,
+                format!(
+                    "`script` must be Rhai source or `{{ file: path.rhai }}`, not {}",
+                    node.type_name()
+                ),
+            );
+            return None;
+        }
+    };
+    match runtime.compile(&source) {
+        Ok(ast) => Some(ScriptDef {
+            ast,
+            file: script_file,
+            first_line,
+            source,
+        }),
+        Err(errors) => {
+            for e in errors {
+                let hint = if e.message.starts_with("Undefined variable") {
+                    " (a script sees `data`, `conn`, `event`, `state` and its own `let`s)"
+                } else {
+                    ""
+                };
+                // Every line of an inline script is indented alike, so one
+                // column offset holds for all of them.
+                let pos = Pos {
+                    line: first_line + e.line.saturating_sub(1),
+                    col: col_offset + e.col,
+                };
+                diags.error(&script_file, pos, format!("script: {}{hint}", e.message));
+            }
+            None
         }
     }
 }

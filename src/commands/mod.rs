@@ -12,6 +12,7 @@ use crate::cli::{
     AsyncapiArgs, CheckArgs, DocFormat, NodesArgs, OutputFormat, ServeArgs, TestArgs,
 };
 use crate::config::{self, Diagnostics};
+use crate::describe;
 use crate::script::{ScriptLimits, ScriptRuntime};
 
 pub fn schema() -> anyhow::Result<ExitCode> {
@@ -39,14 +40,14 @@ pub fn asyncapi(args: &AsyncapiArgs) -> anyhow::Result<ExitCode> {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| args.dir.display().to_string());
-    let doc = config::asyncapi::document(&pack, &title);
+    let doc = describe::asyncapi::document(&pack, &title);
     let mut out = std::io::stdout().lock();
     match args.format {
         DocFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &doc)?;
             writeln!(out)?;
         }
-        DocFormat::Yaml => write!(out, "{}", config::asyncapi::to_yaml(&doc))?,
+        DocFormat::Yaml => write!(out, "{}", describe::asyncapi::to_yaml(&doc))?,
     }
     Ok(ExitCode::SUCCESS)
 }

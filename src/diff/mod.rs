@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! mod.rs     events (removed, added, renamed, each field), hooks, `rooms:` rules
-//! schema.rs  payload schemas: does the new one still accept what the old one did?
+//! schema/    payload schemas: does the new one still accept what the old one did?
 //! ```
 //!
 //! The question asked of every change is the same: can a client that worked against
@@ -15,7 +15,8 @@
 //! script changes, which are listed as compatible ("behaviour may differ"): scripts
 //! change with almost every release, and reading one is the reviewer's job.
 //!
-//! Pure comparison of two [`Pack`]s: no I/O; `crate::commands` prints the result.
+//! Pure comparison of two [`Pack`]s as `config` loaded them (`config` does not know this
+//! module): no I/O; `crate::commands` prints the result.
 
 mod schema;
 
@@ -24,7 +25,9 @@ use std::path::PathBuf;
 
 pub use schema::{compare as compare_schemas, SchemaChange};
 
-use super::{EventDef, HistoryPolicy, Pack, RateLimit, RoomRule, RoomRules, Scope, TargetSpec};
+use crate::config::{
+    EventDef, HistoryPolicy, Pack, RateLimit, RoomRule, RoomRules, Scope, TargetSpec,
+};
 
 /// Whether a change can break a client written against the old pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

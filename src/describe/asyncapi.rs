@@ -5,22 +5,23 @@
 //! WebSocket at `/ws`.
 //!
 //! Client events are exact: their schemas are the pack's, with `$ref`s inlined
-//! ([`EventDef::schema_json`]). What is delivered is read from the pack as far as it
-//! tells: an event with `to:` delivers its payload as the script leaves it, and scripts
-//! `emit` events whose names are string literals; the payloads and replies scripts build
-//! are inferred from their source by [`shapes`](super::shapes), best effort (`{}` where
-//! the source does not tell). Events a script emits under a computed name cannot be
-//! listed; the document's description says which scripts do that.
+//! ([`EventDef::schema_json`](crate::config::EventDef::schema_json)). What is delivered
+//! is read from the pack as far as it tells: an event with `to:` delivers its payload as
+//! the script leaves it, and scripts `emit` events whose names are string literals; the
+//! payloads and replies scripts build are inferred from their source by
+//! [`shapes`](super::shapes), best effort (`{}` where the source does not tell). Events
+//! a script emits under a computed name cannot be listed; the document's description
+//! says which scripts do that.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
 use super::shapes::{any_of, ScriptShapes};
-use super::{Pack, TargetSpec};
+use crate::config::{Pack, TargetSpec};
 
-/// The protocol's error codes an ack can carry for any client event (DESIGN.md,
-/// "Client protocol"); scripts add their own with `reject`.
+/// The protocol's error codes an ack can carry for any client event (README, "Client
+/// protocol"); scripts add their own with `reject`.
 const EVENT_ERROR_CODES: &[&str] = &[
     "bad_frame",
     "too_large",

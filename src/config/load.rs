@@ -1,67 +1,87 @@
-//! The decoder: a pack file's YAML tree into event definitions, one field at a time.
-//! Every problem becomes a diagnostic and decoding goes on, so one `check` run lists
-//! them all; an event with an error is left out of the pack. The single fields are
-//! decoded in `fields`, `senders` and `scripts`, the `rooms:` rules in `rooms`, what
-//! spans events in `checks`.
+//! The loader: a pack directory into a [`Pack`], file by file and event by event. It
+//! owns the order of the steps and what they build; each step is a function of its own
+//! room that takes what it needs: an event's single fields in `fields` and `senders`,
+//! scripts in `scripts`, schemas in `schema`, the `rooms:` rules in `rooms`, what spans
+//! fields or events in `checks`. Every problem becomes a diagnostic and loading goes
+//! on, so one `check` run lists them all; an event with an error is left out of the pack.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::files::{pack_files, Fingerprint};
-use super::rooms::RoomRules;
+use super::checks::{self, RoomDeliveries};
+use super::fields::{self, check_keys, string_field, valid_event_name};
+use super::fields::{EVENT_KEYS, MAX_EVENT_NAME};
+use super::files::{pack_files, read_text, Sources};
+use super::rooms::{self, RoomRules};
 use super::schema::SchemaFiles;
-use super::target::TargetSpec;
 use super::yaml::{self, Node, NodeKind, Pos};
-use super::{Diagnostics, EventDef, Hooks, Scope};
+use super::{scripts, senders};
+use super::{Diagnostics, EventDef, Hooks, Pack, Scope};
 use crate::script::ScriptRuntime;
-use crate::suggest::suggest;
 
 pub const CONNECT_HOOK: &str = "$connect";
 pub const DISCONNECT_HOOK: &str = "$disconnect";
-const MAX_EVENT_NAME: usize = 128;
 
 const TOP_KEYS: &[&str] = &["events", "rooms"];
-pub(super) const EVENT_KEYS: &[&str] = &[
-    "description",
-    "scope",
-    "schema",
-    "to",
-    "emit_as",
-    "exclude_sender",
-    "script",
-    "rate_limit",
-    "senders",
-    "auth",
-    "keys",
-    "tests",
-];
-pub(super) const HOOK_KEYS: &[&str] = &["description", "script"];
 
-pub(super) struct Loader<'a> {
-    pub(super) runtime: &'a ScriptRuntime,
-    pub(super) diags: Diagnostics,
-    pub(super) schemas: SchemaFiles,
-    pub(super) events: BTreeMap<String, Arc<EventDef>>,
-    pub(super) hooks: Hooks,
-    pub(super) rooms: RoomRules,
-    /// What the rooms checks need to know about the pack's deliveries.
-    pub(super) deliveries: RoomDeliveries,
-    pub(super) fingerprint: Fingerprint,
-    /// Every file read (pack files, scripts; schemas are in `schemas.read`).
-    pub(super) sources: std::collections::BTreeSet<PathBuf>,
+/// Load a pack; `Err` carries every problem found (warnings included).
+pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), Diagnostics> {
+    let mut loader = Loader::new(runtime);
+    loader.load_dir(dir);
+    let Loader {
+        mut diags,
+        events,
+        hooks,
+        rooms,
+        mut sources,
+        schemas,
+        ..
+    } = loader;
+    diags.sort();
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    // Schema files count too (in path order, so the hash does not depend on the order
+    // events referred to them): a changed schema is a changed pack.
+    // Named relative to the pack (or by file name), so the fingerprint does not depend
+    // on where on disk a node keeps the pack.
+    let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for (path, text) in &schemas.read {
+        let name = path
+            .strip_prefix(&root)
+            .ok()
+            .map(Path::as_os_str)
+            .or_else(|| path.file_name())
+            .unwrap_or_default();
+        sources.record(path, name.as_encoded_bytes(), text);
+    }
+    Ok((
+        Pack {
+            root: dir.to_path_buf(),
+            events,
+            hooks,
+            rooms,
+            fingerprint: sources.fingerprint(),
+            sources: sources.paths.into_iter().collect(),
+        },
+        diags,
+    ))
 }
 
-/// The rooms the pack's events deliver to, gathered while decoding them, for the
-/// checks of `rooms:` patterns once every file is read (a pattern may come in an
-/// earlier or a later file than the events that reach it).
-pub(super) struct RoomDeliveries {
-    /// Every room a `to:` or an `emit` may name, as a glob (`{{…}}` → `*`); `None` once
-    /// a script emits to a target computed at run time, which could be any room.
-    pub(super) reached: Option<Vec<String>>,
-    /// `scope: local` events whose `to:` is one fixed room: (file, `to:` position,
-    /// event, room).
-    pub(super) local_fixed: Vec<(PathBuf, Pos, String, String)>,
+/// What one load builds, step by step.
+struct Loader<'a> {
+    runtime: &'a ScriptRuntime,
+    diags: Diagnostics,
+    schemas: SchemaFiles,
+    events: BTreeMap<String, Arc<EventDef>>,
+    hooks: Hooks,
+    rooms: RoomRules,
+    /// What the rooms checks need to know about the pack's deliveries.
+    deliveries: RoomDeliveries,
+    /// Every file read (pack files, scripts; schemas are in `schemas.read` until the
+    /// end) and the fingerprint of their content.
+    sources: Sources,
 }
 
 /// What the files read so far declare, to refuse a name declared twice and to notice
@@ -77,61 +97,8 @@ struct Defined {
     broken_file: bool,
 }
 
-/// Report keys of `node` that are not in `allowed` (nor in `reported_elsewhere`, keys
-/// the caller has its own message for). Returns the fields suggested instead, so the
-/// caller does not also say such a field is missing: `scpoe` gets one message ("did you
-/// mean scope?"), not two.
-pub fn check_keys<'k>(
-    diags: &mut Diagnostics,
-    file: &Path,
-    node: &Node,
-    allowed: &[&'k str],
-    reported_elsewhere: &[&str],
-    what: &str,
-) -> Vec<&'k str> {
-    let mut suggested = Vec::new();
-    let Some(entries) = node.as_map() else {
-        return suggested;
-    };
-    for (key, _) in entries {
-        let k = key.name.as_str();
-        if allowed.contains(&k) || reported_elsewhere.contains(&k) {
-            continue;
-        }
-        let guess = suggest(k, allowed.iter().copied());
-        suggested.extend(guess);
-        let hint = guess
-            .map(|s| format!(", did you mean \"{s}\"?"))
-            .unwrap_or_else(|| format!(" (allowed: {})", allowed.join(", ")));
-        diags.error(
-            file,
-            key.pos,
-            format!("unknown field \"{k}\" in {what}{hint}"),
-        );
-    }
-    suggested
-}
-
-/// A string field, or an error naming the field and what it got instead.
-pub fn string_field<'n>(
-    diags: &mut Diagnostics,
-    file: &Path,
-    node: &'n Node,
-    field: &str,
-) -> Option<&'n str> {
-    let s = node.as_str();
-    if s.is_none() {
-        diags.error(
-            file,
-            node.pos,
-            format!("`{field}` must be a string, not {}", node.type_name()),
-        );
-    }
-    s
-}
-
 impl<'a> Loader<'a> {
-    pub(super) fn new(runtime: &'a ScriptRuntime) -> Self {
+    fn new(runtime: &'a ScriptRuntime) -> Self {
         Self {
             runtime,
             diags: Diagnostics::default(),
@@ -139,16 +106,12 @@ impl<'a> Loader<'a> {
             events: BTreeMap::new(),
             hooks: Hooks::default(),
             rooms: RoomRules::default(),
-            deliveries: RoomDeliveries {
-                reached: Some(Vec::new()),
-                local_fixed: Vec::new(),
-            },
-            fingerprint: Fingerprint::new(),
-            sources: std::collections::BTreeSet::new(),
+            deliveries: RoomDeliveries::default(),
+            sources: Sources::new(),
         }
     }
 
-    pub(super) fn load_dir(&mut self, dir: &Path) {
+    fn load_dir(&mut self, dir: &Path) {
         let files = match pack_files(dir) {
             Ok(files) => files,
             Err(e) => {
@@ -181,11 +144,11 @@ impl<'a> Loader<'a> {
                 "the pack defines no events: add an `events:` map to one of its files (a file may hold `events:`, `rooms:` or both)",
             );
         }
-        self.check_rooms();
+        checks::check_rooms(&mut self.diags, &self.rooms, &mut self.deliveries);
     }
 
     fn load_file(&mut self, file: &Path, defined: &mut Defined) {
-        let text = match super::files::read_text(file) {
+        let text = match read_text(file) {
             Ok(t) => t,
             Err(e) => {
                 self.diags
@@ -194,13 +157,8 @@ impl<'a> Loader<'a> {
                 return;
             }
         };
-        self.fingerprint.write(
-            file.file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or_default(),
-        );
-        self.fingerprint.write(text.as_bytes());
-        self.sources.insert(file.to_path_buf());
+        let name = file.file_name().map(|n| n.as_encoded_bytes());
+        self.sources.record(file, name.unwrap_or_default(), &text);
         let root = match yaml::parse(&text) {
             Ok(Some(root)) => root,
             Ok(None) => {
@@ -243,7 +201,13 @@ impl<'a> Loader<'a> {
             defined.broken_file = true;
         }
         if let Some(rooms) = root.get("rooms") {
-            self.load_rooms(file, rooms, &mut defined.rooms);
+            rooms::load_rooms(
+                &mut self.diags,
+                &mut self.rooms,
+                file,
+                rooms,
+                &mut defined.rooms,
+            );
         }
         let Some(events) = root.get("events") else {
             if misspelt.is_empty() && root.get("rooms").is_none() {
@@ -291,15 +255,6 @@ impl<'a> Loader<'a> {
         }
     }
 
-    pub(super) fn string<'n>(
-        &mut self,
-        file: &Path,
-        node: &'n Node,
-        field: &str,
-    ) -> Option<&'n str> {
-        string_field(&mut self.diags, file, node, field)
-    }
-
     fn load_event(&mut self, file: &Path, text: &str, name: &str, pos: Pos, def: &Node) {
         let is_hook = name == CONNECT_HOOK || name == DISCONNECT_HOOK;
         if name.starts_with('$') && !is_hook {
@@ -329,12 +284,13 @@ impl<'a> Loader<'a> {
                 return;
             }
         };
-        let errors_before = self.diags.error_count();
+        let diags = &mut self.diags;
+        let errors_before = diags.error_count();
         let misspelt = if is_hook {
-            self.hook_keys(file, name, def)
+            fields::hook_keys(diags, file, name, def)
         } else {
             check_keys(
-                &mut self.diags,
+                diags,
                 file,
                 def,
                 EVENT_KEYS,
@@ -349,52 +305,53 @@ impl<'a> Loader<'a> {
             (Scope::Cluster, None)
         } else {
             (
-                self.scope(file, name, pos, def, &misspelt),
-                self.schema(file, name, pos, def, &misspelt),
+                fields::scope(diags, file, name, pos, def, &misspelt),
+                fields::schema(diags, &mut self.schemas, file, name, pos, def, &misspelt),
             )
         };
         let description = def
             .get("description")
-            .and_then(|n| self.string(file, n, "description"))
+            .and_then(|n| string_field(diags, file, n, "description"))
             .map(str::to_string);
-        let to = self.to(file, def);
-        let emit_as = self.emit_as(file, name, def);
-        let exclude_sender = self.flag(file, def, "exclude_sender");
-        let auth_required = self.auth(file, def);
-        let senders = self.senders(file, def);
-        let rate_limit = def.get("rate_limit").and_then(|n| self.rate_limit(file, n));
+        let to = fields::to(diags, file, def);
+        let emit_as = fields::emit_as(diags, file, name, def);
+        let exclude_sender = fields::flag(diags, file, def, "exclude_sender");
+        let auth_required = fields::auth(diags, file, def);
+        let senders = senders::senders(diags, file, def);
+        let rate_limit = def
+            .get("rate_limit")
+            .and_then(|n| fields::rate_limit(diags, file, n));
         let keys = def
             .get("keys")
-            .map(|n| self.keys(file, n))
+            .map(|n| fields::keys(diags, file, n))
             .unwrap_or_default();
-        let (script, script_source) =
-            match def.get("script").and_then(|n| self.script(file, text, n)) {
-                Some((script, source)) => (Some(script), Some(source)),
-                None => (None, None),
-            };
+        let script = def
+            .get("script")
+            .and_then(|n| scripts::script(self.runtime, diags, &mut self.sources, file, text, n));
         if let (Some(script), Some(node)) = (&script, def.get("script")) {
-            self.check_script_slots(file, node.pos, &script.ast, &keys);
+            checks::check_script_slots(diags, file, node.pos, &script.ast, &keys);
         }
         if is_hook
             && script.is_none()
             && def.get("script").is_none()
             && !misspelt.contains(&"script")
         {
-            self.diags.warning(
+            diags.warning(
                 file,
                 pos,
                 format!("hook `{name}` has no script and does nothing"),
             );
         }
         if let (Some(node), Some(_)) = (def.get("schema"), &schema) {
-            self.cross_check_targets(file, def, node, &to, script_source.as_deref());
+            let source = script.as_ref().map(|s| s.source.as_str());
+            checks::cross_check_targets(diags, &self.schemas, file, def, node, &to, source);
         }
-        self.check_pointless_fields(file, def, &to, exclude_sender);
+        checks::check_pointless_fields(diags, file, def, &to, exclude_sender);
         if !is_hook {
-            self.check_api_fields(file, def, senders, &to, &keys);
+            checks::check_api_fields(diags, file, def, senders, &to, &keys);
         }
 
-        if self.diags.error_count() > errors_before {
+        if diags.error_count() > errors_before {
             return;
         }
         let schema_json = match (&schema, def.get("schema")) {
@@ -419,7 +376,7 @@ impl<'a> Loader<'a> {
             file: file.to_path_buf(),
             line: pos.line,
         });
-        self.note_room_deliveries(&event, to_pos);
+        self.deliveries.note(&event, to_pos);
         match name {
             CONNECT_HOOK => self.hooks.on_connect = Some(event),
             DISCONNECT_HOOK => self.hooks.on_disconnect = Some(event),
@@ -428,44 +385,4 @@ impl<'a> Loader<'a> {
             }
         }
     }
-
-    /// Remember the rooms `event` delivers to, for the checks of `rooms:` patterns.
-    fn note_room_deliveries(&mut self, event: &EventDef, to_pos: Pos) {
-        let deliveries = &mut self.deliveries;
-        if let TargetSpec::Room(template) = &event.to {
-            if let Some(reached) = deliveries.reached.as_mut() {
-                reached.push(template.glob());
-            }
-            if let (Scope::Local, Some(room)) = (event.scope, template.literal()) {
-                deliveries.local_fixed.push((
-                    event.file.clone(),
-                    to_pos,
-                    event.name.clone(),
-                    room.to_string(),
-                ));
-            }
-        }
-        if let Some(script) = &event.script {
-            match super::scripts::emitted_rooms(&script.ast) {
-                Some(rooms) => {
-                    if let Some(reached) = deliveries.reached.as_mut() {
-                        reached.extend(rooms);
-                    }
-                }
-                None => deliveries.reached = None,
-            }
-        }
-    }
-}
-
-pub(super) fn valid_event_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_EVENT_NAME
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
 }

@@ -17,7 +17,7 @@
 //! classified breaking. Annotations (`title`, `description`, `examples`, …) are
 //! listed as compatible.
 //!
-//! Schemas are compared as [`EventDef::schema_json`](crate::config::EventDef) holds
+//! Schemas are compared as [`EventDef::schema_json`](crate::config::EventDef::schema_json) holds
 //! them: every `$ref` already replaced by what it points to, so a change inside a
 //! referenced file is found where it is used. `$defs` are therefore not compared on
 //! their own: what changed in them shows at each place that used them.
