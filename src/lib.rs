@@ -15,7 +15,9 @@
 //! - [`script`]: the Rhai runtime and the script API, behind a host trait.
 //! - [`delivery`]: what a delivery is and the node-local path to sockets (router,
 //!   per-connection queues, write windows).
-//! - [`backend`]: the `StateStore` and `Bus` contracts; memory and Redis implementations.
+//! - [`ids`]: a connection's id (which names its node) and a session's (a credential).
+//! - [`backend`]: one small contract per concern (state, presence, sessions, the bus and
+//!   room histories, idempotency keys); memory and Redis implementations.
 //! - [`engine`]: dispatch (validate → script → commit → deliver) and transactions.
 //! - [`transport`]: the accept loop, `/ws` with one task per socket, HTTP endpoints,
 //!   the HTTP API for backends (`/api`: events through the engine's second door, the
@@ -26,7 +28,7 @@
 //! - [`server`]: the composition root; [`cli`] and [`commands`]: the command line.
 //!
 //! Dependencies point one way: `server` → `transport` → `cluster` → `engine` →
-//! `config`/`script`/`backend` → `delivery` (only the HTTP API of `transport` reads
+//! `config`/`script`/`backend` → `delivery` → `ids` (only the HTTP API of `transport` reads
 //! `cluster`, for the node list). `config` and `script` know nothing of sockets or
 //! backends; backends know nothing of events. `commands` → `describe`/`diff` → `config`:
 //! `config` only loads packs, what is made of a loaded one lives beside it.

@@ -21,16 +21,17 @@ use serde_json::json;
 use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::redis::Names;
 use wss_engine::backend::{
-    Bus, Channel, Commit, CommitOutcome, StateStore, StoredValue, Versioned, Write,
+    Bus, Channel, Commit, CommitOutcome, Presence, StateStore, StoredValue, Versioned, Write,
 };
 use wss_engine::delivery::{ConnId, Envelope, Sink, Target};
 
 use cluster_support::backend::{redis_instance, Recorder};
 use cluster_support::{cluster_mode, unique_prefix, Redis};
 
-/// One backend under test, seen through both contracts.
+/// One backend under test, seen through the contracts it is tested on.
 struct Subject {
     store: Arc<dyn StateStore>,
+    presence: Arc<dyn Presence>,
     bus: Arc<dyn Bus>,
     sink: Arc<Recorder>,
     /// Redis only: what the backends need to live.
@@ -42,6 +43,7 @@ async fn memory() -> Subject {
     let backend = Arc::new(MemoryBackend::new(sink.clone() as Arc<dyn Sink>));
     Subject {
         store: backend.clone(),
+        presence: backend.clone(),
         bus: backend,
         sink,
         redis: None,
@@ -54,6 +56,7 @@ async fn redis() -> Subject {
     let (backend, sink) = redis_instance(&server, &prefix, "na").await;
     Subject {
         store: backend.clone(),
+        presence: backend.clone(),
         bus: backend,
         sink,
         redis: Some((server, prefix)),
@@ -306,33 +309,36 @@ async fn rooms_join_leave_members(s: Subject) {
         ConnId::from("nb-2"),
         ConnId::from("na-3"),
     );
-    assert!(s.store.members("r").await.expect("members").is_empty());
-    s.store.join("r", &c2).await.expect("join");
-    s.store.join("r", &c1).await.expect("join");
-    s.store.join("r", &c1).await.expect("join is idempotent");
-    s.store.join("other", &c3).await.expect("join");
+    assert!(s.presence.members("r").await.expect("members").is_empty());
+    s.presence.join("r", &c2).await.expect("join");
+    s.presence.join("r", &c1).await.expect("join");
+    s.presence.join("r", &c1).await.expect("join is idempotent");
+    s.presence.join("other", &c3).await.expect("join");
     assert_eq!(
-        s.store.members("r").await.expect("members"),
+        s.presence.members("r").await.expect("members"),
         vec!["na-1".to_string(), "nb-2".to_string()],
         "members are sorted and unique"
     );
     assert_eq!(
-        s.store.members("other").await.expect("members"),
+        s.presence.members("other").await.expect("members"),
         vec!["na-3".to_string()]
     );
-    s.store.leave("r", &c1).await.expect("leave");
-    s.store.leave("r", &c1).await.expect("leave is idempotent");
-    s.store
+    s.presence.leave("r", &c1).await.expect("leave");
+    s.presence
+        .leave("r", &c1)
+        .await
+        .expect("leave is idempotent");
+    s.presence
         .leave("r", &c3)
         .await
         .expect("leaving a room one is not in");
     assert_eq!(
-        s.store.members("r").await.expect("members"),
+        s.presence.members("r").await.expect("members"),
         vec!["nb-2".to_string()]
     );
-    s.store.leave("r", &c2).await.expect("leave");
-    assert!(s.store.members("r").await.expect("members").is_empty());
-    assert_eq!(s.store.members("other").await.expect("members").len(), 1);
+    s.presence.leave("r", &c2).await.expect("leave");
+    assert!(s.presence.members("r").await.expect("members").is_empty());
+    assert_eq!(s.presence.members("other").await.expect("members").len(), 1);
 }
 
 async fn a_publish_reaches_the_local_sink_once(s: Subject) {
@@ -447,7 +453,10 @@ async fn redis_instances_share_state_and_versions() {
     assert_eq!(version, 2);
     // Rooms are shared too.
     nb.join("r", &ConnId::from("nb-1")).await.expect("join");
-    assert_eq!(s.store.members("r").await.expect("members"), vec!["nb-1"]);
+    assert_eq!(
+        s.presence.members("r").await.expect("members"),
+        vec!["nb-1"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,11 +10,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::{
-    BackendError, Bus, Commit, CommitOutcome, LiveConn, Session, StateStore, Versioned,
-};
+use wss_engine::backend::{Backend, BackendError, Commit, CommitOutcome, StateStore, Versioned};
 use wss_engine::config;
-use wss_engine::delivery::{ConnId, ConnLink, HistoryPolicy, HistoryRead, Router, Sink};
+use wss_engine::delivery::{ConnId, ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
@@ -36,81 +34,6 @@ impl StateStore for SlowCommits {
             self.inner.commit(commit).await
         }
         .boxed()
-    }
-    fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.join(room, conn)
-    }
-    fn leave(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.leave(room, conn)
-    }
-    fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
-        self.inner.members(room)
-    }
-    fn register_conn(
-        &self,
-        conn: &ConnId,
-        user: Option<&str>,
-        session: &str,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.register_conn(conn, user, session)
-    }
-    fn close_conn(
-        &self,
-        conn: &ConnId,
-        user: Option<&str>,
-        session: &str,
-        rooms: &[Arc<str>],
-        keep: Duration,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.close_conn(conn, user, session, rooms, keep)
-    }
-    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
-        self.inner.live_conn(conn)
-    }
-    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
-        self.inner.user_conns(user)
-    }
-    fn busiest_rooms(
-        &self,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>> {
-        self.inner.busiest_rooms(limit)
-    }
-    fn idempotency_claim(
-        &self,
-        key: &str,
-        marker: &str,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
-        self.inner.idempotency_claim(key, marker, ttl)
-    }
-    fn idempotency_store(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.inner.idempotency_store(key, value, ttl)
-    }
-    fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
-        self.inner.session(id)
-    }
-    fn position(
-        &self,
-        room: &str,
-        policy: &HistoryPolicy,
-    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
-        self.inner.position(room, policy)
-    }
-    fn history(
-        &self,
-        room: &str,
-        policy: &HistoryPolicy,
-        seen: Option<&str>,
-        after: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {
-        self.inner.history(room, policy, seen, after, limit)
     }
 }
 
@@ -146,8 +69,11 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
         pack: Arc::new(pack),
         node_id: Arc::from("n1"),
         scripts: runtime,
-        store: store.clone() as Arc<dyn StateStore>,
-        bus: memory.clone() as Arc<dyn Bus>,
+        // Only commits are slowed and counted; everything else is the memory backend's.
+        backend: Backend {
+            state: store.clone(),
+            ..Backend::of(memory.clone())
+        },
         router: router.clone(),
         sink: router as Arc<dyn Sink>,
         script_concurrency: RUNS,
@@ -160,9 +86,12 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
         tasks.push(tokio::spawn(async move {
             let id = ConnId::from(format!("n1-{i}"));
             let link = ConnLink::new(16);
-            engine
-                .router()
-                .register(id.clone(), None, Arc::from("s"), link);
+            engine.router().register(
+                id.clone(),
+                None,
+                wss_engine::ids::SessionId::from("s"),
+                link,
+            );
             let mut conn = Conn::new(id, None, json!({}));
             engine
                 .handle(&mut conn, "bump", json!({ "fail": i % 2 == 1 }))

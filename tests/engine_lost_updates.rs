@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::{Bus, StateStore, VersionCheck};
+use wss_engine::backend::{Backend, StateStore, VersionCheck};
 use wss_engine::config;
 use wss_engine::delivery::{ConnId, ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
@@ -42,8 +42,7 @@ fn build(version_check: VersionCheck) -> (Arc<Engine>, Arc<MemoryBackend>) {
         pack: Arc::new(pack),
         node_id: Arc::from("n1"),
         scripts: runtime,
-        store: backend.clone() as Arc<dyn StateStore>,
-        bus: backend.clone() as Arc<dyn Bus>,
+        backend: Backend::of(backend.clone()),
         router: router.clone(),
         sink: router as Arc<dyn Sink>,
         script_concurrency: TASKS,
@@ -60,9 +59,12 @@ async fn hammer(engine: Arc<Engine>, backend: Arc<MemoryBackend>) -> (usize, i64
         tasks.push(tokio::spawn(async move {
             let id = ConnId::from(format!("n1-{t}"));
             let link = ConnLink::new(16);
-            engine
-                .router()
-                .register(id.clone(), None, Arc::from("s"), link);
+            engine.router().register(
+                id.clone(),
+                None,
+                wss_engine::ids::SessionId::from("s"),
+                link,
+            );
             let mut conn = Conn::new(id, None, json!({}));
             let mut acked = 0;
             for _ in 0..INCREMENTS {

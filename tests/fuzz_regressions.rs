@@ -98,7 +98,7 @@ fn a_script_file_over_the_limit_is_refused() {
 fn a_dropped_engine_frees_its_router_and_backend() {
     use std::sync::{Arc, Weak};
     use wss_engine::backend::memory::MemoryBackend;
-    use wss_engine::backend::{Bus, StateStore};
+    use wss_engine::backend::Backend;
     use wss_engine::delivery::{ConnLink, Router, Sink};
     use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
 
@@ -119,8 +119,7 @@ fn a_dropped_engine_frees_its_router_and_backend() {
             pack: Arc::new(pack),
             node_id: Arc::from("n"),
             scripts: runtime.clone(),
-            store: backend.clone() as Arc<dyn StateStore>,
-            bus: backend.clone() as Arc<dyn Bus>,
+            backend: Backend::of(backend.clone()),
             router: router.clone(),
             sink: router.clone() as Arc<dyn Sink>,
             script_concurrency: 1,

@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::redis::RedisBackend;
-use wss_engine::backend::{Bus, StateStore, VersionCheck};
+use wss_engine::backend::{Backend, VersionCheck};
 use wss_engine::config::{self, Pack};
 use wss_engine::delivery::{ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
@@ -153,18 +153,12 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn engine(
-    f: &Fixture,
-    store: Arc<dyn StateStore>,
-    bus: Arc<dyn Bus>,
-    router: Arc<Router>,
-) -> Arc<Engine> {
+fn engine(f: &Fixture, backend: Backend, router: Arc<Router>) -> Arc<Engine> {
     Engine::new(EngineParts {
         pack: f.pack.clone(),
         node_id: Arc::from("n1"),
         scripts: f.scripts.clone(),
-        store,
-        bus,
+        backend,
         router: router.clone(),
         sink: router as Arc<dyn Sink>,
         script_concurrency: 1,
@@ -175,9 +169,12 @@ fn engine(
 /// Every message's answer: the reply, or `error code: message`.
 async fn run(engine: Arc<Engine>, messages: &[Vec<Value>]) -> Vec<Result<Value, String>> {
     let id = wss_engine::ids::ConnId::from("n1-1");
-    engine
-        .router()
-        .register(id.clone(), None, Arc::from("s"), ConnLink::new(64));
+    engine.router().register(
+        id.clone(),
+        None,
+        wss_engine::ids::SessionId::from("s"),
+        ConnLink::new(64),
+    );
     let mut conn = Conn::new(id, None, json!({}));
     let mut answers = Vec::new();
     let read_back: Vec<Value> = KEYS.iter().map(|k| json!({"op": "get", "k": k})).collect();
@@ -197,7 +194,7 @@ async fn both(
 ) -> (Vec<Result<Value, String>>, Vec<Result<Value, String>>) {
     let router = Router::new();
     let memory = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
-    let on_memory = run(engine(f, memory.clone(), memory, router), messages).await;
+    let on_memory = run(engine(f, Backend::of(memory), router), messages).await;
 
     let router = Router::new();
     let redis = tokio::time::timeout(
@@ -213,7 +210,7 @@ async fn both(
     .await
     .expect("connecting took more than 10 s")
     .expect("connect the Redis backend");
-    let on_redis = run(engine(f, redis.clone(), redis, router), messages).await;
+    let on_redis = run(engine(f, Backend::of(redis), router), messages).await;
     (on_memory, on_redis)
 }
 

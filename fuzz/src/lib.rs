@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::{Bus, StateStore};
+use wss_engine::backend::Backend;
 use wss_engine::cluster::{Fleet, NodeInfo};
 use wss_engine::config::{self, Pack};
 use wss_engine::delivery::{ConnLink, Router, Sink};
@@ -86,8 +86,7 @@ impl World {
             pack: engine_pack(),
             node_id: Arc::from("fz"),
             scripts: scripts().clone(),
-            store: backend.clone() as Arc<dyn StateStore>,
-            bus: backend.clone() as Arc<dyn Bus>,
+            backend: Backend::of(backend.clone()),
             router: router.clone(),
             sink: router.clone() as Arc<dyn Sink>,
             script_concurrency: 2,

@@ -17,12 +17,13 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use super::{
-    new_epoch, BackendError, Bus, Commit, CommitOutcome, LiveConn, Placement, Session, StateStore,
-    StoredValue, VersionCheck, Versioned,
+    new_epoch, BackendError, Bus, Commit, CommitOutcome, HistoryStore, Idempotency, LiveConn,
+    Placement, Presence, Session, Sessions, StateStore, StoredValue, VersionCheck, Versioned,
 };
 use crate::delivery::{
     ConnId, Ending, Envelope, HistoryEntry, HistoryPolicy, HistoryRead, Position, Sink, Target,
 };
+use crate::ids::SessionId;
 
 #[derive(Default)]
 struct Entry {
@@ -87,7 +88,7 @@ struct SessionEntry {
 }
 
 #[derive(Default)]
-struct Presence {
+struct Directory {
     rooms: HashMap<String, BTreeSet<String>>,
     /// Each connection's rooms; kept with its session after it closes.
     conn_rooms: HashMap<String, BTreeSet<String>>,
@@ -113,7 +114,7 @@ impl Remembered {
     }
 }
 
-impl Presence {
+impl Directory {
     /// Forget sessions (and their rooms) past their resume TTL.
     fn sweep(&mut self, now: Instant) {
         let expired: Vec<(String, String)> = self
@@ -133,7 +134,7 @@ pub struct MemoryBackend {
     /// A plain mutex: every critical section is a few map operations with no await
     /// inside, so an async mutex would only add cost.
     state: Mutex<State>,
-    presence: Mutex<Presence>,
+    presence: Mutex<Directory>,
     remembered: Mutex<Remembered>,
     sink: Arc<dyn Sink>,
     version_check: VersionCheck,
@@ -147,7 +148,7 @@ impl MemoryBackend {
     pub fn with_version_check(sink: Arc<dyn Sink>, version_check: VersionCheck) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            presence: Mutex::new(Presence::default()),
+            presence: Mutex::new(Directory::default()),
             remembered: Mutex::new(Remembered::default()),
             sink,
             version_check,
@@ -231,7 +232,9 @@ impl StateStore for MemoryBackend {
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome, BackendError>> {
         ready(Ok(self.commit_now(commit))).boxed()
     }
+}
 
+impl Presence for MemoryBackend {
     fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut presence = self.presence.lock();
         presence
@@ -272,68 +275,6 @@ impl StateStore for MemoryBackend {
         ready(Ok(members)).boxed()
     }
 
-    fn register_conn(
-        &self,
-        conn: &ConnId,
-        user: Option<&str>,
-        session: &str,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut presence = self.presence.lock();
-        presence.sessions.insert(
-            session.to_string(),
-            SessionEntry {
-                user: user.map(str::to_string),
-                conn: conn.to_string(),
-                expires_at: None,
-            },
-        );
-        presence
-            .live
-            .insert(conn.to_string(), user.map(str::to_string));
-        if let Some(user) = user {
-            presence
-                .users
-                .entry(user.to_string())
-                .or_default()
-                .insert(conn.to_string());
-        }
-        ready(Ok(())).boxed()
-    }
-
-    fn close_conn(
-        &self,
-        conn: &ConnId,
-        user: Option<&str>,
-        session: &str,
-        rooms: &[Arc<str>],
-        keep: Duration,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let now = Instant::now();
-        let mut presence = self.presence.lock();
-        presence.live.remove(conn.as_ref());
-        if let Some(user) = user {
-            if let Some(conns) = presence.users.get_mut(user) {
-                conns.remove(conn.as_ref());
-                if conns.is_empty() {
-                    presence.users.remove(user);
-                }
-            }
-        }
-        for room in rooms {
-            if let Some(members) = presence.rooms.get_mut(room.as_ref()) {
-                members.remove(conn.as_ref());
-                if members.is_empty() {
-                    presence.rooms.remove(room.as_ref());
-                }
-            }
-        }
-        if let Some(entry) = presence.sessions.get_mut(session) {
-            entry.expires_at = Some(now + keep);
-        }
-        presence.sweep(now);
-        ready(Ok(())).boxed()
-    }
-
     fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
         let live = self.presence.lock().live.get(conn).map(|user| LiveConn {
             id: conn.to_string(),
@@ -369,45 +310,68 @@ impl StateStore for MemoryBackend {
         rooms.truncate(limit);
         ready(Ok(rooms)).boxed()
     }
+}
 
-    fn idempotency_claim(
+impl Sessions for MemoryBackend {
+    fn open(
         &self,
-        key: &str,
-        marker: &str,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
-        let now = Instant::now();
-        let mut remembered = self.remembered.lock();
-        if let Some((value, until)) = remembered.0.get(key) {
-            if *until > now {
-                return ready(Ok(Some(value.clone()))).boxed();
-            }
+        conn: &ConnId,
+        user: Option<&str>,
+        session: &SessionId,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut presence = self.presence.lock();
+        presence.sessions.insert(
+            session.expose().to_string(),
+            SessionEntry {
+                user: user.map(str::to_string),
+                conn: conn.to_string(),
+                expires_at: None,
+            },
+        );
+        presence
+            .live
+            .insert(conn.to_string(), user.map(str::to_string));
+        if let Some(user) = user {
+            presence
+                .users
+                .entry(user.to_string())
+                .or_default()
+                .insert(conn.to_string());
         }
-        if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
-            remembered.sweep(now);
-            if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
-                return ready(Err(BackendError::Unavailable(format!(
-                    "more than {MAX_IDEMPOTENCY_KEYS} idempotency keys within their 5 minutes"
-                ))))
-                .boxed();
-            }
-        }
-        remembered
-            .0
-            .insert(key.to_string(), (marker.to_string(), now + ttl));
-        ready(Ok(None)).boxed()
+        ready(Ok(())).boxed()
     }
 
-    fn idempotency_store(
+    fn close(
         &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
+        conn: &ConnId,
+        user: Option<&str>,
+        session: &SessionId,
+        rooms: &[Arc<str>],
+        keep: Duration,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.remembered
-            .lock()
-            .0
-            .insert(key.to_string(), (value.to_string(), Instant::now() + ttl));
+        let now = Instant::now();
+        let mut presence = self.presence.lock();
+        presence.live.remove(conn.as_ref());
+        if let Some(user) = user {
+            if let Some(conns) = presence.users.get_mut(user) {
+                conns.remove(conn.as_ref());
+                if conns.is_empty() {
+                    presence.users.remove(user);
+                }
+            }
+        }
+        for room in rooms {
+            if let Some(members) = presence.rooms.get_mut(room.as_ref()) {
+                members.remove(conn.as_ref());
+                if members.is_empty() {
+                    presence.rooms.remove(room.as_ref());
+                }
+            }
+        }
+        if let Some(entry) = presence.sessions.get_mut(session.expose()) {
+            entry.expires_at = Some(now + keep);
+        }
+        presence.sweep(now);
         ready(Ok(())).boxed()
     }
 
@@ -426,7 +390,9 @@ impl StateStore for MemoryBackend {
         });
         ready(Ok(session)).boxed()
     }
+}
 
+impl HistoryStore for MemoryBackend {
     fn position(
         &self,
         room: &str,
@@ -469,6 +435,49 @@ impl StateStore for MemoryBackend {
             complete,
         }))
         .boxed()
+    }
+}
+
+impl Idempotency for MemoryBackend {
+    fn claim(
+        &self,
+        key: &str,
+        marker: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        let now = Instant::now();
+        let mut remembered = self.remembered.lock();
+        if let Some((value, until)) = remembered.0.get(key) {
+            if *until > now {
+                return ready(Ok(Some(value.clone()))).boxed();
+            }
+        }
+        if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
+            remembered.sweep(now);
+            if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
+                return ready(Err(BackendError::Unavailable(format!(
+                    "more than {MAX_IDEMPOTENCY_KEYS} idempotency keys within their 5 minutes"
+                ))))
+                .boxed();
+            }
+        }
+        remembered
+            .0
+            .insert(key.to_string(), (marker.to_string(), now + ttl));
+        ready(Ok(None)).boxed()
+    }
+
+    fn store(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.remembered
+            .lock()
+            .0
+            .insert(key.to_string(), (value.to_string(), Instant::now() + ttl));
+        ready(Ok(())).boxed()
     }
 }
 

@@ -150,8 +150,8 @@ impl Engine {
         // is harmless.
         for op in &run.room_ops {
             let stored = match op {
-                RoomOp::Join(room) => self.store.join(room, conn).await,
-                RoomOp::Leave(room) => self.store.leave(room, conn).await,
+                RoomOp::Join(room) => self.backend.presence.join(room, conn).await,
+                RoomOp::Leave(room) => self.backend.presence.leave(room, conn).await,
             };
             stored?;
         }
@@ -159,7 +159,7 @@ impl Engine {
         for envelope in run.unsent {
             match def.scope {
                 Scope::Local => self.sink.deliver(&envelope),
-                Scope::Cluster => placed.extend(self.bus.publish(envelope).await?),
+                Scope::Cluster => placed.extend(self.backend.bus.publish(envelope).await?),
             }
         }
         for placement in &placed {
@@ -253,7 +253,7 @@ impl Engine {
     ) -> Result<(), Failure> {
         if first {
             let channel = Channel::Room(room.to_string());
-            if let Err(e) = self.bus.watch(channel.clone()).await {
+            if let Err(e) = self.backend.bus.watch(channel.clone()).await {
                 // `exit` unwatches once the room loses its last member.
                 return Err(e.into());
             }
@@ -265,7 +265,7 @@ impl Engine {
             return Ok(());
         }
         if first {
-            let (epoch, head) = self.store.position(room, policy).await?;
+            let (epoch, head) = self.backend.history.position(room, policy).await?;
             self.router.start_stream(room, epoch, head);
             Ok(())
         } else if self.router.started(room, STREAM_START_WAIT).await {
@@ -283,7 +283,7 @@ impl Engine {
         match self.router.leave(conn, room) {
             RoomChange::Unchanged => false,
             RoomChange::LastLocal(_) => {
-                self.bus.unwatch(Channel::Room(room.to_string()));
+                self.backend.bus.unwatch(Channel::Room(room.to_string()));
                 true
             }
             RoomChange::Member | RoomChange::FirstLocal(_) => true,

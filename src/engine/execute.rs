@@ -215,7 +215,7 @@ impl Engine {
         batch: &[Arc<Pending>],
         runtime: &tokio::runtime::Handle,
     ) -> Result<Attempt, Failure> {
-        let mut txn = Txn::new(self.store.clone(), runtime.clone());
+        let mut txn = Txn::new(self.backend.state.clone(), runtime.clone());
         let mut prefetch: Vec<String> = Vec::new();
         for p in batch {
             for key in &p.declared {
@@ -326,7 +326,7 @@ impl Engine {
         let touched = txn.keys();
         let mut commit = txn.into_commit();
         commit.publish = publish;
-        match runtime.block_on(self.store.commit(commit)) {
+        match runtime.block_on(self.backend.state.commit(commit)) {
             Ok(CommitOutcome::Committed(placed)) => Ok(Attempt::Done(
                 committed
                     .into_iter()

@@ -141,7 +141,7 @@ impl ScriptHost for Host<'_> {
     fn presence(&mut self, room: &str) -> Result<Vec<String>, HostError> {
         let mut members = self
             .runtime
-            .block_on(self.engine.store.members(room))
+            .block_on(self.engine.backend.presence.members(room))
             .map_err(|e| HostError::Unavailable(e.to_string()))?;
         // The script's own joins and leaves count, though they apply after the commit.
         let me = self.conn.id.to_string();

@@ -34,9 +34,10 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::backend::{Bus, Channel, StateStore};
+use crate::backend::{Backend, Channel, HistoryStore};
 use crate::config::{EventDef, Pack, RateLimit, Sender};
 use crate::delivery::{ConnId, ConnLink, History, HistoryRead, RoomChange, Router, Sink};
+use crate::ids::SessionId;
 use crate::script::ScriptRuntime;
 pub use error::{Detail, ErrorCode, Failure};
 use futures_util::future::BoxFuture;
@@ -94,7 +95,7 @@ impl Caller {
 pub struct Conn {
     pub caller: Caller,
     /// The session a later connection may resume (given in `$welcome`).
-    pub session: Arc<str>,
+    pub session: SessionId,
     buckets: Buckets,
     /// Whether this connection holds a watch on its user's channel.
     watching_user: bool,
@@ -106,7 +107,7 @@ impl Conn {
     pub fn new(id: ConnId, user: Option<Arc<str>>, claims: Value) -> Self {
         Self {
             caller: Caller::new(id, user, claims),
-            session: new_session_id(),
+            session: SessionId::random(),
             buckets: HashMap::new(),
             watching_user: false,
             may_resume: true,
@@ -116,12 +117,6 @@ impl Conn {
     pub fn id(&self) -> &ConnId {
         &self.caller.id
     }
-}
-
-/// An unguessable session id: 128 random bits (the thread RNG is a CSPRNG seeded from
-/// the OS), as hex.
-fn new_session_id() -> Arc<str> {
-    Arc::from(format!("{:032x}", rand::random::<u128>()))
 }
 
 /// How long sessions outlive their connection, and how much a resume may replay.
@@ -176,8 +171,7 @@ pub struct Engine {
     pack: Arc<ArcSwap<Pack>>,
     pub node_id: Arc<str>,
     scripts: Arc<ScriptRuntime>,
-    store: Arc<dyn StateStore>,
-    bus: Arc<dyn Bus>,
+    backend: Backend,
     router: Arc<Router>,
     /// Where `local` deliveries go: the router, or a recorder in `wss-engine test`.
     sink: Arc<dyn Sink>,
@@ -196,8 +190,7 @@ pub struct EngineParts {
     pub pack: Arc<Pack>,
     pub node_id: Arc<str>,
     pub scripts: Arc<ScriptRuntime>,
-    pub store: Arc<dyn StateStore>,
-    pub bus: Arc<dyn Bus>,
+    pub backend: Backend,
     pub router: Arc<Router>,
     pub sink: Arc<dyn Sink>,
     pub script_concurrency: usize,
@@ -213,7 +206,7 @@ pub struct EngineParts {
 /// `ws_frames` fuzz target, one per input, ran out of memory on it). The engine holds
 /// the store for as long as there is anything to read.
 struct StoreHistory {
-    store: std::sync::Weak<dyn StateStore>,
+    store: std::sync::Weak<dyn HistoryStore>,
     pack: Arc<ArcSwap<Pack>>,
 }
 
@@ -258,15 +251,14 @@ impl Engine {
     pub fn new(parts: EngineParts) -> Arc<Self> {
         let pack = Arc::new(ArcSwap::new(parts.pack));
         parts.router.set_history(Arc::new(StoreHistory {
-            store: Arc::downgrade(&parts.store),
+            store: Arc::downgrade(&parts.backend.history),
             pack: pack.clone(),
         }));
         Arc::new(Self {
             pack,
             node_id: parts.node_id,
             scripts: parts.scripts,
-            store: parts.store,
-            bus: parts.bus,
+            backend: parts.backend,
             router: parts.router,
             sink: parts.sink,
             permits: Arc::new(Semaphore::new(parts.script_concurrency.max(1))),
@@ -282,14 +274,10 @@ impl Engine {
         &self.router
     }
 
-    /// Shared state and the directory behind it (the HTTP API's lookups).
-    pub fn store(&self) -> &Arc<dyn StateStore> {
-        &self.store
-    }
-
-    /// The bus between nodes (the HTTP API's disconnects).
-    pub fn bus(&self) -> &Arc<dyn Bus> {
-        &self.bus
+    /// The backend's contracts: presence, streams and the bus, which the HTTP API reads
+    /// and disconnects through.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// The pack served now.
@@ -519,15 +507,21 @@ impl Engine {
         // serving what needs no shared state, and on recovery it writes its presence
         // again and resubscribes every wanted channel.
         if let Err(e) = self
-            .store
-            .register_conn(&caller.id, caller.user.as_deref(), &conn.session)
+            .backend
+            .sessions
+            .open(&caller.id, caller.user.as_deref(), &conn.session)
             .await
         {
             tracing::warn!(conn = %caller.id, error = %e, "could not register connection cluster-wide");
         }
         if let Some(user) = &caller.user {
             conn.watching_user = true;
-            if let Err(e) = self.bus.watch(Channel::User(user.to_string())).await {
+            if let Err(e) = self
+                .backend
+                .bus
+                .watch(Channel::User(user.to_string()))
+                .await
+            {
                 tracing::warn!(conn = %conn.caller.id, error = %e, "user channel not subscribed yet");
             }
         }
@@ -544,16 +538,17 @@ impl Engine {
         let (rooms, changes) = self.router.unregister(&caller.id);
         for change in changes {
             if let RoomChange::LastLocal(room) = change {
-                self.bus.unwatch(Channel::Room(room.to_string()));
+                self.backend.bus.unwatch(Channel::Room(room.to_string()));
             }
         }
         if let (Some(user), true) = (&caller.user, conn.watching_user) {
-            self.bus.unwatch(Channel::User(user.to_string()));
+            self.backend.bus.unwatch(Channel::User(user.to_string()));
         }
         let keep = self.sessions.resume_ttl;
         if let Err(e) = self
-            .store
-            .close_conn(
+            .backend
+            .sessions
+            .close(
                 &caller.id,
                 caller.user.as_deref(),
                 &conn.session,

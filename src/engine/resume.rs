@@ -86,7 +86,7 @@ impl Engine {
             ));
         }
         let request = parse(&data)?;
-        let Some(session) = self.store.session(&request.session).await? else {
+        let Some(session) = self.backend.sessions.session(&request.session).await? else {
             return Err(Failure::new(
                 ErrorCode::SessionExpired,
                 "unknown or expired session: join your rooms again",
@@ -102,7 +102,12 @@ impl Engine {
         if session.conn != *me {
             // The old connection may still look open (a phone that switched networks):
             // end it wherever it is. Best effort: a node that is gone ends it anyway.
-            if let Err(e) = self.bus.end_conn(&session.conn, Ending::TakenOver).await {
+            if let Err(e) = self
+                .backend
+                .bus
+                .end_conn(&session.conn, Ending::TakenOver)
+                .await
+            {
                 tracing::info!(conn = %me, old = %session.conn, error = %e, "could not reach the resumed session's old connection");
             }
         }
@@ -120,7 +125,7 @@ impl Engine {
                     Restored::NotRecovered => json!({ "recovered": false }),
                 },
             );
-            self.store.join(room, &me).await?;
+            self.backend.presence.join(room, &me).await?;
         }
         conn.may_resume = false;
         tracing::debug!(conn = %me, old = %session.conn, rooms = report.len(), "session resumed");
@@ -193,7 +198,8 @@ impl Engine {
                 // The client saw more than this node did: it is on its way here, or the
                 // room lost it (then the read moves the room to a new epoch).
                 let read = self
-                    .store
+                    .backend
+                    .history
                     .history(room, policy, Some(&claim.epoch), claim.offset, 0)
                     .await?;
                 if *read.epoch != *claim.epoch {
@@ -205,7 +211,8 @@ impl Engine {
             }
             if last > covered {
                 let read = self
-                    .store
+                    .backend
+                    .history
                     .history(
                         room,
                         policy,

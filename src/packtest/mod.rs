@@ -13,10 +13,11 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::backend::memory::MemoryBackend;
-use crate::backend::{Bus, Commit, StateStore, StoredValue, Write};
+use crate::backend::{Backend, Commit, Presence, StateStore, StoredValue, Write};
 use crate::config::{self, EventDef, Pack, Sender};
 use crate::delivery::{ConnId, ConnLink, Envelope, Router, Sink, Target};
 use crate::engine::{Caller, Conn, Engine, EngineParts, SessionConfig};
+use crate::ids::SessionId;
 use crate::script::{ScriptLimits, ScriptRuntime};
 use cases::{EventCases, TestCase};
 
@@ -129,8 +130,7 @@ async fn run_case(
         pack: pack.clone(),
         node_id: Arc::from("test"),
         scripts: runtime.clone(),
-        store: backend.clone() as Arc<dyn StateStore>,
-        bus: backend.clone() as Arc<dyn Bus>,
+        backend: Backend::of(backend.clone()),
         router: router.clone(),
         sink: recorder.clone() as Arc<dyn Sink>,
         script_concurrency: 1,
@@ -167,7 +167,12 @@ async fn run_case(
             let id = ConnId::from(case.conn.id.clone().unwrap_or_else(|| "test-1".into()));
             let user = case.conn.user.as_deref().map(Arc::from);
             let link = ConnLink::new(1024);
-            router.register(id.clone(), user.clone(), Arc::from("test-session"), link);
+            router.register(
+                id.clone(),
+                user.clone(),
+                SessionId::from("test-session"),
+                link,
+            );
             for room in &case.conn.rooms {
                 router.join(&id, room, false);
                 backend.join(room, &id).await.map_err(|e| e.to_string())?;

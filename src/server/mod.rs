@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{Durability, RedisBackend};
-use crate::backend::{Bus, StateStore, VersionCheck};
+use crate::backend::{Backend, Idempotency, VersionCheck};
 use crate::cli::{LogFormat, ServeArgs};
 use crate::cluster::{Fleet, NodeInfo, NodeRegistry};
 use crate::config::{self, Pack};
@@ -137,14 +137,14 @@ pub async fn run(
     let router = Router::new();
     let addr = listener.local_addr()?;
     let pack = Arc::new(config.pack);
-    let (store, bus, redis): (Arc<dyn StateStore>, Arc<dyn Bus>, _) = match &config.redis {
+    let (backend, idempotency, redis): (Backend, Arc<dyn Idempotency>, _) = match &config.redis {
         None => {
             let backend = Arc::new(MemoryBackend::with_version_check(
                 router.clone() as Arc<dyn Sink>,
                 config.version_check,
             ));
             tracing::info!(node = %node_id, "embedded memory backend: single node, state is lost on exit (use --redis for a cluster)");
-            (backend.clone(), backend, None)
+            (Backend::of(backend.clone()), backend, None)
         }
         Some(redis) => {
             let backend = RedisBackend::connect_with(
@@ -161,7 +161,7 @@ pub async fn run(
             .with_context(|| format!("connecting to Redis at {}", redis.url))?;
             tracing::info!(node = %node_id, prefix = %redis.prefix, "Redis backend: state, rooms and events shared with every node");
             (
-                backend.clone(),
+                Backend::of(backend.clone()),
                 backend.clone(),
                 Some((backend, redis.node_ttl)),
             )
@@ -171,8 +171,7 @@ pub async fn run(
         pack: pack.clone(),
         node_id: node_id.clone(),
         scripts: Arc::new(ScriptRuntime::new(&config.script_limits)),
-        store,
-        bus: bus.clone(),
+        backend: backend.clone(),
         router: router.clone(),
         sink: router.clone() as Arc<dyn Sink>,
         script_concurrency: config.script_concurrency,
@@ -195,7 +194,7 @@ pub async fn run(
             shutdown_rx.clone(),
         ));
     }
-    let ready_bus = bus.clone();
+    let ready_bus = backend.bus.clone();
     let ready: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || ready_bus.is_ready());
     let windows = WriteWindows::start(config.limits.write_coalesce);
     let fleet = Fleet::new(
@@ -214,6 +213,7 @@ pub async fn run(
         engine.clone(),
         Arc::new(config.api_keys),
         Arc::new(fleet),
+        idempotency,
         config.limits.max_frame_bytes,
     );
     let state = AppState {

@@ -65,7 +65,10 @@
 //! conn.rs      the command connection (one Redis, a cluster, Sentinel's primary) and
 //!              batches that split per slot
 //! wire.rs      Pub/Sub messages between nodes, values as Redis holds them
-//! store.rs     StateStore: reads, the commit script, rooms, live connections
+//! store.rs     StateStore: reads, the commit script, placing deliveries in streams
+//! presence.rs  Presence and Sessions: member sets, the rooms index, the registry
+//! history.rs   HistoryStore: a room's position and history
+//! idempotency.rs  Idempotency: the HTTP API's keys
 //! bus.rs       Bus: publish, watches, the Pub/Sub connection task
 //! shards.rs    sharded Pub/Sub on a Redis Cluster: per-channel subscriptions, probes
 //! sentinel.rs  following the primary Sentinel names
@@ -75,6 +78,8 @@
 
 mod bus;
 mod conn;
+mod history;
+mod idempotency;
 mod keys;
 mod presence;
 mod registry;

@@ -3,11 +3,17 @@
 //! presence written again after Redis came back, and a dead node's cleanup all write
 //! through these, so the sets stay in step whichever path changed them.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde_json::Value;
 
 use super::conn::Batch;
 use super::{Names, RedisBackend};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, LiveConn, Presence, Session, Sessions};
+use crate::ids::{ConnId, SessionId};
 
 /// Presence is written in three places (a join, a leave, a whole node's presence again
 /// after Redis came back) and removed by a dead node's cleanup: these keep the room's
@@ -126,5 +132,167 @@ impl RedisBackend {
             self.query::<()>(&write).await?;
         }
         Ok(())
+    }
+}
+
+impl Presence for RedisBackend {
+    fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut batch = Batch::new().atomic();
+        add_member(&mut batch, &self.names, room, conn);
+        let room = room.to_string();
+        async move {
+            self.run(&batch).await?;
+            self.recount_rooms(&[&room]).await
+        }
+        .boxed()
+    }
+
+    fn leave(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut batch = Batch::new().atomic();
+        remove_member(&mut batch, &self.names, room, conn);
+        let room = room.to_string();
+        async move {
+            self.run(&batch).await?;
+            self.recount_rooms(&[&room]).await
+        }
+        .boxed()
+    }
+
+    fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        let key = self.names.room(room);
+        async move {
+            let mut c = self.conn.clone();
+            let mut members: Vec<String> = self
+                .call(redis::cmd("SMEMBERS").arg(&key).query_async(&mut c))
+                .await?;
+            members.sort();
+            Ok(members)
+        }
+        .boxed()
+    }
+
+    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
+        // The registry hash of the node the id names: no lookup table needed.
+        let key = self.names.node_conns(crate::ids::node_of(conn));
+        let conn = conn.to_string();
+        async move {
+            let info: Option<String> = self.query(&redis::Cmd::hget(&key, &conn)).await?;
+            Ok(info.map(|info| {
+                let info = serde_json::from_str::<Value>(&info).unwrap_or_default();
+                LiveConn {
+                    user: info.get("user").and_then(Value::as_str).map(str::to_string),
+                    id: conn,
+                }
+            }))
+        }
+        .boxed()
+    }
+
+    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        let key = self.names.user(user);
+        async move {
+            let mut conns: Vec<String> = self.query(&redis::Cmd::smembers(&key)).await?;
+            conns.sort();
+            Ok(conns)
+        }
+        .boxed()
+    }
+
+    fn busiest_rooms(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>> {
+        let key = self.names.rooms_index();
+        async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let stop = isize::try_from(limit - 1).unwrap_or(isize::MAX);
+            let rooms: Vec<(String, f64)> = self
+                .query(&redis::Cmd::zrevrange_withscores(&key, 0, stop))
+                .await?;
+            Ok(rooms
+                .into_iter()
+                .map(|(room, n)| (room, n.max(0.0) as u64))
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+impl Sessions for RedisBackend {
+    fn open(
+        &self,
+        conn: &ConnId,
+        user: Option<&str>,
+        session: &SessionId,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut batch = Batch::new();
+        add_conn(
+            &mut batch,
+            &self.names,
+            &self.node_id,
+            conn,
+            user,
+            session.expose(),
+        );
+        async move { self.run(&batch).await.map(drop) }.boxed()
+    }
+
+    fn close(
+        &self,
+        conn: &ConnId,
+        user: Option<&str>,
+        session: &SessionId,
+        rooms: &[Arc<str>],
+        keep: Duration,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut batch = Batch::new().atomic();
+        for room in rooms {
+            // Out of the room's members; the connection keeps the room in its set, for
+            // a resume.
+            let key = self.names.room(room);
+            batch.add(&key, redis::Cmd::srem(&key, conn.as_ref()));
+            recount(&mut batch, &self.names, room);
+        }
+        if let Some(user) = user {
+            let key = self.names.user(user);
+            batch.add(&key, redis::Cmd::srem(&key, conn.as_ref()));
+        }
+        let conns = self.names.node_conns(&self.node_id);
+        batch.add(&conns, redis::Cmd::hdel(&conns, conn.as_ref()));
+        keep_session(&mut batch, &self.names, conn, session.expose(), keep);
+        let rooms = rooms.to_vec();
+        async move {
+            self.run(&batch).await?;
+            let rooms: Vec<&str> = rooms.iter().map(|r| &**r).collect();
+            self.recount_rooms(&rooms).await
+        }
+        .boxed()
+    }
+
+    fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
+        let key = self.names.session(id);
+        async move {
+            let fields: Vec<(String, String)> = self.query(&redis::Cmd::hgetall(&key)).await?;
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let Some(conn) = field("conn") else {
+                return Ok(None);
+            };
+            let user = field("user")
+                .and_then(|u| serde_json::from_str::<Option<String>>(&u).ok())
+                .flatten();
+            let mut rooms: Vec<String> = self
+                .query(&redis::Cmd::smembers(self.names.conn_rooms(&conn)))
+                .await?;
+            rooms.sort();
+            Ok(Some(Session { user, conn, rooms }))
+        }
+        .boxed()
     }
 }

@@ -48,7 +48,7 @@ impl RedisBackend {
                 &self.node_id,
                 &conn.id,
                 conn.user.as_deref(),
-                &conn.session,
+                conn.session.expose(),
             );
             for room in &conn.rooms {
                 add_member(&mut batch, &self.names, room, &conn.id);

@@ -8,17 +8,15 @@ use redis::Value as RedisValue;
 use serde_json::Value;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::conn::Batch;
-use super::presence::{add_conn, add_member, keep_session, recount, remove_member};
-use super::wire::{encode_message, encode_value, header, parse_history, parse_placed, parse_read};
+use super::history::ttl_ms;
+use super::wire::{encode_message, encode_value, header, parse_placed, parse_read};
 use super::{too_late, RedisBackend, TOO_LATE};
 use crate::backend::{
-    new_epoch, BackendError, Channel, Commit, CommitOutcome, LiveConn, Placement, Session,
-    StateStore, VersionCheck, Versioned,
+    new_epoch, BackendError, Channel, Commit, CommitOutcome, Placement, StateStore, VersionCheck,
+    Versioned,
 };
-use crate::delivery::{ConnId, Envelope, HistoryPolicy, HistoryRead, Position, Target};
+use crate::delivery::{Envelope, HistoryPolicy, Position, Target};
 
 /// Lua's `unpack` has a stack limit; spread long argument lists over several calls.
 const LUA_CHUNK: usize = 1000;
@@ -290,28 +288,6 @@ impl RedisBackend {
             offset,
         })
     }
-
-    async fn read_history(
-        &self,
-        room: &str,
-        policy: &HistoryPolicy,
-        seen: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<HistoryRead, BackendError> {
-        let mut invocation = self.history_script.prepare_invoke();
-        invocation
-            .key(self.names.position(room))
-            .key(self.names.history(room))
-            .arg(after)
-            .arg(limit)
-            .arg(ttl_ms(policy))
-            .arg(&*new_epoch())
-            .arg(seen);
-        let mut conn = self.conn.clone();
-        let reply: RedisValue = self.call(invocation.invoke_async(&mut conn)).await?;
-        parse_history(reply)
-    }
 }
 
 /// `WSS_TEST_ABORT_AFTER_COMMIT=1`: abort the process between a Redis Cluster commit
@@ -328,12 +304,6 @@ pub(super) fn unplaced(envelope: &Envelope) -> Option<(&str, &HistoryPolicy)> {
         (Target::Room(room), Position::Unplaced(policy)) => Some((room, policy)),
         _ => None,
     }
-}
-
-fn ttl_ms(policy: &HistoryPolicy) -> u64 {
-    u64::try_from(policy.ttl.as_millis())
-        .unwrap_or(u64::MAX / 2)
-        .max(1)
 }
 
 impl StateStore for RedisBackend {
@@ -371,222 +341,5 @@ impl StateStore for RedisBackend {
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome, BackendError>> {
         self.commit_inner(commit).boxed()
-    }
-
-    fn join(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut batch = Batch::new().atomic();
-        add_member(&mut batch, &self.names, room, conn);
-        let room = room.to_string();
-        async move {
-            self.run(&batch).await?;
-            self.recount_rooms(&[&room]).await
-        }
-        .boxed()
-    }
-
-    fn leave(&self, room: &str, conn: &ConnId) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut batch = Batch::new().atomic();
-        remove_member(&mut batch, &self.names, room, conn);
-        let room = room.to_string();
-        async move {
-            self.run(&batch).await?;
-            self.recount_rooms(&[&room]).await
-        }
-        .boxed()
-    }
-
-    fn members(&self, room: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
-        let key = self.names.room(room);
-        async move {
-            let mut c = self.conn.clone();
-            let mut members: Vec<String> = self
-                .call(redis::cmd("SMEMBERS").arg(&key).query_async(&mut c))
-                .await?;
-            members.sort();
-            Ok(members)
-        }
-        .boxed()
-    }
-
-    fn register_conn(
-        &self,
-        conn: &ConnId,
-        user: Option<&str>,
-        session: &str,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut batch = Batch::new();
-        add_conn(&mut batch, &self.names, &self.node_id, conn, user, session);
-        async move { self.run(&batch).await.map(drop) }.boxed()
-    }
-
-    fn close_conn(
-        &self,
-        conn: &ConnId,
-        user: Option<&str>,
-        session: &str,
-        rooms: &[Arc<str>],
-        keep: Duration,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut batch = Batch::new().atomic();
-        for room in rooms {
-            // Out of the room's members; the connection keeps the room in its set, for
-            // a resume.
-            let key = self.names.room(room);
-            batch.add(&key, redis::Cmd::srem(&key, conn.as_ref()));
-            recount(&mut batch, &self.names, room);
-        }
-        if let Some(user) = user {
-            let key = self.names.user(user);
-            batch.add(&key, redis::Cmd::srem(&key, conn.as_ref()));
-        }
-        let conns = self.names.node_conns(&self.node_id);
-        batch.add(&conns, redis::Cmd::hdel(&conns, conn.as_ref()));
-        keep_session(&mut batch, &self.names, conn, session, keep);
-        let rooms = rooms.to_vec();
-        async move {
-            self.run(&batch).await?;
-            let rooms: Vec<&str> = rooms.iter().map(|r| &**r).collect();
-            self.recount_rooms(&rooms).await
-        }
-        .boxed()
-    }
-
-    fn live_conn(&self, conn: &str) -> BoxFuture<'_, Result<Option<LiveConn>, BackendError>> {
-        // The registry hash of the node the id names: no lookup table needed.
-        let key = self.names.node_conns(crate::ids::node_of(conn));
-        let conn = conn.to_string();
-        async move {
-            let info: Option<String> = self.query(&redis::Cmd::hget(&key, &conn)).await?;
-            Ok(info.map(|info| {
-                let info = serde_json::from_str::<Value>(&info).unwrap_or_default();
-                LiveConn {
-                    user: info.get("user").and_then(Value::as_str).map(str::to_string),
-                    id: conn,
-                }
-            }))
-        }
-        .boxed()
-    }
-
-    fn user_conns(&self, user: &str) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
-        let key = self.names.user(user);
-        async move {
-            let mut conns: Vec<String> = self.query(&redis::Cmd::smembers(&key)).await?;
-            conns.sort();
-            Ok(conns)
-        }
-        .boxed()
-    }
-
-    fn busiest_rooms(
-        &self,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, BackendError>> {
-        let key = self.names.rooms_index();
-        async move {
-            if limit == 0 {
-                return Ok(Vec::new());
-            }
-            let stop = isize::try_from(limit - 1).unwrap_or(isize::MAX);
-            let rooms: Vec<(String, f64)> = self
-                .query(&redis::Cmd::zrevrange_withscores(&key, 0, stop))
-                .await?;
-            Ok(rooms
-                .into_iter()
-                .map(|(room, n)| (room, n.max(0.0) as u64))
-                .collect())
-        }
-        .boxed()
-    }
-
-    fn idempotency_claim(
-        &self,
-        key: &str,
-        marker: &str,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
-        let key = self.names.idempotency(key);
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let marker = marker.to_string();
-        async move {
-            // `SET NX GET` would do it in one command, but only from Redis 7.0 on;
-            // a MULTI of `SET NX` and `GET` is as atomic and works on 6.x too.
-            let mut set = redis::cmd("SET");
-            set.arg(&key).arg(&marker).arg("NX").arg("PX").arg(ms);
-            let mut batch = Batch::new().atomic();
-            batch.keep(&key, set).keep(&key, redis::Cmd::get(&key));
-            let replies = self.run(&batch).await?;
-            let claimed = !matches!(replies.first(), Some(RedisValue::Nil) | None);
-            let held: Option<String> = match replies.get(1) {
-                Some(v) => redis::from_redis_value_ref(v)
-                    .map_err(|e| BackendError::Protocol(e.to_string()))?,
-                None => None,
-            };
-            Ok(if claimed { None } else { held })
-        }
-        .boxed()
-    }
-
-    fn idempotency_store(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        let key = self.names.idempotency(key);
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut set = redis::cmd("SET");
-        set.arg(key).arg(value).arg("PX").arg(ms);
-        async move { self.query::<()>(&set).await }.boxed()
-    }
-
-    fn session(&self, id: &str) -> BoxFuture<'_, Result<Option<Session>, BackendError>> {
-        let key = self.names.session(id);
-        async move {
-            let fields: Vec<(String, String)> = self.query(&redis::Cmd::hgetall(&key)).await?;
-            let field = |name: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-            };
-            let Some(conn) = field("conn") else {
-                return Ok(None);
-            };
-            let user = field("user")
-                .and_then(|u| serde_json::from_str::<Option<String>>(&u).ok())
-                .flatten();
-            let mut rooms: Vec<String> = self
-                .query(&redis::Cmd::smembers(self.names.conn_rooms(&conn)))
-                .await?;
-            rooms.sort();
-            Ok(Some(Session { user, conn, rooms }))
-        }
-        .boxed()
-    }
-
-    fn position(
-        &self,
-        room: &str,
-        policy: &HistoryPolicy,
-    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
-        let (room, policy) = (room.to_string(), *policy);
-        async move {
-            let read = self.read_history(&room, &policy, "", 0, 0).await?;
-            Ok((read.epoch, read.head))
-        }
-        .boxed()
-    }
-
-    fn history(
-        &self,
-        room: &str,
-        policy: &HistoryPolicy,
-        seen: Option<&str>,
-        after: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<HistoryRead, BackendError>> {
-        let (room, policy, seen) = (room.to_string(), *policy, seen.unwrap_or("").to_string());
-        async move { self.read_history(&room, &policy, &seen, after, limit).await }.boxed()
     }
 }

@@ -23,12 +23,14 @@ mod streams;
 
 use super::link::{ConnLink, Ending};
 use super::stream::{Next, Release, Stream};
+use crate::ids::SessionId;
+
 use super::{ConnId, Envelope, History, Position, Sink, Target};
 
 struct Entry {
     link: Arc<ConnLink>,
     user: Option<Arc<str>>,
-    session: Arc<str>,
+    session: SessionId,
     rooms: HashSet<Arc<str>>,
 }
 
@@ -131,7 +133,7 @@ pub enum Activated {
 pub struct ConnSnapshot {
     pub id: ConnId,
     pub user: Option<Arc<str>>,
-    pub session: Arc<str>,
+    pub session: SessionId,
     pub rooms: Vec<Arc<str>>,
 }
 
@@ -190,7 +192,7 @@ impl Router {
         &self,
         id: ConnId,
         user: Option<Arc<str>>,
-        session: Arc<str>,
+        session: SessionId,
         link: Arc<ConnLink>,
     ) {
         let mut inner = self.inner.write();
@@ -479,7 +481,7 @@ mod tests {
         let router = Router::new();
         let id = ConnId::from("n-1");
         let link = ConnLink::new(16);
-        router.register(id.clone(), None, Arc::from("s"), link.clone());
+        router.register(id.clone(), None, SessionId::from("s"), link.clone());
         assert!(matches!(
             router.join(&id, "lobby", false),
             RoomChange::FirstLocal(_)
@@ -507,8 +509,8 @@ mod tests {
         let router = Router::new();
         let (a, b) = (ConnId::from("n-1"), ConnId::from("n-2"));
         let (la, lb) = (ConnLink::new(64), ConnLink::new(64));
-        router.register(a.clone(), None, Arc::from("s1"), la.clone());
-        router.register(b.clone(), None, Arc::from("s2"), lb.clone());
+        router.register(a.clone(), None, SessionId::from("s1"), la.clone());
+        router.register(b.clone(), None, SessionId::from("s2"), lb.clone());
         router.join(&a, "doc", true);
         // Before the stream starts, deliveries wait.
         router.deliver(&placed("doc", "e", 4));
@@ -560,7 +562,12 @@ mod tests {
     async fn take_over_ends_the_connection() {
         let router = Router::new();
         let link = ConnLink::new(4);
-        router.register(ConnId::from("n-1"), None, Arc::from("s"), link.clone());
+        router.register(
+            ConnId::from("n-1"),
+            None,
+            SessionId::from("s"),
+            link.clone(),
+        );
         assert!(router.end_conn("n-1", Ending::TakenOver));
         assert_eq!(link.ending(), Some(Ending::TakenOver));
         assert!(!router.end_conn("n-2", Ending::Disconnected));

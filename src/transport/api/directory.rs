@@ -30,7 +30,12 @@ impl ApiState {
         let Some(policy) = self.engine.pack().rooms.history_for(room) else {
             return Ok(None);
         };
-        let (epoch, offset) = self.engine.store().position(room, &policy).await?;
+        let (epoch, offset) = self
+            .engine
+            .backend()
+            .history
+            .position(room, &policy)
+            .await?;
         Ok(Some(Position {
             epoch: epoch.to_string(),
             offset,
@@ -55,7 +60,12 @@ pub async fn list_rooms(
     RawQuery(query): RawQuery,
 ) -> ApiResult<RoomList> {
     let limit = query_u64(query.as_deref(), "limit", 20, 1, MAX_ROOMS)?;
-    let busiest = state.engine.store().busiest_rooms(limit as usize).await?;
+    let busiest = state
+        .engine
+        .backend()
+        .presence
+        .busiest_rooms(limit as usize)
+        .await?;
     let mut rooms = Vec::with_capacity(busiest.len());
     for (room, members) in busiest {
         let history = state.position(&room).await?;
@@ -84,7 +94,7 @@ pub async fn room(
     Name(room): Name,
     _: Needs<Read>,
 ) -> ApiResult<RoomInfo> {
-    let members = state.engine.store().members(&room).await?;
+    let members = state.engine.backend().presence.members(&room).await?;
     let history = state.position(&room).await?;
     ok(RoomInfo {
         count: members.len() as u64,
@@ -128,7 +138,8 @@ pub async fn history(
     };
     let read = state
         .engine
-        .store()
+        .backend()
+        .history
         .history(&room, &policy, None, since, limit as usize)
         .await?;
     let deliveries = read
@@ -163,7 +174,8 @@ pub async fn user(
 ) -> ApiResult<UserInfo> {
     let connections = state
         .engine
-        .store()
+        .backend()
+        .presence
         .user_conns(&user)
         .await?
         .into_iter()
@@ -203,14 +215,22 @@ pub async fn disconnect_conn(
     let request = fingerprint("POST", &path, &Value::Null);
     idempotency
         .once(request, async move {
-            if state.engine.store().live_conn(&id).await?.is_none() {
+            if state
+                .engine
+                .backend()
+                .presence
+                .live_conn(&id)
+                .await?
+                .is_none()
+            {
                 return Err(ApiError::not_found(format!(
                     "no node holds connection `{id}`"
                 )));
             }
             state
                 .engine
-                .bus()
+                .backend()
+                .bus
                 .end_conn(&id, Ending::Disconnected)
                 .await?;
             tracing::info!(conn = %id, "disconnected through the API");
@@ -246,11 +266,12 @@ pub async fn disconnect_user(
     let request = fingerprint("POST", &path, &Value::Null);
     idempotency
         .once(request, async move {
-            let conns = state.engine.store().user_conns(&user).await?;
+            let conns = state.engine.backend().presence.user_conns(&user).await?;
             for conn in &conns {
                 state
                     .engine
-                    .bus()
+                    .backend()
+                    .bus
                     .end_conn(conn, Ending::Disconnected)
                     .await?;
             }

@@ -30,7 +30,7 @@ use super::error::ApiError;
 use super::model::{json_response, ApiResult};
 use super::request::Authed;
 use super::ApiState;
-use crate::backend::StateStore;
+use crate::backend::Idempotency as KeyStore;
 use crate::engine::ErrorCode;
 
 /// Longest `Idempotency-Key`.
@@ -89,7 +89,7 @@ fn key_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// A request's `Idempotency-Key` (400 when malformed), with what running its work
 /// once needs: the store that holds the keys, and the API key they belong to.
 pub struct Idempotency {
-    store: Arc<dyn StateStore>,
+    store: Arc<dyn KeyStore>,
     /// The API key's name: two backends' keys cannot collide.
     scope: String,
     key: Option<String>,
@@ -102,7 +102,7 @@ impl FromRequestParts<ApiState> for Idempotency {
         let key = key_of(&parts.headers)?;
         let Authed(api_key) = Authed::from_request_parts(parts, state).await?;
         Ok(Self {
-            store: state.engine.store().clone(),
+            store: state.idempotency.clone(),
             scope: api_key.name.clone(),
             key,
         })
@@ -123,10 +123,7 @@ impl Idempotency {
         let stored_key = format!("{}:{key}", self.scope);
         let marker = json!({ "state": "running", "request": request }).to_string();
         let store = self.store;
-        let held = match store
-            .idempotency_claim(&stored_key, &marker, RUNNING_TTL)
-            .await
-        {
+        let held = match store.claim(&stored_key, &marker, RUNNING_TTL).await {
             Ok(held) => held,
             Err(e) => return ApiError::from(e).into_response(),
         };
@@ -150,7 +147,7 @@ impl Idempotency {
                 });
                 (kept.to_string(), KEEP)
             };
-            if let Err(e) = store.idempotency_store(&stored_key, &value, ttl).await {
+            if let Err(e) = store.store(&stored_key, &value, ttl).await {
                 // The answer goes back all the same; a retry then finds the `running`
                 // marker until it expires, and is told `conflict`.
                 tracing::warn!(error = %e, "could not store the answer of an idempotent request");
@@ -220,7 +217,7 @@ mod tests {
         }
     }
 
-    fn with_key(store: &Arc<dyn StateStore>, key: &str) -> Idempotency {
+    fn with_key(store: &Arc<dyn KeyStore>, key: &str) -> Idempotency {
         Idempotency {
             store: store.clone(),
             scope: "k".into(),
@@ -230,8 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeat_while_the_first_runs_is_a_conflict_then_a_replay() {
-        let store: Arc<dyn StateStore> =
-            Arc::new(MemoryBackend::new(Router::new() as Arc<dyn Sink>));
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryBackend::new(Router::new() as Arc<dyn Sink>));
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let first = tokio::spawn(with_key(&store, "id-1").once("req".into(), async move {
             let _ = released.await;
@@ -260,8 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_worth_retrying_free_the_key() {
-        let store: Arc<dyn StateStore> =
-            Arc::new(MemoryBackend::new(Router::new() as Arc<dyn Sink>));
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryBackend::new(Router::new() as Arc<dyn Sink>));
         let busy = with_key(&store, "id")
             .once("req".into(), async {
                 ApiResult::<String>::Err(ApiError::new(ErrorCode::Unavailable, "down"))

@@ -49,6 +49,7 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::backend::Idempotency;
 use crate::cluster::Fleet;
 use crate::engine::{Engine, RateBuckets};
 use error::{ApiError, Code};
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub engine: Arc<Engine>,
     pub keys: Arc<ApiKeys>,
     pub fleet: Arc<Fleet>,
+    /// Where `Idempotency-Key`s and their answers are kept, cluster-wide.
+    pub idempotency: Arc<dyn Idempotency>,
     /// Largest request body (`--max-frame-bytes`, as for a socket's frame).
     pub max_body: usize,
     /// Token buckets of rate-limited events, per API key: at most one per key and
@@ -77,12 +80,14 @@ impl ApiState {
         engine: Arc<Engine>,
         keys: Arc<ApiKeys>,
         fleet: Arc<Fleet>,
+        idempotency: Arc<dyn Idempotency>,
         max_body: usize,
     ) -> Self {
         Self {
             engine,
             keys,
             fleet,
+            idempotency,
             max_body,
             buckets: Arc::default(),
             router: Arc::default(),

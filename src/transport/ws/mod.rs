@@ -155,7 +155,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, identity: super::a
         let welcome = protocol::welcome(
             &id,
             &engine.node_id,
-            &conn.session,
+            conn.session.expose(),
             engine.sessions.resume_ttl.as_secs(),
         );
         if send_text(&mut socket, welcome).await.is_err() {
