@@ -21,7 +21,8 @@ use super::{
     Placement, Presence, Session, Sessions, StateStore, StoredValue, VersionCheck, Versioned,
 };
 use crate::delivery::{
-    ConnId, Ending, Envelope, HistoryEntry, HistoryPolicy, HistoryRead, Position, Sink, Target,
+    ConnId, Ending, Envelope, HistoryEntry, HistoryPolicy, HistoryRead, Position, Sink,
+    StreamPosition, Target,
 };
 use crate::ids::SessionId;
 
@@ -41,10 +42,10 @@ impl Entry {
     }
 }
 
-/// One room's stream: its epoch, last offset and the deliveries its history keeps.
+/// One room's stream: its position (epoch, last offset) and the deliveries its history
+/// keeps.
 struct Log {
-    epoch: Arc<str>,
-    offset: u64,
+    head: StreamPosition,
     /// `(offset, appended at, frame)`, oldest first.
     entries: VecDeque<(u64, Instant, Bytes)>,
 }
@@ -52,8 +53,7 @@ struct Log {
 impl Log {
     fn new() -> Self {
         Self {
-            epoch: new_epoch(),
-            offset: 0,
+            head: StreamPosition::new(new_epoch(), 0),
             entries: VecDeque::new(),
         }
     }
@@ -209,15 +209,14 @@ impl MemoryBackend {
             return None;
         };
         let log = state.logs.entry(room.clone()).or_insert_with(Log::new);
-        log.offset += 1;
-        let placed = envelope.placed(log.epoch.clone(), log.offset);
+        log.head.offset += 1;
+        let placed = envelope.placed(log.head.clone());
         log.entries
-            .push_back((log.offset, now, placed.frame.clone()));
+            .push_back((log.head.offset, now, placed.frame.clone()));
         log.trim(policy, now);
         let placement = Placement {
             room: room.clone(),
-            epoch: log.epoch.clone(),
-            offset: log.offset,
+            at: log.head.clone(),
         };
         self.sink.deliver(&placed);
         Some(placement)
@@ -397,10 +396,10 @@ impl HistoryStore for MemoryBackend {
         &self,
         room: &str,
         _policy: &HistoryPolicy,
-    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
+    ) -> BoxFuture<'_, Result<StreamPosition, BackendError>> {
         let mut state = self.state.lock();
         let log = state.logs.entry(room.to_string()).or_insert_with(Log::new);
-        ready(Ok((log.epoch.clone(), log.offset))).boxed()
+        ready(Ok(log.head.clone())).boxed()
     }
 
     fn history(
@@ -427,10 +426,9 @@ impl HistoryStore for MemoryBackend {
             })
             .collect();
         let complete =
-            after >= log.offset || entries.first().is_some_and(|e| e.offset == after + 1);
+            after >= log.head.offset || entries.first().is_some_and(|e| e.offset == after + 1);
         ready(Ok(HistoryRead {
-            epoch: log.epoch.clone(),
-            head: log.offset,
+            head: log.head.clone(),
             entries,
             complete,
         }))

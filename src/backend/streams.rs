@@ -6,14 +6,13 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::BackendError;
-use crate::delivery::{Ending, Envelope, HistoryPolicy, HistoryRead};
+use crate::delivery::{Ending, Envelope, HistoryPolicy, HistoryRead, StreamPosition};
 
 /// Where a delivery to a room with history was placed in the room's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub room: String,
-    pub epoch: Arc<str>,
-    pub offset: u64,
+    pub at: StreamPosition,
 }
 
 /// A random epoch for a room whose history begins now.
@@ -68,7 +67,7 @@ pub trait HistoryStore: Send + Sync + 'static {
         &self,
         room: &str,
         policy: &HistoryPolicy,
-    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>>;
+    ) -> BoxFuture<'_, Result<StreamPosition, BackendError>>;
 
     /// A room's deliveries after `after`, at most `limit`, with the room's position.
     ///

@@ -54,6 +54,22 @@ pub struct HistoryPolicy {
     pub ttl: Duration,
 }
 
+/// A place in a room's stream: its epoch, a random id that changes when the room's
+/// history is lost (so no offset of an older one is trusted), and an offset in that
+/// epoch (1, 2, 3, … per delivery; 0 before the first). History, resumes, gap repair,
+/// the HTTP API and the client frames all speak of positions in this one shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
+impl StreamPosition {
+    pub fn new(epoch: Arc<str>, offset: u64) -> Self {
+        Self { epoch, offset }
+    }
+}
+
 /// Where a delivery stands in its room's stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Position {
@@ -63,8 +79,8 @@ pub enum Position {
     /// the room's next offset, appends it to the history and completes the frame, all
     /// in one atomic step.
     Unplaced(HistoryPolicy),
-    /// Placed: the room's epoch (which changes when its history is lost) and offset.
-    At { epoch: Arc<str>, offset: u64 },
+    /// Placed at this position of the room's stream.
+    At(StreamPosition),
 }
 
 impl Envelope {
@@ -78,20 +94,21 @@ impl Envelope {
         }
     }
 
-    /// This (unplaced) envelope placed at `offset`: the frame completed with it.
-    pub fn placed(&self, epoch: Arc<str>, offset: u64) -> Self {
+    /// This (unplaced) envelope placed `at` its room's next position: the frame
+    /// completed with the offset.
+    pub fn placed(&self, at: StreamPosition) -> Self {
         Self {
             target: self.target.clone(),
             exclude: self.exclude.clone(),
-            frame: place(&self.frame, offset),
-            position: Position::At { epoch, offset },
+            frame: place(&self.frame, at.offset),
+            position: Position::At(at),
         }
     }
 
-    /// The room and offset of a placed delivery.
-    pub fn stream_offset(&self) -> Option<(&str, &Arc<str>, u64)> {
+    /// The room and position of a placed delivery.
+    pub fn stream_position(&self) -> Option<(&str, &StreamPosition)> {
         match (&self.target, &self.position) {
-            (Target::Room(room), Position::At { epoch, offset }) => Some((room, epoch, *offset)),
+            (Target::Room(room), Position::At(at)) => Some((room, at)),
             _ => None,
         }
     }
@@ -123,10 +140,9 @@ pub struct HistoryEntry {
 /// A read of a room's history after some offset.
 #[derive(Debug, Clone)]
 pub struct HistoryRead {
-    /// The room's epoch now.
-    pub epoch: Arc<str>,
-    /// The room's last offset now (0 for a room nothing was delivered to yet).
-    pub head: u64,
+    /// The room's position now: its epoch and last offset (0 for a room nothing was
+    /// delivered to yet).
+    pub head: StreamPosition,
     /// Every delivery after the offset asked for, oldest first, up to the limit asked
     /// for. Complete means: from the offset asked for up to `head`, nothing is missing.
     pub entries: Vec<HistoryEntry>,
@@ -136,8 +152,7 @@ pub struct HistoryRead {
 /// Where a room's deliveries can be read again: the backend's history, as the router
 /// needs it to fill a hole in a room's stream.
 pub trait History: Send + Sync + 'static {
-    /// Deliveries of `room` after `after`, at most `limit`.
-    /// Deliveries of `room` after `after` of `epoch` (see `StateStore::history`), at
+    /// Deliveries of `room` after `after` of `epoch` (see `HistoryStore::history`), at
     /// most `limit`.
     fn read(
         &self,

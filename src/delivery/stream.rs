@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::HistoryRead;
+use super::{HistoryRead, StreamPosition};
 
 /// Most deliveries held while a hole is filled: past it the hole is given up on.
 const MAX_HELD: usize = 10_000;
@@ -31,8 +31,8 @@ pub(super) enum Release {
     /// Deliver to the members whose floor is below its offset.
     Frame { offset: u64, frame: Bytes },
     /// A hole that cannot be filled: members are told, and the stream goes on from
-    /// `offset` in `epoch`.
-    Gap { epoch: Arc<str>, offset: u64 },
+    /// this position.
+    Gap(StreamPosition),
 }
 
 /// What the router should do after a step.
@@ -68,21 +68,23 @@ impl Stream {
         }
     }
 
-    /// `(epoch, last offset released)` once started.
-    pub(super) fn position(&self) -> Option<(Arc<str>, u64)> {
-        self.epoch.clone().map(|e| (e, self.last))
+    /// The last position released, once started.
+    pub(super) fn position(&self) -> Option<StreamPosition> {
+        self.epoch
+            .clone()
+            .map(|epoch| StreamPosition::new(epoch, self.last))
     }
 
     /// Start at the room's position: everything up to `head` was published before this
     /// node listened, and anything held after it follows.
-    pub(super) fn start(&mut self, epoch: Arc<str>, head: u64, out: &mut Vec<Release>) -> Next {
+    pub(super) fn start(&mut self, head: StreamPosition, out: &mut Vec<Release>) -> Next {
         if self.epoch.is_some() {
             return Next::Nothing;
         }
         // Held deliveries of another epoch are of a history that is gone.
-        self.held.retain(|_, (held, _)| *held == epoch);
-        self.epoch = Some(epoch);
-        self.last = head;
+        self.held.retain(|_, (held, _)| *held == head.epoch);
+        self.epoch = Some(head.epoch);
+        self.last = head.offset;
         self.release_held(out)
     }
 
@@ -102,7 +104,10 @@ impl Stream {
             // The room's history was lost (Redis restarted empty): positions of the old
             // epoch mean nothing now. Members are told, and the new epoch goes on.
             self.held.clear();
-            self.jump(epoch.clone(), offset.saturating_sub(1), out);
+            self.jump(
+                StreamPosition::new(epoch.clone(), offset.saturating_sub(1)),
+                out,
+            );
         } else if offset <= self.last {
             return Next::Nothing;
         }
@@ -135,16 +140,16 @@ impl Stream {
             // Not reachable now: try again while the hole is there.
             return self.release_held(out);
         };
-        if read.epoch != current {
+        if read.head.epoch != current {
             self.held.clear();
-            self.jump(read.epoch, read.head, out);
+            self.jump(read.head, out);
             return Next::Nothing;
         }
         if after != self.last {
             // Released meanwhile; what was read may be stale: look again.
             return self.release_held(out);
         }
-        let target = until.unwrap_or(read.head);
+        let target = until.unwrap_or(read.head.offset);
         if read.complete {
             for entry in read.entries {
                 if entry.offset == self.last + 1 && entry.offset <= target {
@@ -158,7 +163,7 @@ impl Stream {
         }
         if self.last < target {
             // Beyond history (trimmed, expired, or more than a fill takes).
-            self.jump(current, target, out);
+            self.jump(StreamPosition::new(current, target), out);
         }
         self.release_held(out)
     }
@@ -196,12 +201,12 @@ impl Stream {
         }
     }
 
-    /// Skip to `offset` in `epoch`, telling members.
-    fn jump(&mut self, epoch: Arc<str>, offset: u64, out: &mut Vec<Release>) {
-        self.epoch = Some(epoch.clone());
-        self.last = offset;
-        self.held.retain(|o, _| *o > offset);
-        out.push(Release::Gap { epoch, offset });
+    /// Skip to `to`, telling members.
+    fn jump(&mut self, to: StreamPosition, out: &mut Vec<Release>) {
+        self.epoch = Some(to.epoch.clone());
+        self.last = to.offset;
+        self.held.retain(|o, _| *o > to.offset);
+        out.push(Release::Gap(to));
     }
 
     /// Release what follows `last` without a hole; ask for a fill when a hole remains.
@@ -226,7 +231,7 @@ impl Stream {
         };
         if self.held.len() > MAX_HELD {
             // Waiting longer would hold too much: give the hole up.
-            self.jump(epoch, first - 1, out);
+            self.jump(StreamPosition::new(epoch, first - 1), out);
             return self.release_held(out);
         }
         if self.filling {
@@ -259,14 +264,14 @@ mod tests {
         out.iter()
             .map(|r| match r {
                 Release::Frame { frame, .. } => String::from_utf8_lossy(frame).to_string(),
-                Release::Gap { epoch, offset } => format!("gap {epoch}@{offset}"),
+                Release::Gap(at) => format!("gap {}@{}", at.epoch, at.offset),
             })
             .collect()
     }
 
     fn started(head: u64) -> Stream {
         let mut s = Stream::new();
-        s.start(Arc::from("e"), head, &mut Vec::new());
+        s.start(StreamPosition::new(Arc::from("e"), head), &mut Vec::new());
         s
     }
 
@@ -330,8 +335,7 @@ mod tests {
         assert_eq!(offer(&mut s, "e", 5, &mut out), Next::Nothing);
         assert_eq!(released(&out), ["5"]);
         let read = HistoryRead {
-            epoch: Arc::from("e"),
-            head: 8,
+            head: StreamPosition::new(Arc::from("e"), 8),
             entries: (6..=8)
                 .map(|o| HistoryEntry {
                     offset: o,
@@ -359,8 +363,7 @@ mod tests {
         let mut out = Vec::new();
         offer(&mut s, "e", 10, &mut out);
         let read = HistoryRead {
-            epoch: Arc::from("e"),
-            head: 10,
+            head: StreamPosition::new(Arc::from("e"), 10),
             entries: Vec::new(),
             complete: false,
         };
@@ -376,7 +379,10 @@ mod tests {
         offer(&mut s, "e", 4, &mut out);
         offer(&mut s, "e", 5, &mut out);
         assert!(out.is_empty());
-        assert_eq!(s.start(Arc::from("e"), 3, &mut out), Next::Nothing);
+        assert_eq!(
+            s.start(StreamPosition::new(Arc::from("e"), 3), &mut out),
+            Next::Nothing
+        );
         assert_eq!(released(&out), ["4", "5"]);
     }
 
@@ -386,6 +392,6 @@ mod tests {
         let mut out = Vec::new();
         offer(&mut s, "f", 1, &mut out);
         assert_eq!(released(&out), ["gap f@0", "1"]);
-        assert_eq!(s.position(), Some((Arc::from("f"), 1)));
+        assert_eq!(s.position(), Some(StreamPosition::new(Arc::from("f"), 1)));
     }
 }

@@ -165,10 +165,10 @@ impl Engine {
         for placement in &placed {
             if !self
                 .router
-                .reached(&placement.room, placement.offset, RELEASE_WAIT)
+                .reached(&placement.room, placement.at.offset, RELEASE_WAIT)
                 .await
             {
-                tracing::debug!(room = %placement.room, offset = placement.offset, "ack sent before its delivery reached this node's members");
+                tracing::debug!(room = %placement.room, offset = placement.at.offset, "ack sent before its delivery reached this node's members");
             }
         }
         Ok(run.reply)
@@ -265,8 +265,8 @@ impl Engine {
             return Ok(());
         }
         if first {
-            let (epoch, head) = self.backend.history.position(room, policy).await?;
-            self.router.start_stream(room, epoch, head);
+            let head = self.backend.history.position(room, policy).await?;
+            self.router.start_stream(room, head);
             Ok(())
         } else if self.router.started(room, STREAM_START_WAIT).await {
             Ok(())

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::{Conn, Detail, Engine, ErrorCode, Failure, Outcome};
-use crate::delivery::{Activated, ConnId, Ending, HistoryEntry, HistoryPolicy, RoomChange};
+use crate::delivery::{
+    Activated, ConnId, Ending, HistoryEntry, HistoryPolicy, RoomChange, StreamPosition,
+};
 
 /// The event name of a resume request.
 pub(super) const RESUME: &str = "$resume";
@@ -33,18 +35,12 @@ const MAX_ROOMS: usize = 1_000;
 /// overtaking it (each reads only what the previous ones did not reach).
 const REPLAY_ATTEMPTS: usize = 16;
 
-/// Where the client says it is in one room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Claim {
-    epoch: String,
-    offset: u64,
-}
-
-/// A parsed `$resume` payload.
+/// A parsed `$resume` payload: the session, and where the client says it is in each
+/// room (`None` for a room without history).
 #[derive(Debug)]
 struct Request {
     session: String,
-    rooms: BTreeMap<String, Option<Claim>>,
+    rooms: BTreeMap<String, Option<StreamPosition>>,
 }
 
 /// What became of one room.
@@ -53,20 +49,43 @@ enum Restored {
     NotRecovered,
 }
 
+/// What became of every room of a resumed session.
+struct Resumed {
+    rooms: BTreeMap<String, Restored>,
+}
+
+impl Resumed {
+    fn all_recovered(&self) -> bool {
+        self.rooms
+            .values()
+            .all(|r| matches!(r, Restored::Recovered { .. }))
+    }
+
+    /// The ack's `data`: `{"rooms": {room: {"recovered": …, "replayed"?: …}}}`.
+    fn report(&self) -> Value {
+        let rooms: Map<String, Value> = self
+            .rooms
+            .iter()
+            .map(|(room, restored)| {
+                let entry = match restored {
+                    Restored::Recovered { replayed } => {
+                        json!({ "recovered": true, "replayed": replayed })
+                    }
+                    Restored::NotRecovered => json!({ "recovered": false }),
+                };
+                (room.clone(), entry)
+            })
+            .collect();
+        json!({ "rooms": rooms })
+    }
+}
+
 impl Engine {
     pub(super) async fn resume(self: &Arc<Self>, conn: &mut Conn, data: Value) -> Outcome {
         let outcome = self.resume_inner(conn, data).await;
         let label = match &outcome {
-            Ok(Some(report)) => {
-                let rooms = report["rooms"].as_object();
-                let all = rooms.is_none_or(|r| r.values().all(|v| v["recovered"] == true));
-                if all {
-                    "recovered"
-                } else {
-                    "partial"
-                }
-            }
-            Ok(None) => "recovered",
+            Ok(resumed) if resumed.all_recovered() => "recovered",
+            Ok(_) => "partial",
             Err(f) => match f.code {
                 ErrorCode::SessionExpired => "expired",
                 ErrorCode::Unauthorized => "refused",
@@ -75,10 +94,14 @@ impl Engine {
             },
         };
         metrics::counter!("wss_resumes_total", "outcome" => label).increment(1);
-        outcome
+        outcome.map(|resumed| Some(resumed.report()))
     }
 
-    async fn resume_inner(self: &Arc<Self>, conn: &mut Conn, data: Value) -> Outcome {
+    async fn resume_inner(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        data: Value,
+    ) -> Result<Resumed, Failure> {
         if !conn.may_resume {
             return Err(Failure::new(
                 ErrorCode::BadFrame,
@@ -111,25 +134,19 @@ impl Engine {
                 tracing::info!(conn = %me, old = %session.conn, error = %e, "could not reach the resumed session's old connection");
             }
         }
-        let mut report = Map::new();
+        let mut rooms = BTreeMap::new();
         for room in session.rooms.iter().take(MAX_ROOMS) {
             let claim = request.rooms.get(room).cloned().flatten();
             let restored = self.restore(&me, room, claim).await?;
-            report.insert(
-                room.clone(),
-                match restored {
-                    Restored::Recovered { replayed } => {
-                        metrics::counter!("wss_replayed_total").increment(replayed as u64);
-                        json!({ "recovered": true, "replayed": replayed })
-                    }
-                    Restored::NotRecovered => json!({ "recovered": false }),
-                },
-            );
+            if let Restored::Recovered { replayed } = restored {
+                metrics::counter!("wss_replayed_total").increment(replayed as u64);
+            }
+            rooms.insert(room.clone(), restored);
             self.backend.presence.join(room, &me).await?;
         }
         conn.may_resume = false;
-        tracing::debug!(conn = %me, old = %session.conn, rooms = report.len(), "session resumed");
-        Ok(Some(json!({ "rooms": report })))
+        tracing::debug!(conn = %me, old = %session.conn, rooms = rooms.len(), "session resumed");
+        Ok(Resumed { rooms })
     }
 
     /// Join one room of the session; for a room with history, replay what the client
@@ -138,7 +155,7 @@ impl Engine {
         &self,
         conn: &ConnId,
         room: &str,
-        claim: Option<Claim>,
+        claim: Option<StreamPosition>,
     ) -> Result<Restored, Failure> {
         let policy = self.pack.load().rooms.history_for(room);
         let change = self.router.join(conn, room, policy.is_some());
@@ -182,18 +199,19 @@ impl Engine {
         conn: &ConnId,
         room: &str,
         policy: &HistoryPolicy,
-        claim: &Claim,
+        claim: &StreamPosition,
     ) -> Result<Option<usize>, Failure> {
         let mut replay: Vec<HistoryEntry> = Vec::new();
         // `replay` holds every delivery in (claim.offset, covered], in order.
         let mut covered = claim.offset;
         for _ in 0..REPLAY_ATTEMPTS {
-            let Some((epoch, last)) = self.router.stream_position(room) else {
+            let Some(head) = self.router.stream_position(room) else {
                 return Ok(None);
             };
-            if *epoch != *claim.epoch {
+            if head.epoch != claim.epoch {
                 return Ok(None);
             }
+            let last = head.offset;
             if claim.offset > last {
                 // The client saw more than this node did: it is on its way here, or the
                 // room lost it (then the read moves the room to a new epoch).
@@ -202,7 +220,7 @@ impl Engine {
                     .history
                     .history(room, policy, Some(&claim.epoch), claim.offset, 0)
                     .await?;
-                if *read.epoch != *claim.epoch {
+                if read.head.epoch != claim.epoch {
                     return Ok(None);
                 }
             }
@@ -221,7 +239,7 @@ impl Engine {
                         self.sessions.max_replay - replay.len(),
                     )
                     .await?;
-                if *read.epoch != *claim.epoch || !read.complete {
+                if read.head.epoch != claim.epoch || !read.complete {
                     return Ok(None);
                 }
                 for entry in read.entries {
@@ -305,7 +323,11 @@ fn parse(data: &Value) -> Result<Request, Failure> {
 }
 
 /// One room's `{epoch, offset}`; `{}` (a room without history) is no claim.
-fn claim(position: &Value, path: &str, detail: &mut impl FnMut(&str, &str)) -> Option<Claim> {
+fn claim(
+    position: &Value,
+    path: &str,
+    detail: &mut impl FnMut(&str, &str),
+) -> Option<StreamPosition> {
     let Some(map) = position.as_object() else {
         detail(path, "a room's position is `{epoch, offset}`, or `{}`");
         return None;
@@ -313,10 +335,9 @@ fn claim(position: &Value, path: &str, detail: &mut impl FnMut(&str, &str)) -> O
     match (map.get("epoch"), map.get("offset")) {
         (None, None) => None,
         (Some(Value::String(epoch)), Some(offset)) => match offset.as_u64() {
-            Some(offset) if epoch.len() <= 64 => Some(Claim {
-                epoch: epoch.clone(),
-                offset,
-            }),
+            Some(offset) if epoch.len() <= 64 => {
+                Some(StreamPosition::new(Arc::from(epoch.as_str()), offset))
+            }
             _ => {
                 detail(
                     &format!("{path}/offset"),
@@ -355,10 +376,7 @@ mod tests {
         assert_eq!(ok.session, "ab12");
         assert_eq!(
             ok.rooms["lobby"],
-            Some(Claim {
-                epoch: "e".into(),
-                offset: 4
-            })
+            Some(StreamPosition::new(Arc::from("e"), 4))
         );
         assert_eq!(ok.rooms["plain"], None);
 

@@ -5,12 +5,10 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::Value as RedisValue;
 
-use std::sync::Arc;
-
 use super::wire::parse_history;
 use super::RedisBackend;
 use crate::backend::{new_epoch, BackendError, HistoryStore};
-use crate::delivery::{HistoryPolicy, HistoryRead};
+use crate::delivery::{HistoryPolicy, HistoryRead, StreamPosition};
 
 impl RedisBackend {
     async fn read_history(
@@ -41,11 +39,11 @@ impl HistoryStore for RedisBackend {
         &self,
         room: &str,
         policy: &HistoryPolicy,
-    ) -> BoxFuture<'_, Result<(Arc<str>, u64), BackendError>> {
+    ) -> BoxFuture<'_, Result<StreamPosition, BackendError>> {
         let (room, policy) = (room.to_string(), *policy);
         async move {
             let read = self.read_history(&room, &policy, "", 0, 0).await?;
-            Ok((read.epoch, read.head))
+            Ok(read.head)
         }
         .boxed()
     }

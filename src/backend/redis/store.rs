@@ -7,8 +7,6 @@ use futures_util::FutureExt;
 use redis::Value as RedisValue;
 use serde_json::Value;
 
-use std::sync::Arc;
-
 use super::history::ttl_ms;
 use super::wire::{encode_message, encode_value, header, parse_placed, parse_read};
 use super::{too_late, RedisBackend, TOO_LATE};
@@ -16,7 +14,7 @@ use crate::backend::{
     new_epoch, BackendError, Channel, Commit, CommitOutcome, Placement, StateStore, VersionCheck,
     Versioned,
 };
-use crate::delivery::{Envelope, HistoryPolicy, Position, Target};
+use crate::delivery::{Envelope, HistoryPolicy, Position, StreamPosition, Target};
 
 /// Lua's `unpack` has a stack limit; spread long argument lists over several calls.
 const LUA_CHUNK: usize = 1000;
@@ -142,19 +140,18 @@ impl RedisBackend {
             .increment((publish.len() + streams.len()) as u64);
         let mut placed = Vec::with_capacity(placing.len());
         let mut positions = items.into_iter().skip(1);
-        let mut at: HashMap<usize, (Arc<str>, u64)> = HashMap::new();
+        let mut at: HashMap<usize, StreamPosition> = HashMap::new();
         for (n, room) in placing {
-            let (epoch, offset) = parse_placed(positions.next().unwrap_or(RedisValue::Nil))?;
+            let position = parse_placed(positions.next().unwrap_or(RedisValue::Nil))?;
             placed.push(Placement {
                 room: room.to_string(),
-                epoch: epoch.clone(),
-                offset,
+                at: position.clone(),
             });
-            at.insert(n, (epoch, offset));
+            at.insert(n, position);
         }
         for (n, envelope) in commit.publish.iter().enumerate() {
             match at.remove(&n) {
-                Some((epoch, offset)) => self.local.deliver(&envelope.placed(epoch, offset)),
+                Some(position) => self.local.deliver(&envelope.placed(position)),
                 None => self.local.deliver(envelope),
             }
         }
@@ -279,13 +276,12 @@ impl RedisBackend {
         if reply == RedisValue::Int(TOO_LATE) {
             return Err(too_late());
         }
-        let (epoch, offset) = parse_placed(reply)?;
+        let at = parse_placed(reply)?;
         metrics::counter!("wss_bus_published_total").increment(1);
-        self.local.deliver(&envelope.placed(epoch.clone(), offset));
+        self.local.deliver(&envelope.placed(at.clone()));
         Ok(Placement {
             room: room.to_string(),
-            epoch,
-            offset,
+            at,
         })
     }
 }

@@ -9,7 +9,9 @@ use redis::Value as RedisValue;
 use serde_json::Value;
 
 use crate::backend::{BackendError, StoredValue, Versioned};
-use crate::delivery::{ConnId, Ending, Envelope, HistoryEntry, HistoryRead, Position, Target};
+use crate::delivery::{
+    ConnId, Ending, Envelope, HistoryEntry, HistoryRead, Position, StreamPosition, Target,
+};
 
 /// A message is `origin \n exclude \n target \n epoch \n offset \n frame`: the
 /// origin node drops its own echo (it already delivered locally), `exclude` is the
@@ -25,10 +27,10 @@ pub(super) fn encode_message(origin: &str, envelope: &Envelope) -> Vec<u8> {
     let header = header(origin, envelope);
     let mut out = Vec::with_capacity(header.len() + envelope.frame.len() + 24);
     out.extend_from_slice(header.as_bytes());
-    if let Position::At { epoch, offset } = &envelope.position {
-        out.extend_from_slice(epoch.as_bytes());
+    if let Position::At(at) = &envelope.position {
+        out.extend_from_slice(at.epoch.as_bytes());
         out.push(b'\n');
-        out.extend_from_slice(offset.to_string().as_bytes());
+        out.extend_from_slice(at.offset.to_string().as_bytes());
         out.push(b'\n');
     } else {
         out.extend_from_slice(b"\n\n");
@@ -79,10 +81,7 @@ pub(super) fn decode_message(payload: &[u8]) -> Option<(&str, Message<'_>)> {
     let position = if offset.is_empty() {
         Position::None
     } else {
-        Position::At {
-            epoch: Arc::from(epoch),
-            offset: offset.parse().ok()?,
-        }
+        Position::At(StreamPosition::new(Arc::from(epoch), offset.parse().ok()?))
     };
     let frame = Bytes::copy_from_slice(parts.next()?);
     Some((
@@ -118,15 +117,14 @@ pub(super) fn parse_history(reply: RedisValue) -> Result<HistoryRead, BackendErr
         });
     }
     Ok(HistoryRead {
-        epoch: Arc::from(epoch),
-        head,
+        head: StreamPosition::new(Arc::from(epoch), head),
         entries,
         complete,
     })
 }
 
 /// `{ epoch, offset }` as the stream script returns it.
-pub(super) fn parse_placed(reply: RedisValue) -> Result<(Arc<str>, u64), BackendError> {
+pub(super) fn parse_placed(reply: RedisValue) -> Result<StreamPosition, BackendError> {
     let bad = || BackendError::Protocol("unexpected reply placing a delivery".into());
     let RedisValue::Array(items) = reply else {
         return Err(bad());
@@ -134,7 +132,7 @@ pub(super) fn parse_placed(reply: RedisValue) -> Result<(Arc<str>, u64), Backend
     let mut items = items.into_iter();
     let epoch = items.next().and_then(text).ok_or_else(bad)?;
     let offset = items.next().and_then(int).ok_or_else(bad)?;
-    Ok((Arc::from(epoch), offset))
+    Ok(StreamPosition::new(Arc::from(epoch), offset))
 }
 
 fn int(v: RedisValue) -> Option<u64> {
@@ -249,10 +247,7 @@ mod tests {
         assert_eq!(decoded.frame, envelope.frame);
         assert_eq!(decoded.position, Position::None);
 
-        envelope.position = Position::At {
-            epoch: Arc::from("e1"),
-            offset: 42,
-        };
+        envelope.position = Position::At(StreamPosition::new(Arc::from("e1"), 42));
         let (_, decoded) = decode(&encode_message("n1", &envelope));
         assert_eq!(decoded.position, envelope.position);
         assert_eq!(decoded.frame, envelope.frame);

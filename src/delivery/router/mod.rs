@@ -25,7 +25,7 @@ use super::link::{ConnLink, Ending};
 use super::stream::{Next, Release, Stream};
 use crate::ids::SessionId;
 
-use super::{ConnId, Envelope, History, Position, Sink, Target};
+use super::{ConnId, Envelope, History, Sink, StreamPosition, Target};
 
 struct Entry {
     link: Arc<ConnLink>,
@@ -77,15 +77,15 @@ impl Room {
                         }
                     }
                 }
-                Release::Gap { epoch, offset } => {
+                Release::Gap(at) => {
                     metrics::counter!("wss_gaps_total").increment(1);
-                    tracing::warn!(room, %epoch, offset, "deliveries of a room could not be recovered: members told with $gap");
+                    tracing::warn!(room, epoch = %at.epoch, offset = at.offset, "deliveries of a room could not be recovered: members told with $gap");
                     let gap = system_frame(
                         "$gap",
-                        json!({ "room": room, "epoch": &*epoch, "offset": offset }),
+                        json!({ "room": room, "epoch": &*at.epoch, "offset": at.offset }),
                     );
                     for member in self.members.values_mut() {
-                        member.floor = member.floor.max(offset);
+                        member.floor = member.floor.max(at.offset);
                         member.link.push(gap.clone());
                     }
                 }
@@ -113,12 +113,11 @@ pub enum RoomChange {
 pub enum Activated {
     /// A room without history: the member receives from its join on.
     Plain,
-    /// Announced at the stream's position: deliveries after `offset` follow.
-    At { epoch: Arc<str>, offset: u64 },
+    /// Announced at the stream's position: deliveries after it follow.
+    At(StreamPosition),
     /// Announced at the position asked for, with the deliveries since then replayed.
     Replayed {
-        epoch: Arc<str>,
-        offset: u64,
+        from: StreamPosition,
         replayed: usize,
     },
     /// The replay given does not reach the stream's position `last`: read more.
@@ -163,11 +162,11 @@ fn system_frame(event: &str, data: serde_json::Value) -> Utf8Bytes {
 }
 
 /// `$joined` for a room, with its position when it has history.
-fn joined_frame(room: &str, position: Option<(&str, u64)>) -> Utf8Bytes {
+fn joined_frame(room: &str, position: Option<&StreamPosition>) -> Utf8Bytes {
     match position {
-        Some((epoch, offset)) => system_frame(
+        Some(at) => system_frame(
             "$joined",
-            json!({ "room": room, "epoch": epoch, "offset": offset }),
+            json!({ "room": room, "epoch": &*at.epoch, "offset": at.offset }),
         ),
         None => system_frame("$joined", json!({ "room": room })),
     }
@@ -367,11 +366,9 @@ fn remove_joined(
 
 impl Sink for Router {
     fn deliver(&self, envelope: &Envelope) {
-        if let (Target::Room(room), Position::At { epoch, offset }) =
-            (&envelope.target, &envelope.position)
-        {
+        if let Some((room, at)) = envelope.stream_position() {
             let stepped = self.step(room, |stream, out| {
-                stream.offer(epoch, *offset, &envelope.frame, out)
+                stream.offer(&at.epoch, at.offset, &envelope.frame, out)
             });
             // A room this node keeps no stream for (its pack gives it no history) takes
             // the delivery as a plain one.
@@ -469,10 +466,7 @@ mod tests {
             target: Target::Room(room.into()),
             exclude: None,
             frame: Bytes::from(super::super::place(&unplaced, offset).to_vec()),
-            position: Position::At {
-                epoch: Arc::from(epoch),
-                offset,
-            },
+            position: super::super::Position::At(StreamPosition::new(Arc::from(epoch), offset)),
         }
     }
 
@@ -515,13 +509,10 @@ mod tests {
         // Before the stream starts, deliveries wait.
         router.deliver(&placed("doc", "e", 4));
         assert_eq!(router.activate(&a, "doc", None), Activated::NotStarted);
-        router.start_stream("doc", Arc::from("e"), 3);
+        router.start_stream("doc", StreamPosition::new(Arc::from("e"), 3));
         assert_eq!(
             router.activate(&a, "doc", None),
-            Activated::At {
-                epoch: Arc::from("e"),
-                offset: 4
-            }
+            Activated::At(StreamPosition::new(Arc::from("e"), 4))
         );
         router.deliver(&placed("doc", "e", 5));
         // b resumes from 2 with a replay of 3..=5.
@@ -539,8 +530,7 @@ mod tests {
         assert_eq!(
             router.activate(&b, "doc", Some((2, &replay))),
             Activated::Replayed {
-                epoch: Arc::from("e"),
-                offset: 2,
+                from: StreamPosition::new(Arc::from("e"), 2),
                 replayed: 3
             }
         );

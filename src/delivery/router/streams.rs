@@ -1,7 +1,6 @@
 //! The router's side of room streams: starting them, positions, placing a member at
 //! an offset (with a resume's replay), and filling holes from history.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -9,7 +8,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::super::stream::{Next, Release, Stream};
 use super::super::HistoryEntry;
 use super::{joined_frame, Activated, Member, Router};
-use crate::delivery::ConnId;
+use crate::delivery::{ConnId, StreamPosition};
 
 /// How long a hole in a stream waits for its deliveries before history is read: they
 /// are usually another commit's of this node, a moment from being delivered.
@@ -22,12 +21,12 @@ const FILL_PATIENCE: Duration = Duration::from_secs(10);
 impl Router {
     /// Start a room's stream at its position (the room's first local member joined and
     /// the position was read after this node subscribed).
-    pub fn start_stream(&self, room: &str, epoch: Arc<str>, head: u64) {
-        self.step(room, |stream, out| stream.start(epoch, head, out));
+    pub fn start_stream(&self, room: &str, head: StreamPosition) {
+        self.step(room, |stream, out| stream.start(head, out));
     }
 
     /// The stream position of a room with history, once started.
-    pub fn stream_position(&self, room: &str) -> Option<(Arc<str>, u64)> {
+    pub fn stream_position(&self, room: &str) -> Option<StreamPosition> {
         let inner = self.inner.read();
         let state = inner.rooms.get(room)?.lock();
         state.stream.as_ref()?.position()
@@ -56,7 +55,7 @@ impl Router {
                 match state.stream.as_ref() {
                     None => return true,
                     Some(stream) => match stream.position() {
-                        Some((_, last)) if done(last) => return true,
+                        Some(at) if done(at.offset) => return true,
                         _ => state.progress.clone(),
                     },
                 }
@@ -65,8 +64,8 @@ impl Router {
             tokio::pin!(notified);
             notified.as_mut().enable();
             // Looked again after registering, so progress made in between is not missed.
-            if let Some((_, last)) = self.stream_position(room) {
-                if done(last) {
+            if let Some(at) = self.stream_position(room) {
+                if done(at.offset) {
                     return true;
                 }
             }
@@ -98,20 +97,18 @@ impl Router {
         let Some(stream) = state.stream.as_ref() else {
             return Activated::Plain;
         };
-        let Some((epoch, last)) = stream.position() else {
+        let Some(head) = stream.position() else {
             return Activated::NotStarted;
         };
+        let last = head.offset;
         let link = entry.link.clone();
         let activated = match from {
             None => {
-                link.push(joined_frame(room, Some((&epoch, last))));
+                link.push(joined_frame(room, Some(&head)));
                 state
                     .members
                     .insert(id.clone(), Member { link, floor: last });
-                Activated::At {
-                    epoch,
-                    offset: last,
-                }
+                Activated::At(head)
             }
             Some((offset, replay)) => {
                 let wanted: Vec<&HistoryEntry> = replay
@@ -126,7 +123,8 @@ impl Router {
                 if !covered {
                     return Activated::NeedsHistory { last };
                 }
-                link.push(joined_frame(room, Some((&epoch, offset))));
+                let from = StreamPosition::new(head.epoch, offset);
+                link.push(joined_frame(room, Some(&from)));
                 for entry in &wanted {
                     if let Ok(frame) = Utf8Bytes::try_from(entry.frame.clone()) {
                         link.push(frame);
@@ -137,8 +135,7 @@ impl Router {
                 let floor = last.max(offset);
                 state.members.insert(id.clone(), Member { link, floor });
                 Activated::Replayed {
-                    epoch,
-                    offset,
+                    from,
                     replayed: wanted.len(),
                 }
             }
@@ -205,7 +202,7 @@ impl Router {
             let limit = until.map_or(MAX_FILL, |u| {
                 usize::try_from(u.saturating_sub(after)).unwrap_or(MAX_FILL)
             });
-            let epoch = self.stream_position(&room).map(|(epoch, _)| epoch);
+            let epoch = self.stream_position(&room).map(|at| at.epoch);
             let read = match self.history.get() {
                 Some(history) => {
                     history
@@ -221,9 +218,8 @@ impl Router {
             let read = read.or_else(|| {
                 // Give the hole up: history is out of reach.
                 self.stream_position(&room)
-                    .map(|(epoch, _)| crate::delivery::HistoryRead {
-                        epoch,
-                        head: until.unwrap_or(after),
+                    .map(|at| crate::delivery::HistoryRead {
+                        head: StreamPosition::new(at.epoch, until.unwrap_or(after)),
                         entries: Vec::new(),
                         complete: false,
                     })

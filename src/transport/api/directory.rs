@@ -30,16 +30,13 @@ impl ApiState {
         let Some(policy) = self.engine.pack().rooms.history_for(room) else {
             return Ok(None);
         };
-        let (epoch, offset) = self
+        let head = self
             .engine
             .backend()
             .history
             .position(room, &policy)
             .await?;
-        Ok(Some(Position {
-            epoch: epoch.to_string(),
-            offset,
-        }))
+        Ok(Some(Position::from(head)))
     }
 }
 
@@ -149,8 +146,8 @@ pub async fn history(
         .collect();
     ok(HistoryPage {
         room,
-        epoch: read.epoch.to_string(),
-        offset: read.head,
+        epoch: read.head.epoch.to_string(),
+        offset: read.head.offset,
         complete: read.complete,
         deliveries,
     })

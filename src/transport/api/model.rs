@@ -97,6 +97,15 @@ pub struct Position {
     pub offset: u64,
 }
 
+impl From<crate::delivery::StreamPosition> for Position {
+    fn from(at: crate::delivery::StreamPosition) -> Self {
+        Self {
+            epoch: at.epoch.to_string(),
+            offset: at.offset,
+        }
+    }
+}
+
 /// A room, cluster-wide.
 #[derive(Serialize, ToSchema)]
 pub struct RoomInfo {
