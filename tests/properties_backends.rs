@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::redis::RedisBackend;
 use wss_engine::backend::{Bus, StateStore, VersionCheck};
 use wss_engine::config::{self, Pack};
@@ -195,9 +194,8 @@ async fn both(
     f: &Fixture,
     messages: &[Vec<Value>],
 ) -> (Vec<Result<Value, String>>, Vec<Result<Value, String>>) {
-    let router = Router::new();
-    let memory = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
-    let on_memory = run(engine(f, memory.clone(), memory, router), messages).await;
+    let memory = Engine::in_memory("n1", f.pack.clone(), f.scripts.clone(), None);
+    let on_memory = run(memory, messages).await;
 
     let router = Router::new();
     let redis = tokio::time::timeout(

@@ -10,12 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
-use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::{Bus, StateStore};
 use wss_engine::cluster::{Fleet, NodeInfo};
 use wss_engine::config::{self, Pack};
-use wss_engine::delivery::{ConnLink, Router, Sink};
-use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
+use wss_engine::delivery::{ConnLink, Router};
+use wss_engine::engine::{Conn, Engine};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 use wss_engine::transport::api::keys::ApiKeys;
 use wss_engine::transport::api::{self, ApiState};
@@ -69,7 +67,6 @@ pub fn engine_pack() -> Arc<Pack> {
 pub struct World {
     pub engine: Arc<Engine>,
     pub router: Arc<Router>,
-    pub backend: Arc<MemoryBackend>,
 }
 
 /// A connection as the engine sees it, and the queue its frames go to.
@@ -80,24 +77,9 @@ pub struct Client {
 
 impl World {
     pub fn new() -> Self {
-        let router = Router::new();
-        let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
-        let engine = Engine::new(EngineParts {
-            pack: engine_pack(),
-            node_id: Arc::from("fz"),
-            scripts: scripts().clone(),
-            store: backend.clone() as Arc<dyn StateStore>,
-            bus: backend.clone() as Arc<dyn Bus>,
-            router: router.clone(),
-            sink: router.clone() as Arc<dyn Sink>,
-            script_concurrency: 2,
-            sessions: SessionConfig::default(),
-        });
-        Self {
-            engine,
-            router,
-            backend,
-        }
+        let engine = Engine::in_memory("fz", engine_pack(), scripts().clone(), None);
+        let router = engine.router().clone();
+        Self { engine, router }
     }
 
     /// Connect as a socket does after the upgrade (router, registry, `$connect`).

@@ -12,11 +12,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::backend::memory::MemoryBackend;
-use crate::backend::{Bus, Commit, StateStore, StoredValue, Write};
+use crate::backend::{Commit, StoredValue, Write};
 use crate::config::{self, EventDef, Pack, Sender};
-use crate::delivery::{ConnId, ConnLink, Envelope, Router, Sink, Target};
-use crate::engine::{Caller, Conn, Engine, EngineParts, SessionConfig};
+use crate::delivery::{ConnId, ConnLink, Envelope, Sink, Target};
+use crate::engine::{Caller, Conn, Engine};
 use crate::script::{ScriptLimits, ScriptRuntime};
 use cases::{EventCases, TestCase};
 
@@ -123,19 +122,13 @@ async fn run_case(
     case: &TestCase,
 ) -> Result<(), String> {
     let recorder = Arc::new(Recorder::default());
-    let router = Router::new();
-    let backend = Arc::new(MemoryBackend::new(recorder.clone() as Arc<dyn Sink>));
-    let engine = Engine::new(EngineParts {
-        pack: pack.clone(),
-        node_id: Arc::from("test"),
-        scripts: runtime.clone(),
-        store: backend.clone() as Arc<dyn StateStore>,
-        bus: backend.clone() as Arc<dyn Bus>,
-        router: router.clone(),
-        sink: recorder.clone() as Arc<dyn Sink>,
-        script_concurrency: 1,
-        sessions: SessionConfig::default(),
-    });
+    let engine = Engine::in_memory(
+        "test",
+        pack.clone(),
+        runtime.clone(),
+        Some(recorder.clone() as Arc<dyn Sink>),
+    );
+    let (router, backend) = (engine.router(), engine.store());
 
     let writes = case
         .state
