@@ -3,17 +3,14 @@
 //! at startup, and schemathesis (all checks, negative data included) against a live
 //! node serving `examples/notify`.
 
-mod common;
-
-#[path = "support/api.rs"]
-mod api;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::{request, Api};
-use common::BinaryServer;
+use support::api::{request, Answer, Api};
+use support::binary::BinaryServer;
 
 const FILE_SECRET: &str = "from-the-file-0123456789";
 const CLI_SECRET: &str = "from-the-cli-0123456789";
@@ -21,12 +18,12 @@ const GUESS: &str = "a-wrong-guess-0123456789";
 
 /// The binary with `args`, logging at `log` level, keys file in the environment.
 fn spawn(pack: &Path, args: &[&str], log: &str, keys_file: Option<&Path>) -> BinaryServer {
-    let mut cmd = common::binary_command(pack, args);
+    let mut cmd = support::binary::binary_command(pack, args);
     cmd.env("WSS_LOG", log);
     if let Some(file) = keys_file {
         cmd.env("WSS_API_KEYS_FILE", file);
     }
-    common::spawn_command(cmd)
+    support::binary::spawn_command("wss-engine", cmd)
 }
 
 fn notify_pack() -> PathBuf {
@@ -118,7 +115,7 @@ async fn the_openapi_document_follows_a_reloaded_pack() {
     let key = format!("ops={CLI_SECRET}");
     let server = spawn(dir.path(), &["--api-key", &key], "info", None);
     let api = Api::new(server.addr, CLI_SECRET);
-    let paths = |doc: &api::Answer| -> Vec<String> {
+    let paths = |doc: &Answer| -> Vec<String> {
         doc.body["paths"]
             .as_object()
             .map(|p| {
@@ -186,7 +183,7 @@ async fn schemathesis_finds_nothing_with_every_check() {
     let key = format!("st={CLI_SECRET}");
     let server = spawn(&notify_pack(), &["--api-key", &key], "info", None);
     // A live connection, so the directory and disconnect operations meet one.
-    let _client = common::Client::connect(&server.url()).await;
+    let _client = support::client::Client::connect(&server.url()).await;
     let work = tempfile::tempdir().expect("dir");
     let started = Instant::now();
     let out = Command::new(&st)

@@ -2,7 +2,7 @@
 //! files, HEAD, the size bound, route precedence, and no way out of DIR (`..`, encoded
 //! dots and slashes, absolute paths, dotfiles, symlinks that lead outside).
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wss_engine::transport::static_files::{StaticFiles, MAX_FILE_BYTES};
 
-use common::{spawn_binary, start_with, write_pack, TestServer};
+use support::binary::spawn_binary;
+use support::inprocess::{start_with, TestServer};
+use support::write_pack;
 
 const PACK: &str = r#"
 events:

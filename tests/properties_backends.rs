@@ -10,7 +10,7 @@
 //!
 //! Cases: 24 by default (a few seconds); `PROPTEST_CASES=N` for a long run.
 
-mod cluster_support;
+mod support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -24,7 +24,7 @@ use wss_engine::delivery::{ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
-use cluster_support::{unique_prefix, RedisServer};
+use support::cluster::{unique_prefix, RedisServer};
 
 const PACK: &str = r#"
 events:

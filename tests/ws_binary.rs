@@ -1,11 +1,13 @@
 //! The built binary: serving on port 0, its logs, and graceful shutdown on signals.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{spawn_binary, write_pack, Client, Closed};
 use serde_json::json;
+use support::binary::spawn_binary;
+use support::client::{Client, Closed};
+use support::write_pack;
 
 const PACK: &str = r#"
 events:
@@ -29,7 +31,7 @@ async fn serves_a_pack_on_an_ephemeral_port_and_says_so() {
     assert_eq!(c.ok("hello", json!({ "name": "bin" })).await, "hello bin");
     let err = c.fail("hello", json!({})).await;
     assert_eq!(err["code"], "invalid_payload");
-    let (status, body) = common::http_get(server.addr, "/healthz").await;
+    let (status, body) = support::client::http_get(server.addr, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     let log = server.log_text();
     assert!(

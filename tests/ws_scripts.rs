@@ -2,12 +2,13 @@
 //! transaction guarantees: a failing script leaves no trace, concurrent scripts are
 //! serializable.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{start, Client};
 use serde_json::{json, Value};
+use support::client::Client;
+use support::inprocess::start;
 
 const PACK: &str = r#"
 events:
@@ -408,7 +409,7 @@ async fn join_leave_and_presence() {
 
     // A closed connection leaves its rooms.
     a.close().await;
-    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deadline = tokio::time::Instant::now() + support::WAIT;
     loop {
         let who = b.ok("room.who", json!({ "room": "r1" })).await;
         if who["presence"] == json!([]) {
