@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::api::{request, Answer, Api};
 use support::binary::BinaryServer;
+use support::cli::run;
 
 const FILE_SECRET: &str = "from-the-file-0123456789";
 const CLI_SECRET: &str = "from-the-cli-0123456789";
@@ -88,14 +89,16 @@ fn a_bad_key_stops_the_server_before_it_listens_without_quoting_the_secret() {
         ("shop=tooshort", "at least 16 characters"),
         ("shop=long-enough-secret-123:write", "unknown scope `write`"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-            .args(["--config", "examples/notify", "--listen", "127.0.0.1:0"])
-            .args(["--api-key", arg])
-            .env_remove("WSS_API_KEYS_FILE")
-            .output()
-            .expect("run the binary");
+        let out = run(&[
+            "--config",
+            "examples/notify",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            arg,
+        ]);
         assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = &out.stderr;
         assert!(stderr.contains(says), "{stderr}");
         assert!(
             !stderr.contains("tooshort") && !stderr.contains("long-enough-secret"),

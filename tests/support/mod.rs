@@ -26,7 +26,7 @@ pub mod client;
 pub mod cluster;
 pub mod inprocess;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use client::Bounds;
@@ -58,6 +58,22 @@ pub fn free_port() -> u16 {
 /// relative ones given.
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every directory of `examples/`, relative to the crate root, sorted.
+pub fn example_packs() -> Vec<PathBuf> {
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            p.strip_prefix(root())
+                .expect("under the crate")
+                .to_path_buf()
+        })
+        .collect();
+    examples.sort();
+    examples
 }
 
 /// Write a pack (one `pack.yaml` holding `yaml`) to a fresh temporary directory.
