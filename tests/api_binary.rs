@@ -3,17 +3,15 @@
 //! at startup, and schemathesis (all checks, negative data included) against a live
 //! node serving `examples/notify`.
 
-mod common;
-
-#[path = "support/api.rs"]
-mod api;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::{request, Api};
-use common::BinaryServer;
+use support::api::{request, Answer, Api};
+use support::binary::BinaryServer;
+use support::cli::run;
 
 const FILE_SECRET: &str = "from-the-file-0123456789";
 const CLI_SECRET: &str = "from-the-cli-0123456789";
@@ -21,12 +19,12 @@ const GUESS: &str = "a-wrong-guess-0123456789";
 
 /// The binary with `args`, logging at `log` level, keys file in the environment.
 fn spawn(pack: &Path, args: &[&str], log: &str, keys_file: Option<&Path>) -> BinaryServer {
-    let mut cmd = common::binary_command(pack, args);
+    let mut cmd = support::binary::binary_command(pack, args);
     cmd.env("WSS_LOG", log);
     if let Some(file) = keys_file {
         cmd.env("WSS_API_KEYS_FILE", file);
     }
-    common::spawn_command(cmd)
+    support::binary::spawn_command("wss-engine", cmd)
 }
 
 fn notify_pack() -> PathBuf {
@@ -91,14 +89,16 @@ fn a_bad_key_stops_the_server_before_it_listens_without_quoting_the_secret() {
         ("shop=tooshort", "at least 16 characters"),
         ("shop=long-enough-secret-123:write", "unknown scope `write`"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-            .args(["--config", "examples/notify", "--listen", "127.0.0.1:0"])
-            .args(["--api-key", arg])
-            .env_remove("WSS_API_KEYS_FILE")
-            .output()
-            .expect("run the binary");
+        let out = run(&[
+            "--config",
+            "examples/notify",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            arg,
+        ]);
         assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = &out.stderr;
         assert!(stderr.contains(says), "{stderr}");
         assert!(
             !stderr.contains("tooshort") && !stderr.contains("long-enough-secret"),
@@ -118,7 +118,7 @@ async fn the_openapi_document_follows_a_reloaded_pack() {
     let key = format!("ops={CLI_SECRET}");
     let server = spawn(dir.path(), &["--api-key", &key], "info", None);
     let api = Api::new(server.addr, CLI_SECRET);
-    let paths = |doc: &api::Answer| -> Vec<String> {
+    let paths = |doc: &Answer| -> Vec<String> {
         doc.body["paths"]
             .as_object()
             .map(|p| {
@@ -186,7 +186,7 @@ async fn schemathesis_finds_nothing_with_every_check() {
     let key = format!("st={CLI_SECRET}");
     let server = spawn(&notify_pack(), &["--api-key", &key], "info", None);
     // A live connection, so the directory and disconnect operations meet one.
-    let _client = common::Client::connect(&server.url()).await;
+    let _client = support::client::Client::connect(&server.url()).await;
     let work = tempfile::tempdir().expect("dir");
     let started = Instant::now();
     let out = Command::new(&st)

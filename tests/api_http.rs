@@ -2,16 +2,14 @@
 //! run as a client's message, real statuses with the socket's codes, idempotency, the
 //! directory, disconnects, batch, the OpenAPI document and the dashboard's assets.
 
-mod common;
-
-#[path = "support/api.rs"]
-mod api;
+mod support;
 
 use std::time::Duration;
 
-use api::{request, Api};
-use common::{start_with, token, Client, TestServer};
 use serde_json::{json, Value};
+use support::api::{request, Api};
+use support::client::{token, Client};
+use support::inprocess::{start_with, TestServer};
 use wss_engine::server::ServerConfig;
 use wss_engine::transport::api::keys::ApiKeys;
 use wss_engine::transport::auth::Auth;

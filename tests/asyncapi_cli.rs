@@ -3,28 +3,23 @@
 //! operation per delivered name, the protocol's `$` events. (The documents of the
 //! shipped packs are also validated with the AsyncAPI parser, in clients/js.)
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
+use support::cli::{run, CliRun};
 
-fn asyncapi(dir: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .arg("asyncapi")
-        .arg(dir)
-        .args(extra)
-        .output()
-        .expect("run wss-engine asyncapi")
+fn asyncapi(dir: &Path, extra: &[&str]) -> CliRun {
+    let mut args = vec!["asyncapi", dir.to_str().expect("a UTF-8 path")];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 fn document(dir: &Path) -> Value {
     let out = asyncapi(dir, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    assert!(out.status.success(), "{}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("JSON on stdout")
 }
 
 fn message<'a>(doc: &'a Value, id: &str) -> &'a Value {
@@ -55,7 +50,7 @@ fn refs(value: &Value, at: &str, out: &mut Vec<String>) {
 
 #[test]
 fn the_chat_example_has_an_operation_per_event_and_inlined_schemas() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = support::root();
     let doc = document(&root.join("examples/chat"));
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert_eq!(doc["info"]["title"], "chat");
@@ -138,7 +133,7 @@ fn the_chat_example_has_an_operation_per_event_and_inlined_schemas() {
     // `--format yaml` is the same document.
     let yaml = asyncapi(&root.join("examples/chat"), &["--format", "yaml"]);
     assert!(yaml.status.success());
-    let back = wss_engine::config::yaml::parse(&String::from_utf8_lossy(&yaml.stdout))
+    let back = wss_engine::config::yaml::parse(&yaml.stdout)
         .expect("YAML")
         .expect("a document")
         .to_json();
@@ -204,11 +199,11 @@ fn local_and_fragment_references_are_inlined_and_recursion_is_stopped() {
 
 #[test]
 fn a_pack_with_errors_prints_them_and_fails() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = support::root();
     let out = asyncapi(&root.join("tests/fixtures/broken/bad-scope"), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(stderr.contains("pack.yaml:"), "{stderr}");
     assert!(stderr.contains("wss-engine check"), "{stderr}");
 }

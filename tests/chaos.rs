@@ -19,7 +19,7 @@
 //!                    processes), with tests on synthetic histories
 //! ```
 
-mod cluster_support;
+mod support;
 
 #[path = "chaos/checker/mod.rs"]
 mod checker;
@@ -40,10 +40,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use cluster_support::{pack, unique_prefix, Node, Redis, RedisCluster, RedisServer};
 use history::Recorder;
 use netns::{Net, NODE_PORT, REDIS_ADDR};
 use schedule::Fault;
+use support::cluster::{pack, unique_prefix, Node, Redis, RedisCluster, RedisServer};
 use workload::Shared;
 
 const NODES: usize = 3;

@@ -5,35 +5,20 @@
 //! [`BROKEN`] with the exact diagnostics `check` must print — file, line, column and a
 //! piece of the message — and no others, in text and in `--format json`.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
 use serde_json::Value;
+use support::cli::run;
+use support::{example_packs, root};
 
 const BROKEN_DIR: &str = "tests/fixtures/broken";
 
 #[path = "check_cli/broken.rs"]
 mod broken;
 use broken::{at, Expected, BROKEN, UNKNOWN_CALLS};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run the binary from the crate root, so paths in its output are the relative ones given.
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run wss-engine")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).expect("utf-8 output")
-}
 
 /// A diagnostic line `path:line:col: severity: message`, split up.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,8 +89,8 @@ fn json_lines(stdout: &str) -> Vec<Line> {
 fn assert_fixture(name: &str, expected: &[Expected]) -> Result<(), String> {
     let dir = format!("{BROKEN_DIR}/{name}");
     let out = run(&["check", &dir]);
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
+    let stdout = out.stdout;
+    let stderr = out.stderr;
     if out.status.code() != Some(1) {
         return Err(format!(
             "{name}: exit {:?}, want 1\n{stdout}{stderr}",
@@ -152,7 +137,7 @@ fn assert_fixture(name: &str, expected: &[Expected]) -> Result<(), String> {
             json.status.code()
         ));
     }
-    let json_lines = json_lines(&text(&json.stdout));
+    let json_lines = json_lines(&json.stdout);
     if json_lines != lines {
         return Err(format!(
             "{name}: --format json differs from text:\n{json_lines:#?}\n{lines:#?}"
@@ -212,17 +197,7 @@ fn unknown_functions_are_found_in_every_position() {
 
 fn packs() -> Vec<PathBuf> {
     let mut packs = vec![PathBuf::from("events")];
-    let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
-        .expect("examples/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.is_dir())
-        .map(|p| {
-            p.strip_prefix(root())
-                .expect("under the crate")
-                .to_path_buf()
-        })
-        .collect();
-    examples.sort();
+    let examples = example_packs();
     assert!(examples.len() >= 4, "at least four example packs");
     packs.extend(examples);
     packs
@@ -237,20 +212,16 @@ fn every_example_and_the_default_pack_pass_quietly() {
             out.status.code(),
             Some(0),
             "{dir}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
+            out.stdout,
+            out.stderr
         );
         // Not even a warning: examples are what operators copy.
-        assert_eq!(text(&out.stdout), "", "{dir} printed diagnostics");
-        assert!(
-            text(&out.stderr).contains(": ok, "),
-            "{dir}: {}",
-            text(&out.stderr)
-        );
+        assert_eq!(out.stdout, "", "{dir} printed diagnostics");
+        assert!(out.stderr.contains(": ok, "), "{dir}: {}", out.stderr);
 
         let json = run(&["check", dir, "--format", "json"]);
         assert_eq!(json.status.code(), Some(0));
-        assert_eq!(json_lines(&text(&json.stdout)), Vec::new());
+        assert_eq!(json_lines(&json.stdout), Vec::new());
     }
 }
 
@@ -258,7 +229,7 @@ fn every_example_and_the_default_pack_pass_quietly() {
 fn list_prints_the_events_of_a_valid_pack() {
     let out = run(&["check", "--list", "examples/chat"]);
     assert_eq!(out.status.code(), Some(0));
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout;
     let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
     // Event lines have five columns, rooms rules three (an event may be called `room`).
     let (rows, rooms): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.len() == 5);
@@ -292,7 +263,7 @@ fn list_prints_the_events_of_a_valid_pack() {
 
     let json = run(&["check", "--list", "--format", "json", "examples/counter"]);
     assert_eq!(json.status.code(), Some(0));
-    let events: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let events: Value = serde_json::from_str(&json.stdout).expect("JSON");
     let add = events
         .as_array()
         .expect("array")
@@ -308,18 +279,18 @@ fn list_prints_the_events_of_a_valid_pack() {
 fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
     let dir = "tests/fixtures/valid/rooms-only-file";
     let out = run(&["check", dir]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     // `archive:*` is reached by no `to:`, but a script's target is computed: no warning.
-    assert_eq!(text(&out.stdout), "");
+    assert_eq!(out.stdout, "");
     assert!(
-        text(&out.stderr).contains(": ok, 1 events, 2 room rule(s)"),
+        out.stderr.contains(": ok, 1 events, 2 room rule(s)"),
         "{}",
-        text(&out.stderr)
+        out.stderr
     );
 
     let out = run(&["check", "--list", dir]);
     assert_eq!(
-        text(&out.stdout),
+        out.stdout,
         "doc.open\tcluster\tnone\tclients\t\n\
          room\tdoc:*\thistory size=1000 ttl=3600s\n\
          room\tarchive:*\thistory size=10 ttl=60s\n"
@@ -327,7 +298,7 @@ fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
 
     // One array as before rooms existed: events first, then the rules, told apart by `kind`.
     let json = run(&["check", "--list", "--format", "json", dir]);
-    let list: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let list: Value = serde_json::from_str(&json.stdout).expect("JSON");
     assert_eq!(
         list,
         serde_json::json!([
@@ -342,7 +313,7 @@ fn a_file_may_hold_only_rooms_and_list_shows_the_rules_in_file_order() {
 fn list_of_a_broken_pack_prints_only_its_errors() {
     let out = run(&["check", "--list", "tests/fixtures/broken/bad-scope"]);
     assert_eq!(out.status.code(), Some(1));
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout;
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains(": error: `scope` must be"), "{stdout}");
 }
@@ -432,13 +403,8 @@ fn warnings_are_printed_but_do_not_fail_the_check() {
     for (name, expected) in WARNINGS {
         let dir = format!("tests/fixtures/warnings/{name}");
         let out = run(&["check", &dir]);
-        let stdout = text(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{name}: {stdout}{}",
-            text(&out.stderr)
-        );
+        let stdout = out.stdout;
+        assert_eq!(out.status.code(), Some(0), "{name}: {stdout}{}", out.stderr);
         let lines: Vec<Line> = stdout.lines().map(parse_line).collect();
         assert_eq!(lines.len(), expected.len(), "{name}: {stdout}");
         for (got, want) in lines.iter().zip(expected.iter()) {
@@ -455,13 +421,9 @@ fn warnings_are_printed_but_do_not_fail_the_check() {
             assert!(got.message.contains(want.message), "{name}: {stdout}");
         }
         let summary = format!("{} warning(s)", expected.len());
-        assert!(
-            text(&out.stderr).contains(&summary),
-            "{name}: {}",
-            text(&out.stderr)
-        );
+        assert!(out.stderr.contains(&summary), "{name}: {}", out.stderr);
         let json = run(&["check", &dir, "--format", "json"]);
-        assert_eq!(json_lines(&text(&json.stdout)), lines, "{name}");
+        assert_eq!(json_lines(&json.stdout), lines, "{name}");
     }
 }
 
@@ -472,7 +434,7 @@ fn redis_cluster_makes_slot_warnings_errors() {
     for (name, slot_line) in [("split-keys", 13), ("script-split-keys", 6)] {
         let dir = format!("tests/fixtures/warnings/{name}");
         let out = run(&["check", "--redis-cluster", &dir]);
-        let stdout = text(&out.stdout);
+        let stdout = out.stdout;
         assert_eq!(out.status.code(), Some(1), "{name}: {stdout}");
         for line in stdout.lines().map(parse_line) {
             let expected = if line.line == slot_line {
@@ -487,7 +449,7 @@ fn redis_cluster_makes_slot_warnings_errors() {
             "{name}: {stdout}"
         );
         let json = run(&["check", "--redis-cluster", &dir, "--format", "json"]);
-        let diags: Value = serde_json::from_slice(&json.stdout).expect("JSON diagnostics");
+        let diags: Value = serde_json::from_str(&json.stdout).expect("JSON diagnostics");
         let slot = diags
             .as_array()
             .expect("an array")
@@ -498,21 +460,21 @@ fn redis_cluster_makes_slot_warnings_errors() {
     }
     // Without anything that depends on slots, the flag changes nothing.
     let out = run(&["check", "--redis-cluster", "events"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stdout);
 }
 
 #[test]
 fn a_target_field_set_by_the_script_is_not_a_mistake() {
     let out = run(&["check", "tests/fixtures/valid/script-sets-target"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "");
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
 }
 
 #[test]
 fn a_missing_directory_is_an_error_not_a_crash() {
     let out = run(&["check", "tests/fixtures/no-such-pack"]);
     assert_eq!(out.status.code(), Some(1));
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout;
     assert!(
         stdout.starts_with("tests/fixtures/no-such-pack:1:1: error: cannot read pack directory"),
         "{stdout}"
@@ -526,10 +488,11 @@ fn schema_prints_the_committed_pack_schema() {
     let committed =
         std::fs::read(root().join("schemas/event-pack.schema.json")).expect("committed schema");
     assert_eq!(
-        out.stdout, committed,
+        out.stdout.as_bytes(),
+        committed,
         "`wss-engine schema` differs from the file"
     );
-    let schema: Value = serde_json::from_slice(&out.stdout).expect("the schema is JSON");
+    let schema: Value = serde_json::from_str(&out.stdout).expect("the schema is JSON");
     assert!(
         jsonschema::meta::is_valid(&schema),
         "the pack schema is itself a valid JSON Schema"

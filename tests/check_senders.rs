@@ -1,21 +1,18 @@
 //! `senders:` and `sender: api` as `wss-engine check` sees them (through the binary), and
 //! as the pack-format schema editors use does.
 
-use std::process::Command;
+mod support;
 
 use serde_json::Value;
+use support::cli::run;
+use support::write_pack;
 
 fn check(pack: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("pack.yaml"), pack).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .arg("check")
-        .arg(dir.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run check");
-    let text =
-        String::from_utf8_lossy(&out.stdout).replace(&format!("{}/", dir.path().display()), "");
+    let dir = write_pack(pack);
+    let out = run(&["check", dir.path().to_str().expect("a UTF-8 path")]);
+    let text = out
+        .stdout
+        .replace(&format!("{}/", dir.path().display()), "");
     (out.status.code(), text)
 }
 

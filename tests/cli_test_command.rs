@@ -1,19 +1,15 @@
 //! `wss-engine test DIR` through the built binary: summary line, exit status, and the
 //! `file:line` of a failing case.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
+
+use support::cli::run;
 
 fn run_test(dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .arg("test")
-        .arg(dir)
-        .output()
-        .expect("run wss-engine test");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let out = run(&["test", dir.to_str().expect("a UTF-8 path")]);
+    (out.status.code().unwrap_or(-1), out.stdout)
 }
 
 const PACK: &str = r#"events:
@@ -102,12 +98,8 @@ fn broken_pack_is_reported_not_tested() {
         "events:\n  x:\n    scpoe: local\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .arg("test")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = run(&["test", dir.path().to_str().expect("a UTF-8 path")]);
     assert_eq!(out.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = &out.stdout;
     assert!(stdout.contains("did you mean \"scope\"?"), "{stdout}");
 }

@@ -2,16 +2,14 @@
 //! reach whichever node holds the sockets, idempotency keys hold cluster-wide, and
 //! nodes, rooms and counters are the whole fleet's.
 
-mod cluster_support;
-
-#[path = "support/api.rs"]
-mod api;
+mod support;
 
 use std::time::Duration;
 
-use api::Api;
-use cluster_support::{eventually, pack, serial, Cluster, JWT_SECRET, WAIT};
 use serde_json::{json, Value};
+use support::api::Api;
+use support::client::eventually;
+use support::cluster::{pack, serial, Cluster, JWT_SECRET, WAIT};
 
 const SECRET: &str = "cluster-api-secret-0123";
 

@@ -10,7 +10,7 @@
 //! reaches the local sink once, and (Redis) another instance's sink once it watches the
 //! channel, never after it stops watching.
 
-mod cluster_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -25,8 +25,8 @@ use wss_engine::backend::{
 };
 use wss_engine::delivery::{ConnId, Envelope, Sink, Target};
 
-use cluster_support::backend::{redis_instance, Recorder};
-use cluster_support::{cluster_mode, unique_prefix, Redis};
+use support::cluster::backend::{redis_instance, Recorder};
+use support::cluster::{cluster_mode, unique_prefix, Redis};
 
 /// One backend under test, seen through the contracts it is tested on.
 struct Subject {

@@ -5,10 +5,11 @@
 //! Each test starts its own `redis-server` and 2–3 `wss-engine` processes serving
 //! `tests/packs/cluster/basic`; recipients must get a delivery exactly once.
 
-mod cluster_support;
+mod support;
 
-use cluster_support::{serial, Client, Cluster};
 use serde_json::{json, Value};
+use support::client::Client;
+use support::cluster::{serial, Cluster};
 
 /// Expect exactly one delivery of `event` with `text`, then nothing more.
 async fn gets_once(client: &mut Client, event: &str, text: &str) {
@@ -251,7 +252,7 @@ async fn presence_lists_members_of_every_node() {
     assert_eq!(ids(&reply), expected, "after a leave on another node");
     c.close().await;
     let a_conn = a.conn.clone();
-    let deadline = std::time::Instant::now() + cluster_support::WAIT;
+    let deadline = std::time::Instant::now() + support::cluster::WAIT;
     loop {
         let reply = observer
             .ok("room.presence", json!({ "room": "lobby" }))

@@ -6,13 +6,13 @@
 //! ports, and "fails over" by hand: SIGKILL the primary, `REPLICAOF NO ONE` on the
 //! replica, and read what the replica holds.
 
-mod cluster_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use cluster_support::{pack, serial, unique_prefix, Node, RedisServer};
+use support::cluster::{pack, serial, unique_prefix, Node, RedisServer};
 
 /// A primary and a replica whose link is up.
 fn primary_and_replica() -> (RedisServer, RedisServer) {

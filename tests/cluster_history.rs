@@ -8,14 +8,15 @@
 //! Every client here is a [`Tracked`] one: it checks, frame by frame, that each room's
 //! offsets follow one another from its `$joined`, as the client library does.
 
-mod cluster_support;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use cluster_support::{pack, serial, Client, Cluster, Node, Tracked, WAIT};
+use support::client::Client;
+use support::cluster::{pack, serial, Cluster, Node, Tracked, WAIT};
 
 fn say(room: &str, id: &str) -> Value {
     json!({ "room": room, "id": id })

@@ -12,13 +12,13 @@
 //! quick local run with `WSS_LOST_UPDATE_CLIENTS` (per node) and
 //! `WSS_LOST_UPDATE_INCREMENTS` (per client); it defaults to the full size.
 
-mod cluster_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_support::{serial, Cluster};
 use serde_json::json;
+use support::cluster::{serial, Cluster};
 
 const NODES: usize = 3;
 const CLIENTS_PER_NODE: usize = 30;

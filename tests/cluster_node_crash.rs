@@ -4,12 +4,13 @@
 //! deregisters and exits 0, and a client reconnecting to another node finds the shared
 //! state written before intact.
 
-mod cluster_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{serial, Client, Closed, Cluster};
 use serde_json::{json, Value};
+use support::client::{Client, Closed};
+use support::cluster::{serial, Cluster};
 
 const NODE_TTL_SECS: u64 = 3;
 /// The bound for a dead node's cleanup.
@@ -191,7 +192,7 @@ async fn sigterm_closes_with_1001_and_state_survives_on_another_node() {
     let (a_id, a2_id) = (a.conn.clone(), a2.conn.clone());
     let stopped_id = cluster.nodes[0].id.clone();
 
-    cluster.nodes[0].sigterm();
+    cluster.nodes[0].signal("TERM");
     for c in [&mut a, &mut a2] {
         match c.recv_close_within(Duration::from_secs(10)).await.0 {
             Closed::Frame(code, _) => assert_eq!(code, 1001, "{}: close code", c.conn),

@@ -1,12 +1,13 @@
 //! `wss-engine nodes` against a live cluster: it lists every live node (text and
 //! `--format json`) and warns on stderr when the nodes serve different packs.
 
-mod cluster_support;
+mod support;
 
 use std::time::Duration;
 
-use cluster_support::{pack, run_cli, serial, CliRun, Cluster};
 use serde_json::Value;
+use support::cli::{run_within, CliRun};
+use support::cluster::{pack, serial, Cluster};
 
 fn nodes(cluster: &Cluster, json: bool) -> CliRun {
     let url = cluster.redis.url();
@@ -14,7 +15,7 @@ fn nodes(cluster: &Cluster, json: bool) -> CliRun {
     if json {
         args.extend(["--format", "json"]);
     }
-    let run = run_cli(&args, Duration::from_secs(20));
+    let run = run_within(&args, Duration::from_secs(20));
     assert!(run.status.success(), "`wss-engine nodes` failed: {run:?}");
     run
 }
@@ -115,7 +116,7 @@ async fn nodes_lists_live_nodes_and_warns_when_packs_differ() {
 
     // A node that stopped gracefully is no longer listed.
     let mut third = cluster.nodes.pop().expect("three nodes");
-    third.sigterm();
+    third.signal("TERM");
     assert!(third.wait_exit(Duration::from_secs(15)).success());
     let list = listed(&nodes(&cluster, true));
     assert!(
@@ -158,7 +159,7 @@ async fn a_rollout_shows_a_mixed_fleet_then_agreement() {
         let mut text = std::fs::read_to_string(&file).expect("read");
         text.push_str(extra);
         std::fs::write(&file, text).expect("write");
-        cluster.nodes[node].sighup();
+        cluster.nodes[node].signal("HUP");
         settle().await;
         let fingerprints: Vec<String> = listed(&nodes(&cluster, true))
             .iter()

@@ -13,7 +13,7 @@
 //!
 //! These run on a Redis Cluster whatever `WSS_TEST_REDIS` says.
 
-mod cluster_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use cluster_support::{
-    pack, serial, Client, Closed, Cluster, Redis, RedisCluster, Tracked, NODE_TIMEOUT_MS, QUIET,
-    WAIT,
+use support::client::{Client, Closed};
+use support::cluster::{
+    pack, serial, Cluster, Redis, RedisCluster, Tracked, NODE_TIMEOUT_MS, QUIET, WAIT,
 };
 
 async fn start(n: usize) -> Cluster {
@@ -161,7 +161,7 @@ fn watch_readiness(
         while !stop.load(Ordering::Acquire) {
             for (i, addr) in addrs.iter().enumerate() {
                 let status =
-                    cluster_support::try_http_get(*addr, "/readyz", Duration::from_secs(2))
+                    support::client::try_http_get(*addr, "/readyz", Duration::from_secs(2))
                         .await
                         .map(|(s, _)| s);
                 if status != Some(200) {

@@ -7,12 +7,13 @@
 //! The timeline (seconds until `/readyz` non-200, until 200 again per node) is printed:
 //! `cargo test --test cluster_redis_outage -- --nocapture`.
 
-mod cluster_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{serial, Client, Cluster, Node};
 use serde_json::{json, Value};
+use support::client::Client;
+use support::cluster::{serial, Cluster, Node};
 
 /// The idle outage: long enough for a default `ConnectionManager` to give up.
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -84,7 +85,7 @@ async fn nodes_recover_from_a_redis_restart_after_an_idle_outage() {
             "--idle-timeout",
             "300",
             "--jwt-secret",
-            cluster_support::JWT_SECRET,
+            support::cluster::JWT_SECRET,
         ],
     )
     .await;
@@ -206,7 +207,7 @@ async fn nodes_recover_from_a_redis_restart_after_an_idle_outage() {
     gets_once(&mut a, "say.room", "post-b").await;
     gets_once(&mut b, "say.room", "post-b").await;
     // Presence was written again by the nodes (Redis came back empty).
-    let members = cluster_support::eventually(
+    let members = support::client::eventually(
         Duration::from_secs(10),
         "presence of the pre-outage room rewritten",
         || {
@@ -256,7 +257,7 @@ async fn nodes_recover_from_a_redis_restart_after_an_idle_outage() {
 
     // Both nodes registered themselves again in the (empty) registry.
     let expected_nodes = sorted(cluster.nodes.iter().map(|n| n.id.clone()).collect());
-    cluster_support::eventually(Duration::from_secs(10), "both nodes re-registered", || {
+    support::client::eventually(Duration::from_secs(10), "both nodes re-registered", || {
         let cluster = &cluster;
         let expected = expected_nodes.clone();
         async move {

@@ -8,12 +8,12 @@
 //! (A node that really died during the stall is still cleaned up: that is covered by
 //! `cluster_node_crash`; this test is about the nodes that did not.)
 
-mod cluster_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{serial, Cluster};
 use serde_json::json;
+use support::cluster::{serial, Cluster};
 
 const NODE_TTL_SECS: u64 = 3;
 /// Health pings time out after 1 s, Pub/Sub pings every 3 s after 2 s.
@@ -125,7 +125,7 @@ async fn a_redis_stall_longer_than_the_node_ttl_disconnects_no_live_connection()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_answered_unavailable_during_a_stall_never_takes_effect_later() {
     let _serial = serial();
-    let cluster = Cluster::start_pack(2, &cluster_support::pack("chaos"), &[]).await;
+    let cluster = Cluster::start_pack(2, &support::cluster::pack("chaos"), &[]).await;
     let mut member = cluster.nodes[1].connect().await;
     member.ok("join", json!({ "room": "h:late" })).await;
     let mut a = cluster.nodes[0].connect().await;

@@ -6,13 +6,13 @@
 //! `READONLY`, and one still subscribed there hears nothing published on the new one.
 //! Both are checked.
 
-mod cluster_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use cluster_support::{
+use support::cluster::{
     pack, serial, unique_prefix, Node, RedisServer, Sentinel, SENTINEL_MASTER, WAIT,
 };
 

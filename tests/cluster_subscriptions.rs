@@ -9,7 +9,7 @@
 //!   watcher remains, even a leave followed at once by a join;
 //! - a burst of leaves is unsubscribed in a few commands, not one per channel.
 
-mod cluster_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,8 +21,8 @@ use wss_engine::backend::redis::{Names, RedisBackend};
 use wss_engine::backend::{Bus, Channel};
 use wss_engine::delivery::{Envelope, Target};
 
-use cluster_support::backend::{redis_instance, Recorder};
-use cluster_support::{cluster_mode, unique_prefix, Redis};
+use support::cluster::backend::{redis_instance, Recorder};
+use support::cluster::{cluster_mode, unique_prefix, Redis};
 
 fn envelope(target: Target, text: &str) -> Envelope {
     Envelope::plain(

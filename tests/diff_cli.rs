@@ -8,10 +8,13 @@
 //! output of each case is checked against its JSON (same changes, same order, exit
 //! status), and [`REQUIRED`] lists the rules the corpus must cover, both ways.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::cli::run;
+use support::root;
 
 const CORPUS: &str = "tests/diff";
 
@@ -69,24 +72,6 @@ const REQUIRED: &[(&str, &str)] = &[
     ("schema_changed_cannot_tell", "breaking"),
     ("schema_annotation_changed", "compatible"),
 ];
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run the binary from the crate root, so paths in its output are the relative ones given.
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run wss-engine")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).expect("utf-8 output")
-}
 
 fn cases() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join(CORPUS))
@@ -147,12 +132,12 @@ fn check_case(case: &Path) -> Vec<String> {
     if got_exit != want_exit {
         problems.push(format!(
             "exit {got_exit}, expected {want_exit}; stderr: {}",
-            text(&json.stderr)
+            json.stderr
         ));
     }
-    let out: Value = match serde_json::from_slice(&json.stdout) {
+    let out: Value = match serde_json::from_str(&json.stdout) {
         Ok(v) => v,
-        Err(e) => return vec![format!("stdout is not JSON ({e}): {}", text(&json.stdout))],
+        Err(e) => return vec![format!("stdout is not JSON ({e}): {}", json.stdout)],
     };
     let Some(list) = out.as_array() else {
         return vec![format!("stdout is not a JSON array: {out}")];
@@ -180,7 +165,7 @@ fn check_case(case: &Path) -> Vec<String> {
             }
         }
         let plain = run(&["diff", &old, &new]);
-        let first = text(&plain.stdout);
+        let first = plain.stdout;
         if plain.status.code() != Some(2) || !first.contains(": error: ") {
             problems.push(format!(
                 "text mode: exit {:?}, stdout {first}",
@@ -249,7 +234,7 @@ fn check_case(case: &Path) -> Vec<String> {
             json.status.code()
         ));
     }
-    let stdout = text(&plain.stdout);
+    let stdout = plain.stdout;
     let lines: Vec<&str> = stdout.lines().collect();
     if lines.len() != list.len() + 1 {
         problems.push(format!(
@@ -347,10 +332,10 @@ fn a_pack_compared_with_itself_has_no_changes() {
         let pack = pack.to_string_lossy();
         let out = run(&["diff", &pack, &pack]);
         assert_eq!(
-            (out.status.code(), text(&out.stdout).as_str()),
+            (out.status.code(), out.stdout.as_str()),
             (Some(0), "no changes\n"),
             "{pack}: {}",
-            text(&out.stderr)
+            out.stderr
         );
     }
 }
@@ -362,7 +347,7 @@ fn renamed_and_removed_events_print_both_sides_in_text() {
         "tests/diff/event-removed/old",
         "tests/diff/event-removed/new",
     ]);
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout;
     let first = stdout.lines().next().unwrap_or("");
     assert!(
         first.starts_with(
@@ -375,7 +360,7 @@ fn renamed_and_removed_events_print_both_sides_in_text() {
         "tests/diff/event-renamed/old",
         "tests/diff/event-renamed/new",
     ]);
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout;
     assert!(
         stdout.lines().any(|l| l.starts_with("breaking    chat.msg: renamed to `chat.message`")
             && l.ends_with("(tests/diff/event-renamed/old/pack.yaml:3 → tests/diff/event-renamed/new/pack.yaml:3)")),
@@ -392,7 +377,7 @@ fn json_objects_have_the_documented_fields() {
         "--format",
         "json",
     ]);
-    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let list: Value = serde_json::from_str(&out.stdout).expect("JSON");
     let first = &list[0];
     let mut fields: Vec<&str> = first
         .as_object()
@@ -427,11 +412,11 @@ fn json_objects_have_the_documented_fields() {
         "--format",
         "json",
     ]);
-    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let list: Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(list[0]["event"], Value::Null);
     assert_eq!(list[0]["room"], "doc:*");
     // The summary goes to stderr, so stdout stays one JSON document.
-    assert_eq!(text(&out.stderr), "4 change(s): 4 breaking, 0 compatible\n");
+    assert_eq!(out.stderr, "4 change(s): 4 breaking, 0 compatible\n");
 }
 
 #[test]
@@ -441,16 +426,16 @@ fn a_missing_or_broken_pack_exits_2_whichever_side_it_is() {
         "tests/diff/no-such-pack",
         "tests/diff/identical/new",
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("cannot read pack directory"));
-    assert!(text(&out.stderr).contains("tests/diff/no-such-pack: 1 error(s)"));
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stdout.contains("cannot read pack directory"));
+    assert!(out.stderr.contains("tests/diff/no-such-pack: 1 error(s)"));
     // Broken on the old side, and on both: every pack's errors are printed.
     let broken = "tests/diff/broken-new/new";
     let out = run(&["diff", broken, "tests/diff/broken-new/old"]);
     assert_eq!(out.status.code(), Some(2));
     let out = run(&["diff", broken, "tests/diff/no-such-pack"]);
     assert_eq!(out.status.code(), Some(2));
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout;
     assert!(
         stdout.contains("must be `local` or `cluster`")
             && stdout.contains("cannot read pack directory"),

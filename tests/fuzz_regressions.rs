@@ -97,10 +97,9 @@ fn a_script_file_over_the_limit_is_refused() {
 #[test]
 fn a_dropped_engine_frees_its_router_and_backend() {
     use std::sync::{Arc, Weak};
-    use wss_engine::backend::memory::MemoryBackend;
-    use wss_engine::backend::Backend;
-    use wss_engine::delivery::{ConnLink, Router, Sink};
-    use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
+    use wss_engine::backend::StateStore;
+    use wss_engine::delivery::{ConnLink, Router};
+    use wss_engine::engine::{Conn, Engine};
 
     let dir = pack(
         "rooms:\n  \"*\": { history: { size: 10, ttl: 60 } }\nevents:\n  say:\n    scope: local\n    schema: { type: object }\n    to: \"room:{{data.room}}\"\n    script: |\n      join(data.room);\n      state.incr(\"n\", 1);\n",
@@ -112,19 +111,9 @@ fn a_dropped_engine_frees_its_router_and_backend() {
         .enable_all()
         .build()
         .unwrap();
-    let (router_weak, backend_weak): (Weak<Router>, Weak<MemoryBackend>) = rt.block_on(async {
-        let router = Router::new();
-        let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
-        let engine = Engine::new(EngineParts {
-            pack: Arc::new(pack),
-            node_id: Arc::from("n"),
-            scripts: runtime.clone(),
-            backend: Backend::of(backend.clone()),
-            router: router.clone(),
-            sink: router.clone() as Arc<dyn Sink>,
-            script_concurrency: 1,
-            sessions: SessionConfig::default(),
-        });
+    let (router_weak, backend_weak): (Weak<Router>, Weak<dyn StateStore>) = rt.block_on(async {
+        let engine = Engine::in_memory("n", Arc::new(pack), runtime.clone(), None);
+        let (router, backend) = (engine.router().clone(), engine.backend().state.clone());
         let mut conn = Conn::new(engine.next_conn_id(), None, serde_json::json!({}));
         engine.connect(&mut conn, ConnLink::new(16)).await.unwrap();
         for _ in 0..3 {

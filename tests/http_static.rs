@@ -2,7 +2,7 @@
 //! files, HEAD, the size bound, route precedence, and no way out of DIR (`..`, encoded
 //! dots and slashes, absolute paths, dotfiles, symlinks that lead outside).
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wss_engine::transport::static_files::{StaticFiles, MAX_FILE_BYTES};
 
-use common::{spawn_binary, start_with, write_pack, TestServer};
+use support::binary::spawn_binary;
+use support::cli::run;
+use support::inprocess::{start_with, TestServer};
+use support::write_pack;
 
 const PACK: &str = r#"
 events:
@@ -331,14 +334,16 @@ fn the_binary_takes_the_flag_and_the_environment_variable() {
     assert!(a.text().contains("<title>home</title>"), "{a:?}");
     drop(by_env);
 
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .arg("--config")
-        .arg(pack.path())
-        .args(["--listen", "127.0.0.1:0", "--static"])
-        .arg(Path::new(site.outer.path()).join("no-such-dir"))
-        .output()
-        .expect("run");
+    let no_such_dir = Path::new(site.outer.path()).join("no-such-dir");
+    let missing = run(&[
+        "--config",
+        pack.path().to_str().expect("a UTF-8 path"),
+        "--listen",
+        "127.0.0.1:0",
+        "--static",
+        no_such_dir.to_str().expect("a UTF-8 path"),
+    ]);
     assert!(!missing.status.success());
-    let stderr = String::from_utf8_lossy(&missing.stderr);
+    let stderr = &missing.stderr;
     assert!(stderr.contains("--static"), "{stderr}");
 }

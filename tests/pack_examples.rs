@@ -3,31 +3,20 @@
 //! their own `tests:` under `wss-engine test`. Broken fixtures must fail that schema too,
 //! so an editor flags the common mistakes while typing.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use jsonschema::Validator;
 use serde_json::Value;
+use support::cli::run;
+use support::{example_packs, root};
 use wss_engine::config;
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// `events/` and every directory of `examples/`, relative to the crate root.
 fn packs() -> Vec<PathBuf> {
-    let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
-        .expect("examples/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.is_dir())
-        .map(|p| {
-            p.strip_prefix(root())
-                .expect("under the crate")
-                .to_path_buf()
-        })
-        .collect();
-    examples.sort();
+    let examples = example_packs();
     let names: Vec<String> = examples
         .iter()
         .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
@@ -283,19 +272,9 @@ fn client_frames(readme: &str) -> Option<Vec<Value>> {
 fn every_pack_passes_its_own_tests() {
     for pack in packs() {
         let dir = pack.to_str().expect("utf-8 path");
-        let out = Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-            .args(["test", dir])
-            .current_dir(root())
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run wss-engine test");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{dir}:\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run(&["test", dir]);
+        let stdout = &out.stdout;
+        assert_eq!(out.status.code(), Some(0), "{dir}:\n{stdout}{}", out.stderr);
         let summary = stdout
             .lines()
             .find(|l| l.ends_with(" failed"))

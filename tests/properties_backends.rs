@@ -10,14 +10,13 @@
 //!
 //! Cases: 24 by default (a few seconds); `PROPTEST_CASES=N` for a long run.
 
-mod cluster_support;
+mod support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use wss_engine::backend::memory::MemoryBackend;
 use wss_engine::backend::redis::RedisBackend;
 use wss_engine::backend::{Backend, VersionCheck};
 use wss_engine::config::{self, Pack};
@@ -25,7 +24,7 @@ use wss_engine::delivery::{ConnLink, Router, Sink};
 use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 
-use cluster_support::{unique_prefix, RedisServer};
+use support::cluster::{unique_prefix, RedisServer};
 
 const PACK: &str = r#"
 events:
@@ -192,9 +191,8 @@ async fn both(
     f: &Fixture,
     messages: &[Vec<Value>],
 ) -> (Vec<Result<Value, String>>, Vec<Result<Value, String>>) {
-    let router = Router::new();
-    let memory = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
-    let on_memory = run(engine(f, Backend::of(memory), router), messages).await;
+    let memory = Engine::in_memory("n1", f.pack.clone(), f.scripts.clone(), None);
+    let on_memory = run(memory, messages).await;
 
     let router = Router::new();
     let redis = tokio::time::timeout(

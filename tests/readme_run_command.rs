@@ -9,14 +9,15 @@
 //! The command builds in release mode; CI's benchmark smoke run builds the same
 //! binary first, so there it starts at once.
 
-mod common;
+mod support;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, try_http_get, Client};
+use support::client::{try_http_get, Client};
+use support::free_port;
 
 /// The `cargo run` line of README.md's "Two commands" block, without its comment.
 fn readme_run_command() -> String {

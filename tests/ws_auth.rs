@@ -1,10 +1,11 @@
 //! Authentication at the upgrade (HS256 JWT via `?token=` or `Authorization: Bearer`)
 //! and `auth: required` events.
 
-mod common;
+mod support;
 
-use common::{start_with, token, Client};
 use serde_json::json;
+use support::client::{token, Client};
+use support::inprocess::start_with;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use wss_engine::transport::auth::Auth;

@@ -1,11 +1,14 @@
 //! The built binary: serving on port 0, its logs, and graceful shutdown on signals.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{spawn_binary, write_pack, Client, Closed};
 use serde_json::json;
+use support::binary::spawn_binary;
+use support::cli::run;
+use support::client::{Client, Closed};
+use support::write_pack;
 
 const PACK: &str = r#"
 events:
@@ -29,7 +32,7 @@ async fn serves_a_pack_on_an_ephemeral_port_and_says_so() {
     assert_eq!(c.ok("hello", json!({ "name": "bin" })).await, "hello bin");
     let err = c.fail("hello", json!({})).await;
     assert_eq!(err["code"], "invalid_payload");
-    let (status, body) = common::http_get(server.addr, "/healthz").await;
+    let (status, body) = support::client::http_get(server.addr, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     let log = server.log_text();
     assert!(
@@ -125,15 +128,10 @@ events:
     schema: {}
 "#,
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .arg("--config")
-        .arg(pack.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run the binary");
+    let dir = pack.path().to_str().expect("a UTF-8 path");
+    let out = run(&["--config", dir, "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success(), "a broken pack must not be served");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(stderr.contains("scpoe"), "{stderr}");
     assert!(stderr.contains("pack.yaml"), "names the file: {stderr}");
 }
@@ -157,13 +155,9 @@ async fn workers_sets_the_runtime_threads() {
 
 /// Runs the binary with `args`, asserts it refuses to start, returns its stderr.
 fn refused(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wss-engine"))
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .expect("run the binary");
+    let out = run(&[args, &["--listen", "127.0.0.1:0"]].concat());
     assert!(!out.status.success(), "{args:?} is refused");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    out.stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

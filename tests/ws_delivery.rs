@@ -1,12 +1,13 @@
 //! Where a handled event goes: every `to` target (with templates), `exclude_sender`,
 //! `emit_as`, and the `$connect`/`$disconnect` hooks.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{start, start_with, token, Client};
 use serde_json::json;
+use support::client::{token, Client};
+use support::inprocess::{start, start_with};
 use wss_engine::transport::auth::Auth;
 
 const PACK: &str = r#"
@@ -84,7 +85,7 @@ events:
 "#;
 
 /// Three clients: `a` and `b` in room `r`, `c` outside.
-async fn three(server: &common::TestServer) -> (Client, Client, Client) {
+async fn three(server: &support::inprocess::TestServer) -> (Client, Client, Client) {
     let mut a = server.connect().await;
     let mut b = server.connect().await;
     let c = server.connect().await;
@@ -270,7 +271,7 @@ async fn connect_and_disconnect_hooks() {
     assert_eq!(a.recv_event("arrived").await, json!({ "conn": c_conn }));
     drop(c);
     assert_eq!(a.recv_event("left").await, json!({ "conn": c_conn }));
-    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deadline = tokio::time::Instant::now() + support::WAIT;
     loop {
         let status = a.ok("online", json!({})).await;
         if status["online"] == 1 {
@@ -351,7 +352,7 @@ async fn a_failing_connect_hook_refuses_the_connection() {
         let data = c.recv_error(code).await;
         assert!(!data["message"].as_str().unwrap_or("").is_empty());
         match c.recv_close().await {
-            common::Closed::Frame(code, reason) => {
+            support::client::Closed::Frame(code, reason) => {
                 assert_eq!(code, 1008, "{reason}");
                 assert!(!reason.is_empty());
             }

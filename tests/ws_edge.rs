@@ -2,7 +2,7 @@
 //! node, address and user (with `X-Forwarded-For` only from trusted proxies), and TLS
 //! with a certificate reloaded on `SIGHUP` without dropping a socket.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use common::{spawn_binary, token, write_pack, BinaryServer, Client};
+use support::binary::{spawn_binary, BinaryServer};
+use support::client::{token, Client};
+use support::write_pack;
 
 const PACK: &str = r#"
 events:
@@ -85,7 +87,7 @@ async fn foreign_origins_are_refused_own_origin_and_non_browsers_pass() {
 }
 
 async fn metric(server: &BinaryServer, label: &str) -> f64 {
-    let body = common::http_get(server.addr, "/metrics").await.1;
+    let body = support::client::http_get(server.addr, "/metrics").await.1;
     body.lines()
         .filter(|l| l.starts_with("wss_connections_refused_total") && l.contains(label))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())

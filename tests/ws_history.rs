@@ -2,13 +2,14 @@
 //! `$joined`/`$left` before the ack, `$welcome`'s session, and `$resume` — replay in
 //! order exactly once, all or nothing per room, and every way a resume is refused.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::{start_with, token, Client, Closed, TestServer};
+use support::client::{token, Client, Closed};
+use support::inprocess::{start_with, TestServer};
 use wss_engine::engine::SessionConfig;
 use wss_engine::transport::auth::Auth;
 

@@ -1,10 +1,11 @@
 //! The plain HTTP endpoints next to `/ws`: `/healthz`, `/readyz`, `/metrics`, and an
 //! in-process graceful shutdown.
 
-mod common;
+mod support;
 
-use common::{http_get, start, Closed};
 use serde_json::json;
+use support::client::{http_get, Closed};
+use support::inprocess::start;
 
 const PACK: &str = r#"
 events:
@@ -137,7 +138,7 @@ async fn in_process_shutdown_closes_clients_with_1001() {
             other => panic!("expected 1001, got {other:?}"),
         }
     }
-    tokio::time::timeout(common::WAIT, stopping)
+    tokio::time::timeout(support::WAIT, stopping)
         .await
         .expect("server::run returns after shutdown")
         .expect("join")

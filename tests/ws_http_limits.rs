@@ -3,7 +3,7 @@
 //! closed and counted. Every exchange is raw TCP, as an attacker would speak it. And the
 //! accept queue is as deep as the kernel allows.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{http_get, spawn_binary, start_with, write_pack, Client, WAIT};
+use support::binary::spawn_binary;
+use support::client::{http_get, Client};
+use support::inprocess::start_with;
+use support::{write_pack, WAIT};
 
 const PACK: &str = r#"
 events:

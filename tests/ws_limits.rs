@@ -1,13 +1,15 @@
 //! Abuse past limits: per-event rate limits, the bounded outbound queue (slow
 //! consumers), keepalive/idle timeout, and a flood of malformed frames.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{start, start_with, Client, Closed, WAIT};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
+use support::client::{Client, Closed};
+use support::inprocess::{start, start_with};
+use support::WAIT;
 use tokio_tungstenite::tungstenite::Message;
 
 const PACK: &str = r#"

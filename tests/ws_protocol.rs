@@ -1,10 +1,11 @@
-//! The client protocol of DESIGN.md over real sockets: `$welcome`, acks, and every
+//! The client protocol (README "Client protocol") over real sockets: `$welcome`, acks, and every
 //! error code a frame can earn, each followed by proof that the connection survived.
 
-mod common;
+mod support;
 
-use common::{start, start_with, QUIET};
 use serde_json::{json, Value};
+use support::inprocess::{start, start_with};
+use support::QUIET;
 
 const PACK: &str = r#"
 events:
@@ -124,7 +125,7 @@ async fn a_delivery_to_the_sender_arrives_before_its_ack() {
 }
 
 /// Send something bad, check the answer, then prove the connection still works.
-async fn still_alive(c: &mut common::Client) {
+async fn still_alive(c: &mut support::client::Client) {
     let reply = c.ok("answer", json!({ "alive": true })).await;
     assert_eq!(reply["got"], json!({ "alive": true }));
 }
@@ -439,19 +440,19 @@ async fn a_client_close_gets_the_close_handshake_reply() {
         code: CloseCode::Normal,
         reason: "done".into(),
     };
-    tokio::time::timeout(common::WAIT, c.ws.send(Message::Close(Some(frame))))
+    tokio::time::timeout(support::WAIT, c.ws.send(Message::Close(Some(frame))))
         .await
         .expect("close send stalled")
         .expect("send close");
     // RFC 6455 §5.5.1: the server answers a Close with a Close, then the stream ends.
-    let reply = tokio::time::timeout(common::WAIT, c.ws.next())
+    let reply = tokio::time::timeout(support::WAIT, c.ws.next())
         .await
         .expect("no close reply within the wait");
     match reply {
         Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1000),
         other => panic!("expected the server's Close reply, got {other:?}"),
     }
-    let end = tokio::time::timeout(common::WAIT, c.ws.next())
+    let end = tokio::time::timeout(support::WAIT, c.ws.next())
         .await
         .expect("stream did not end");
     assert!(

@@ -4,7 +4,7 @@
 //! Under 200 clients sending all the time, 50 reloads (valid and invalid in turn) drop
 //! nobody, fail nothing, and every client sees pack versions only go forward.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{eventually, http_get, spawn_binary, BinaryServer, Client};
+use support::binary::{spawn_binary, BinaryServer};
+use support::client::{eventually, http_get, Client};
 
 /// A pack whose `stamp` event replies with `version`, and `broken` text when asked.
 fn pack_text(version: u64) -> String {

@@ -1,12 +1,13 @@
 //! Script limits: a runaway script fails with `script_error` quickly, leaves no trace,
 //! and the connection and server go on serving.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::json;
+use support::inprocess::start_with;
+use support::write_pack;
 
 const PACK: &str = r#"events:
   spin:

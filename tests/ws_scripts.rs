@@ -1,13 +1,14 @@
-//! Every script function of DESIGN.md "Scripts", driven over WebSocket, plus the
+//! Every function a pack's scripts can call, driven over WebSocket, plus the
 //! transaction guarantees: a failing script leaves no trace, concurrent scripts are
 //! serializable.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{start, Client};
 use serde_json::{json, Value};
+use support::client::Client;
+use support::inprocess::start;
 
 const PACK: &str = r#"
 events:
@@ -408,7 +409,7 @@ async fn join_leave_and_presence() {
 
     // A closed connection leaves its rooms.
     a.close().await;
-    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deadline = tokio::time::Instant::now() + support::WAIT;
     loop {
         let who = b.ok("room.who", json!({ "room": "r1" })).await;
         if who["presence"] == json!([]) {
@@ -629,7 +630,8 @@ async fn concurrent_read_modify_write_is_serializable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflict_after_bounded_retries_if_reachable() {
     // A slow read-modify-write against a stream of fast writers to the same key must
-    // eventually give up with `conflict` (DESIGN.md "Atomicity"), not retry forever.
+    // eventually give up with `conflict` (a script is retried a bounded number of
+    // times), not retry forever.
     // On a single memory node this depends on timing, so it is reported, not required,
     // when the slow script keeps winning.
     let server = start(PACK).await;

@@ -38,7 +38,7 @@ async fn run(payload: &str) {
                 .await;
         }
     }
-    let session = first.conn.session.to_string();
+    let session = first.conn.session.expose().to_string();
     world.close(first).await;
     // One more message each, which the closed connection missed.
     let mut other = world.connect(None).await;
@@ -60,7 +60,7 @@ async fn run(payload: &str) {
     let epoch = world
         .router
         .stream_position("lobby")
-        .map(|(e, _)| e.to_string())
+        .map(|at| at.epoch.to_string())
         .unwrap_or_default();
     let data = payload
         .replace("@session", &session)

@@ -35,7 +35,7 @@ async fn run(text: &str) {
     let mut alice = false;
     for line in text.split('\n').take(MAX_FRAMES) {
         if line == "~reconnect" {
-            session = client.conn.session.to_string();
+            session = client.conn.session.expose().to_string();
             world.close(client).await;
             alice = !alice;
             client = world.connect(alice.then_some("alice")).await;
@@ -44,7 +44,7 @@ async fn run(text: &str) {
         let epoch = world
             .router
             .stream_position("lobby")
-            .map(|(e, _)| e.to_string())
+            .map(|at| at.epoch.to_string())
             .unwrap_or_default();
         let frame = line.replace("@session", &session).replace("@epoch", &epoch);
         let expected_id = if frame.len() > MAX_FRAME_BYTES {

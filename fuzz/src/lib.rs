@@ -11,11 +11,10 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 use wss_engine::backend::memory::MemoryBackend;
-use wss_engine::backend::Backend;
 use wss_engine::cluster::{Fleet, NodeInfo};
 use wss_engine::config::{self, Pack};
 use wss_engine::delivery::{ConnLink, Router, Sink};
-use wss_engine::engine::{Conn, Engine, EngineParts, SessionConfig};
+use wss_engine::engine::{Conn, Engine};
 use wss_engine::script::{ScriptLimits, ScriptRuntime};
 use wss_engine::transport::api::keys::ApiKeys;
 use wss_engine::transport::api::{self, ApiState};
@@ -69,7 +68,6 @@ pub fn engine_pack() -> Arc<Pack> {
 pub struct World {
     pub engine: Arc<Engine>,
     pub router: Arc<Router>,
-    pub backend: Arc<MemoryBackend>,
 }
 
 /// A connection as the engine sees it, and the queue its frames go to.
@@ -80,23 +78,9 @@ pub struct Client {
 
 impl World {
     pub fn new() -> Self {
-        let router = Router::new();
-        let backend = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
-        let engine = Engine::new(EngineParts {
-            pack: engine_pack(),
-            node_id: Arc::from("fz"),
-            scripts: scripts().clone(),
-            backend: Backend::of(backend.clone()),
-            router: router.clone(),
-            sink: router.clone() as Arc<dyn Sink>,
-            script_concurrency: 2,
-            sessions: SessionConfig::default(),
-        });
-        Self {
-            engine,
-            router,
-            backend,
-        }
+        let engine = Engine::in_memory("fz", engine_pack(), scripts().clone(), None);
+        let router = engine.router().clone();
+        Self { engine, router }
     }
 
     /// Connect as a socket does after the upgrade (router, registry, `$connect`).
@@ -145,6 +129,8 @@ impl World {
             self.engine.clone(),
             Arc::new(keys),
             Arc::new(fleet),
+            // Idempotency keys are the API's own: a store of their own serves them.
+            Arc::new(MemoryBackend::new(self.router.clone() as Arc<dyn Sink>)),
             MAX_FRAME_BYTES,
         ))
     }

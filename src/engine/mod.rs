@@ -34,6 +34,7 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, Channel, HistoryStore};
 use crate::config::{EventDef, Pack, RateLimit, Sender};
 use crate::delivery::{ConnId, ConnLink, History, HistoryRead, RoomChange, Router, Sink};
@@ -267,6 +268,32 @@ impl Engine {
             conn_seq: AtomicU64::new(0),
             sessions: parts.sessions,
             stats: stats::Stats::default(),
+        })
+    }
+
+    /// One node on the memory backend with a router of its own, as `wss-engine test`,
+    /// the fuzz targets and the tests build one per case or input: default sessions,
+    /// one script at a time (they send one event at a time). Its local deliveries go to
+    /// `sink` (`wss-engine test` records them), or to the router as a server's do. The
+    /// backend is its [`Engine::backend`].
+    pub fn in_memory(
+        node_id: &str,
+        pack: Arc<Pack>,
+        scripts: Arc<ScriptRuntime>,
+        sink: Option<Arc<dyn Sink>>,
+    ) -> Arc<Self> {
+        let router = Router::new();
+        let sink = sink.unwrap_or_else(|| router.clone() as Arc<dyn Sink>);
+        let backend = Arc::new(MemoryBackend::new(sink.clone()));
+        Self::new(EngineParts {
+            pack,
+            node_id: Arc::from(node_id),
+            scripts,
+            backend: Backend::of(backend),
+            router,
+            sink,
+            script_concurrency: 1,
+            sessions: SessionConfig::default(),
         })
     }
 

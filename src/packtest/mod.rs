@@ -12,11 +12,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::backend::memory::MemoryBackend;
-use crate::backend::{Backend, Commit, Presence, StateStore, StoredValue, Write};
+use crate::backend::{Commit, StoredValue, Write};
 use crate::config::{self, EventDef, Pack, Sender};
-use crate::delivery::{ConnId, ConnLink, Envelope, Router, Sink, Target};
-use crate::engine::{Caller, Conn, Engine, EngineParts, SessionConfig};
+use crate::delivery::{ConnId, ConnLink, Envelope, Sink, Target};
+use crate::engine::{Caller, Conn, Engine};
 use crate::ids::SessionId;
 use crate::script::{ScriptLimits, ScriptRuntime};
 use cases::{EventCases, TestCase};
@@ -124,18 +123,13 @@ async fn run_case(
     case: &TestCase,
 ) -> Result<(), String> {
     let recorder = Arc::new(Recorder::default());
-    let router = Router::new();
-    let backend = Arc::new(MemoryBackend::new(recorder.clone() as Arc<dyn Sink>));
-    let engine = Engine::new(EngineParts {
-        pack: pack.clone(),
-        node_id: Arc::from("test"),
-        scripts: runtime.clone(),
-        backend: Backend::of(backend.clone()),
-        router: router.clone(),
-        sink: recorder.clone() as Arc<dyn Sink>,
-        script_concurrency: 1,
-        sessions: SessionConfig::default(),
-    });
+    let engine = Engine::in_memory(
+        "test",
+        pack.clone(),
+        runtime.clone(),
+        Some(recorder.clone() as Arc<dyn Sink>),
+    );
+    let (router, backend) = (engine.router(), engine.backend());
 
     let writes = case
         .state
@@ -147,6 +141,7 @@ async fn run_case(
         })
         .collect();
     backend
+        .state
         .commit(Commit {
             writes,
             ..Commit::default()
@@ -175,7 +170,11 @@ async fn run_case(
             );
             for room in &case.conn.rooms {
                 router.join(&id, room, false);
-                backend.join(room, &id).await.map_err(|e| e.to_string())?;
+                backend
+                    .presence
+                    .join(room, &id)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());
             let outcome = engine.handle(&mut conn, &def.name, case.send.clone()).await;
@@ -275,7 +274,7 @@ async fn run_case(
     }
     if !expect.state.is_empty() {
         let keys: Vec<String> = expect.state.iter().map(|(k, _)| k.clone()).collect();
-        let values = backend.read(keys).await.map_err(|e| e.to_string())?;
+        let values = backend.state.read(keys).await.map_err(|e| e.to_string())?;
         for ((key, want), got) in expect.state.iter().zip(values) {
             let got = got.value.map(|v| v.to_json()).unwrap_or(Value::Null);
             if &got != want {

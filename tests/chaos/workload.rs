@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::history::Recorder;
-use crate::cluster_support::client_config;
+use crate::support::client::client_config;
 
 /// How long an op may wait for its ack before its outcome is unknown: past the engine's
 /// own 2 s Redis timeout and a commit's retries.

@@ -1,9 +1,6 @@
 //! A client of the HTTP API for the `api_*` and `cluster_api` tests: one request per
 //! TCP connection (HTTP/1.1, `Connection: close`), every exchange bounded.
 
-// Each test file includes this module on its own and uses only part of it.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

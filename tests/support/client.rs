@@ -1,9 +1,7 @@
 //! The WebSocket and HTTP client every integration test speaks through: `$welcome`,
-//! acks, deliveries and closes, every read bounded.
-//!
-//! Included by `tests/common` (in-process servers) and `tests/cluster_support` (real
-//! processes); each defines the `WAIT` and `QUIET` this client uses, since a cluster
-//! needs longer bounds than one in-process node.
+//! acks, deliveries and closes, every read bounded by the client's [`Bounds`] (a
+//! cluster's nodes get longer ones than a server of this process; see
+//! `cluster::Node::connect`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,18 +16,25 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{QUIET, WAIT};
+use super::{BOUNDS, WAIT};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Client buffers as small as the server's (DESIGN.md: tungstenite's 128 KiB default
-/// read buffer is zero-filled on every read).
+/// Small client buffers, as the server's: tungstenite's default 128 KiB read buffer is
+/// zero-filled on every read.
 pub fn client_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(8 * 1024)
         .max_message_size(Some(16 << 20))
         .max_frame_size(Some(16 << 20))
+}
+
+/// How long a client waits for an expected frame, and watches for "nothing arrives".
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub wait: Duration,
+    pub quiet: Duration,
 }
 
 /// A WebSocket client that knows the protocol's shape: `$welcome`, acks, events.
@@ -49,6 +54,7 @@ pub struct Client {
     pub memberships: VecDeque<Value>,
     /// Hand out `$joined` / `$left` in order with every other frame.
     pub membership_inline: bool,
+    bounds: Bounds,
 }
 
 /// What the server did to a connection at its end.
@@ -65,10 +71,15 @@ pub enum Closed {
 impl Client {
     /// Connect to `url` and read `$welcome`, which must be the first frame.
     pub async fn connect(url: &str) -> Client {
-        let ws = Self::open(url)
+        Self::connect_bounded(url, BOUNDS).await
+    }
+
+    /// [`Client::connect`], every wait of this client bounded by `bounds`.
+    pub async fn connect_bounded(url: &str, bounds: Bounds) -> Client {
+        let ws = Self::upgrade(url, bounds.wait)
             .await
             .unwrap_or_else(|e| panic!("WebSocket upgrade to {url} failed: {e}"));
-        Self::from_ws(ws).await
+        Self::from_ws_bounded(ws, bounds).await
     }
 
     /// The upgrade alone, so tests can inspect a refusal (e.g. HTTP 401).
@@ -79,19 +90,30 @@ impl Client {
     pub async fn open_request(
         request: impl tungstenite::client::IntoClientRequest + Unpin,
     ) -> Result<Ws, tungstenite::Error> {
+        Self::upgrade(request, WAIT).await
+    }
+
+    async fn upgrade(
+        request: impl tungstenite::client::IntoClientRequest + Unpin,
+        within: Duration,
+    ) -> Result<Ws, tungstenite::Error> {
         match tokio::time::timeout(
-            WAIT,
+            within,
             tokio_tungstenite::connect_async_with_config(request, Some(client_config()), true),
         )
         .await
         {
             Ok(result) => result.map(|(ws, _response)| ws),
-            Err(_) => panic!("WebSocket upgrade took more than {WAIT:?}"),
+            Err(_) => panic!("WebSocket upgrade took more than {within:?}"),
         }
     }
 
     /// Wrap an upgraded socket and read `$welcome`.
     pub async fn from_ws(ws: Ws) -> Client {
+        Self::from_ws_bounded(ws, BOUNDS).await
+    }
+
+    async fn from_ws_bounded(ws: Ws, bounds: Bounds) -> Client {
         let mut client = Client {
             ws,
             conn: String::new(),
@@ -102,6 +124,7 @@ impl Client {
             text_frames: 0,
             memberships: VecDeque::new(),
             membership_inline: false,
+            bounds,
         };
         let welcome = client.recv().await;
         assert_eq!(
@@ -122,7 +145,7 @@ impl Client {
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
         let text: String = text.into();
-        tokio::time::timeout(WAIT, self.ws.send(Message::text(text)))
+        tokio::time::timeout(self.bounds.wait, self.ws.send(Message::text(text)))
             .await
             .expect("send took too long")
             .expect("send a text frame");
@@ -133,7 +156,7 @@ impl Client {
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
-        tokio::time::timeout(WAIT, self.ws.send(Message::binary(bytes)))
+        tokio::time::timeout(self.bounds.wait, self.ws.send(Message::binary(bytes)))
             .await
             .expect("send took too long")
             .expect("send a binary frame");
@@ -148,7 +171,7 @@ impl Client {
     /// Send an event with a fresh id and return its ack. Frames that arrive before the
     /// ack (deliveries, other acks) are kept for `recv`, in order.
     pub async fn call(&mut self, event: &str, data: Value) -> Value {
-        self.call_within(event, data, WAIT).await
+        self.call_within(event, data, self.bounds.wait).await
     }
 
     /// `call`, waiting up to `within` for the ack.
@@ -188,7 +211,7 @@ impl Client {
 
     /// Read until the ack with `id`; everything before it goes to the backlog.
     pub async fn ack(&mut self, id: &Value) -> Value {
-        self.ack_within(id, WAIT).await
+        self.ack_within(id, self.bounds.wait).await
     }
 
     async fn ack_within(&mut self, id: &Value, within: Duration) -> Value {
@@ -221,15 +244,18 @@ impl Client {
         assert_eq!(err["code"], "unknown_event", "sync probe: {err}");
     }
 
-    /// The next JSON frame (backlog first), failing the test after `WAIT`.
+    /// The next JSON frame (backlog first), failing the test after the wait bound.
     pub async fn recv(&mut self) -> Value {
         if let Some(v) = self.backlog.pop_front() {
             return v;
         }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        match self.read_frame_until(deadline).await {
+        let wait = self.bounds.wait;
+        match self
+            .read_frame_until(tokio::time::Instant::now() + wait)
+            .await
+        {
             Some(v) => v,
-            None => panic!("no frame within {WAIT:?} on {}", self.conn),
+            None => panic!("no frame within {wait:?} on {}", self.conn),
         }
     }
 
@@ -264,9 +290,9 @@ impl Client {
             .await
     }
 
-    /// Assert that no frame arrives for `QUIET`.
+    /// Assert that no frame arrives for the quiet bound.
     pub async fn expect_silence(&mut self) {
-        self.expect_silence_for(QUIET).await;
+        self.expect_silence_for(self.bounds.quiet).await;
     }
 
     pub async fn expect_silence_for(&mut self, within: Duration) {
@@ -353,7 +379,7 @@ impl Client {
     }
 
     pub async fn recv_close(&mut self) -> Closed {
-        self.recv_close_within(WAIT).await.0
+        self.recv_close_within(self.bounds.wait).await.0
     }
 
     /// Waits for a close frame with `code` and returns its reason.
@@ -399,15 +425,16 @@ impl Client {
     }
 
     pub async fn close(mut self) {
+        let wait = self.bounds.wait;
         let _ = tokio::time::timeout(
-            WAIT,
+            wait,
             self.ws.close(Some(CloseFrame {
                 code: CloseCode::Normal,
                 reason: "bye".into(),
             })),
         )
         .await;
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
     }
 }
@@ -439,9 +466,14 @@ pub async fn try_http_get(addr: SocketAddr, path: &str, within: Duration) -> Opt
 
 /// [`try_http_get`], failing the test if there is no answer within `WAIT`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    try_http_get(addr, path, WAIT)
+    http_get_within(addr, path, WAIT).await
+}
+
+/// [`try_http_get`], failing the test if there is no answer within `within`.
+pub async fn http_get_within(addr: SocketAddr, path: &str, within: Duration) -> (u16, String) {
+    try_http_get(addr, path, within)
         .await
-        .unwrap_or_else(|| panic!("GET http://{addr}{path}: no answer within {WAIT:?}"))
+        .unwrap_or_else(|| panic!("GET http://{addr}{path}: no answer within {within:?}"))
 }
 
 fn dechunk(mut body: &str) -> String {

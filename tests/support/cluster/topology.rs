@@ -360,7 +360,7 @@ pub const SENTINEL_MASTER: &str = "mymaster";
 impl Sentinel {
     pub fn start(primary_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("a directory for the sentinel");
-        let port = super::free_port();
+        let port = crate::support::free_port();
         // Sentinel rewrites its config file: it must be its own, writable.
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{Client, Node};
+use super::Node;
+use crate::support::client::Client;
 
 /// What a client knows of one room: its epoch and the last offset it got.
 #[derive(Debug, Clone, PartialEq)]
