@@ -1,7 +1,6 @@
 //! Deliveries between nodes: the `Bus` side of Redis, and the task that owns the
 //! Pub/Sub connection.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use redis::aio::PubSubSink;
 use redis::Value as RedisValue;
 
 use super::store::unplaced;
+use super::subscriptions::{Subscriptions, Want};
 use super::wire::{decode_message, encode_end, encode_message, Message};
 use std::sync::Arc;
 
@@ -21,12 +21,9 @@ use crate::backend::{BackendError, Bus, Channel, Placement};
 use crate::delivery::{Ending, Envelope};
 
 pub(super) struct PubSubState {
-    /// Channel → local reasons to listen. The connection task subscribes all of them
-    /// after every reconnect.
-    wanted: parking_lot::Mutex<HashMap<String, usize>>,
-    /// Channels the server confirmed on the live connection: a later watcher of one
-    /// needs no SUBSCRIBE of its own.
-    confirmed: parking_lot::Mutex<HashSet<String>>,
+    /// What is wanted (the connection task subscribes all of it after every reconnect)
+    /// and what the live connection confirmed.
+    subscriptions: Subscriptions,
     /// Channels no longer wanted, waiting for one batched UNSUBSCRIBE.
     leaving: parking_lot::Mutex<Vec<String>>,
     /// The live connection's command half; `None` while disconnected. The connection
@@ -43,8 +40,7 @@ impl PubSubState {
     /// Wanting the always-on channels from the start.
     pub(super) fn new(always: impl IntoIterator<Item = String>) -> Self {
         Self {
-            wanted: parking_lot::Mutex::new(always.into_iter().map(|c| (c, 1)).collect()),
-            confirmed: parking_lot::Mutex::new(HashSet::new()),
+            subscriptions: Subscriptions::new(always),
             leaving: parking_lot::Mutex::new(Vec::new()),
             sink: tokio::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -148,17 +144,9 @@ impl RedisBackend {
 impl PubSubState {
     /// A local recipient appeared for `channel`; resolves once subscribed.
     pub(super) async fn watch(&self, name: String) -> Result<(), BackendError> {
-        let first = {
-            let mut wanted = self.wanted.lock();
-            let count = wanted.entry(name.clone()).or_insert(0);
-            *count += 1;
-            *count == 1
-        };
-        if !first && self.confirmed.lock().contains(&name) {
+        if self.subscriptions.want(&name) == Want::Held {
             return Ok(());
         }
-        // A second watcher whose first one is still in flight sends its own SUBSCRIBE
-        // (idempotent): its client must not be told "joined" before the channel holds.
         // `wanted` was counted before taking the lock, so an unsubscriber that runs
         // first has either seen it and skipped the channel, or finished its
         // UNSUBSCRIBE before this SUBSCRIBE goes out.
@@ -168,26 +156,12 @@ impl PubSubState {
             return Err(unavailable("Pub/Sub connection to Redis is down"));
         };
         bounded(sink.subscribe(&name)).await?;
-        self.confirmed.lock().insert(name);
+        self.subscriptions.confirm([name]);
         Ok(())
     }
 
     pub(super) fn unwatch(self: &Arc<Self>, name: String) {
-        let last = {
-            let mut wanted = self.wanted.lock();
-            match wanted.get_mut(&name) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => {
-                    wanted.remove(&name);
-                    true
-                }
-                None => false,
-            }
-        };
-        if !last {
+        if !self.subscriptions.unwant(&name) {
             return;
         }
         // The first channel to leave schedules the UNSUBSCRIBE; the ones that follow
@@ -206,22 +180,14 @@ impl PubSubState {
     async fn unsubscribe_leaving(&self) {
         let mut sink = self.sink.lock().await;
         let mut names = std::mem::take(&mut *self.leaving.lock());
-        {
-            // A join may have wanted one again while we waited for the lock.
-            let wanted = self.wanted.lock();
-            names.retain(|name| !wanted.contains_key(name));
-        }
+        // A join may have wanted one again while we waited for the lock.
+        names.retain(|name| !self.subscriptions.is_wanted(name));
         names.sort_unstable();
         names.dedup();
         if names.is_empty() {
             return;
         }
-        {
-            let mut confirmed = self.confirmed.lock();
-            for name in &names {
-                confirmed.remove(name);
-            }
-        }
+        self.subscriptions.unconfirm(&names);
         if let Some(s) = sink.as_mut() {
             let _ = tokio::time::timeout(OP_TIMEOUT, s.unsubscribe(&names)).await;
         }
@@ -264,7 +230,7 @@ pub(super) async fn pubsub_task(source: PrimarySource, backend: std::sync::Weak<
         };
         let (mut sink, mut stream) = pubsub.split();
         let mut guard = state.sink.lock().await;
-        let channels: Vec<String> = state.wanted.lock().keys().cloned().collect();
+        let channels = state.subscriptions.wanted();
         let subscribed = bounded(sink.subscribe(&channels)).await;
         if subscribed.is_err() {
             drop(guard);
@@ -274,7 +240,7 @@ pub(super) async fn pubsub_task(source: PrimarySource, backend: std::sync::Weak<
             continue;
         }
         *guard = Some(sink);
-        state.confirmed.lock().extend(channels.iter().cloned());
+        state.subscriptions.confirm(channels.iter().cloned());
         drop(guard);
         state.ready.store(true, Ordering::Release);
         tracing::info!(channels = channels.len(), "Redis Pub/Sub subscribed");
@@ -331,7 +297,7 @@ pub(super) async fn pubsub_task(source: PrimarySource, backend: std::sync::Weak<
         }
         state.ready.store(false, Ordering::Release);
         *state.sink.lock().await = None;
-        state.confirmed.lock().clear();
+        state.subscriptions.unconfirm_all();
         tracing::warn!("Redis Pub/Sub connection lost; reconnecting");
     }
 }

@@ -71,6 +71,7 @@
 //! idempotency.rs  Idempotency: the HTTP API's keys
 //! bus.rs       Bus: publish, watches, the Pub/Sub connection task
 //! shards.rs    sharded Pub/Sub on a Redis Cluster: per-channel subscriptions, probes
+//! subscriptions.rs  wanted and confirmed channels, shared by bus.rs and shards.rs
 //! sentinel.rs  following the primary Sentinel names
 //! registry.rs  the node registry the cluster module keeps (heartbeats, cleanup)
 //! lua/         the scripts, each headed by its KEYS/ARGV layout
@@ -86,6 +87,7 @@ mod registry;
 mod sentinel;
 mod shards;
 mod store;
+mod subscriptions;
 mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

@@ -18,7 +18,7 @@
 //! back; what was published while a subscription was missing is caught up by the room
 //! streams' history after [`Sink::resync`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 
 use super::conn::slot;
+use super::subscriptions::{Subscriptions, Want};
 use super::wire::{decode_message, Message};
 use super::{bounded, Names, OP_TIMEOUT};
 use crate::backend::BackendError;
@@ -43,10 +44,9 @@ pub(super) struct Shards {
     node_id: Arc<str>,
     names: Names,
     local: Arc<dyn Sink>,
-    /// Channel → local reasons to listen.
-    wanted: Mutex<HashMap<String, usize>>,
-    /// Channels whose `ssubscribe` the server confirmed and has not taken back.
-    confirmed: Mutex<HashSet<String>>,
+    /// What is wanted, and what the shards confirmed (`ssubscribe`) and have not taken
+    /// back.
+    subscriptions: Subscriptions,
     /// Probe channel → when its last probe was sent and whether it came back.
     probes: Mutex<HashMap<String, Probe>>,
     /// A subscription was lost: rooms with history must catch up.
@@ -98,8 +98,7 @@ impl Shards {
             node_id,
             names,
             local,
-            wanted: Mutex::new(always.into_iter().map(|c| (c, 1)).collect()),
-            confirmed: Mutex::new(HashSet::new()),
+            subscriptions: Subscriptions::new(always),
             probes: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             conn: Mutex::new(None),
@@ -139,7 +138,7 @@ impl Shards {
             }
             PushKind::SSubscribe => {
                 if let Some(channel) = channel_of(&info.data) {
-                    self.confirmed.lock().insert(channel);
+                    self.subscriptions.confirm([channel]);
                 }
             }
             PushKind::SUnsubscribe => {
@@ -148,8 +147,8 @@ impl Shards {
                 let Some(channel) = channel_of(&info.data) else {
                     return;
                 };
-                self.confirmed.lock().remove(&channel);
-                let still_wanted = self.wanted.lock().contains_key(&channel)
+                self.subscriptions.unconfirm([&channel]);
+                let still_wanted = self.subscriptions.is_wanted(&channel)
                     || self.probes.lock().contains_key(&channel);
                 if still_wanted {
                     tracing::info!(channel, "a shard dropped a subscription; subscribing again");
@@ -161,7 +160,7 @@ impl Shards {
             PushKind::Disconnection => {
                 // Which shard is not said: everything is confirmed again.
                 tracing::warn!("a Redis Cluster connection broke; subscribing every channel again");
-                self.confirmed.lock().clear();
+                self.subscriptions.unconfirm_all();
                 self.lost.store(true, Ordering::Release);
                 let this = self.clone();
                 tokio::spawn(async move {
@@ -175,7 +174,7 @@ impl Shards {
 
     /// Subscribe every wanted channel (and the probes) again, one channel at a time.
     pub(super) async fn resubscribe_all(&self) {
-        let mut channels: Vec<String> = self.wanted.lock().keys().cloned().collect();
+        let mut channels = self.subscriptions.wanted();
         channels.extend(self.probes.lock().keys().cloned());
         self.resubscribe(channels).await;
     }
@@ -193,13 +192,7 @@ impl Shards {
 
     /// A local recipient appeared for `channel`; resolves once the shard confirmed.
     pub(super) async fn watch(&self, channel: String) -> Result<(), BackendError> {
-        let first = {
-            let mut wanted = self.wanted.lock();
-            let count = wanted.entry(channel.clone()).or_insert(0);
-            *count += 1;
-            *count == 1
-        };
-        if !first && self.confirmed.lock().contains(&channel) {
+        if self.subscriptions.want(&channel) == Want::Held {
             return Ok(());
         }
         let Some(mut conn) = self.conn() else {
@@ -207,35 +200,19 @@ impl Shards {
                 "Redis Cluster is not connected".into(),
             ));
         };
-        // One channel per command: a sharded subscription may not cross slots. Sent
-        // again by a second watcher whose first one is still in flight: idempotent,
-        // and the second one's join must not be acknowledged before it holds.
+        // One channel per command: a sharded subscription may not cross slots.
         bounded(conn.ssubscribe(&channel)).await?;
-        self.confirmed.lock().insert(channel);
+        self.subscriptions.confirm([channel]);
         Ok(())
     }
 
     pub(super) fn unwatch(self: &Arc<Self>, channel: String) {
-        let last = {
-            let mut wanted = self.wanted.lock();
-            match wanted.get_mut(&channel) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => {
-                    wanted.remove(&channel);
-                    true
-                }
-                None => false,
-            }
-        };
-        if !last {
+        if !self.subscriptions.unwant(&channel) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if this.wanted.lock().contains_key(&channel) {
+            if this.subscriptions.is_wanted(&channel) {
                 return;
             }
             if let Some(mut conn) = this.conn() {
@@ -249,9 +226,7 @@ impl Shards {
         if self.conn.lock().is_none() {
             return false;
         }
-        let confirmed = self.confirmed.lock();
-        let all_confirmed = self.wanted.lock().keys().all(|c| confirmed.contains(c));
-        drop(confirmed);
+        let all_confirmed = self.subscriptions.all_confirmed();
         let probes = self.probes.lock();
         let probes_ok = !probes.is_empty()
             && probes.values().all(|p| {
@@ -327,10 +302,7 @@ async fn probe_task(shards: Weak<Shards>) {
                 c.clone()
             })
             .collect();
-        let unconfirmed = {
-            let confirmed = this.confirmed.lock();
-            this.wanted.lock().keys().any(|c| !confirmed.contains(c))
-        };
+        let unconfirmed = !this.subscriptions.all_confirmed();
         if !silent.is_empty() || unconfirmed {
             if !silent.is_empty() {
                 tracing::warn!(probes = ?silent, "a Redis Cluster shard stopped delivering; subscribing again");
