@@ -15,6 +15,27 @@ use crate::config::{self, Diagnostics};
 use crate::describe;
 use crate::script::{ScriptLimits, ScriptRuntime};
 
+/// An error and its causes on one line, as `{:#}` prints them, but without a cause
+/// whose text the error it caused already ends with: the typed errors of this crate
+/// quote their cause in their message and keep it as their `source()` too.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 {
+            if !text.is_empty() && previous.ends_with(&text) {
+                previous = text;
+                continue;
+            }
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
+    }
+    line
+}
+
 pub fn schema() -> anyhow::Result<ExitCode> {
     print!("{}", config::PACK_SCHEMA);
     Ok(ExitCode::SUCCESS)
@@ -246,4 +267,25 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("{} live node(s)", live.len());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_quoted_is_printed_once() {
+        let io = || std::io::Error::other("disk on fire");
+        let quoted = crate::transport::api::keys::KeyError::ReadFile {
+            path: "keys".into(),
+            source: io(),
+        };
+        let e = anyhow::Error::new(quoted).context("starting");
+        assert_eq!(
+            error_line(&e),
+            "starting: reading the API keys file keys: disk on fire"
+        );
+        let plain = anyhow::Error::new(io()).context("reading keys");
+        assert_eq!(error_line(&plain), format!("{plain:#}"));
+    }
 }
