@@ -3,9 +3,10 @@
 
 pub mod reload;
 
+pub use reload::ReloadTriggers;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use crate::script::{ScriptLimits, ScriptRuntime};
 use crate::transport::api::keys::ApiKeys;
 use crate::transport::api::ApiState;
 use crate::transport::edge::EdgeConfig;
-use crate::transport::listener::{HttpLimits, Tls};
+use crate::transport::listener::{HttpLimits, Tls, TlsFiles};
 use crate::transport::static_files::StaticFiles;
 use crate::transport::{self, auth::Auth, AppState, Limits};
 
@@ -77,14 +78,12 @@ pub struct ServerConfig {
     /// `Skip` only for the lost-update demonstration (`--unsafe-skip-version-check`).
     pub version_check: VersionCheck,
     pub sessions: SessionConfig,
-    /// Reload the pack on `SIGHUP` (the binary; in-process servers leave the signal be).
-    pub reload_on_sighup: bool,
-    /// Reload the pack when its files change (`--watch`).
-    pub watch: bool,
+    /// What reloads the pack; nothing by default.
+    pub reload: ReloadTriggers,
     /// Origins and connection limits at the upgrade.
     pub edge: EdgeConfig,
-    /// `(certificate, key)` PEM files: serve TLS (`wss://`).
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve TLS (`wss://`) from these files.
+    pub tls: Option<TlsFiles>,
     /// `--static DIR`: a web page served at `/`.
     pub static_files: Option<StaticFiles>,
 }
@@ -103,8 +102,7 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             version_check: VersionCheck::Enforce,
             sessions: SessionConfig::default(),
-            reload_on_sighup: false,
-            watch: false,
+            reload: ReloadTriggers::default(),
             edge: EdgeConfig::default(),
             tls: None,
             static_files: None,
@@ -129,10 +127,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tls = match &config.tls {
-        Some((cert, key)) => Some(Tls::load(cert, key).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     let node_id: Arc<str> = Arc::from(new_node_id());
     let router = Router::new();
     let addr = listener.local_addr()?;
@@ -185,13 +180,12 @@ pub async fn run(
         tokio::spawn(task.run(shutdown_rx.clone()))
     });
     reload::record_pack(None, &pack.fingerprint);
-    if config.reload_on_sighup || config.watch {
+    if config.reload.any() {
         tokio::spawn(reload::run(
             engine.clone(),
             pack.root.clone(),
-            tls.clone().filter(|_| config.reload_on_sighup),
-            config.reload_on_sighup,
-            config.watch,
+            tls.clone().filter(|_| config.reload.sighup),
+            config.reload,
             shutdown_rx.clone(),
         ));
     }
@@ -356,8 +350,10 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
             resume_ttl: args.resume_ttl,
             max_replay: args.resume_max_replay,
         },
-        reload_on_sighup: true,
-        watch: args.watch,
+        reload: ReloadTriggers {
+            sighup: true,
+            file_changes: args.watch,
+        },
         edge: EdgeConfig {
             allowed_origins: args.allowed_origins.clone(),
             max_connections: args.max_connections,
@@ -366,7 +362,10 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
             trusted_proxies: args.trusted_proxies.clone(),
         },
         tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         },
