@@ -46,7 +46,7 @@ pub fn schema() -> anyhow::Result<ExitCode> {
 pub fn asyncapi(args: &AsyncapiArgs) -> anyhow::Result<ExitCode> {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     let pack = match config::load(&args.dir, &runtime) {
-        Ok((pack, _warnings)) => pack,
+        Ok(loaded) => loaded.pack,
         Err(diags) => {
             print_diagnostics(&mut std::io::stderr().lock(), &diags)?;
             eprintln!(
@@ -76,7 +76,7 @@ pub fn asyncapi(args: &AsyncapiArgs) -> anyhow::Result<ExitCode> {
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     let (pack, mut diags) = match config::load(&args.dir, &runtime) {
-        Ok((pack, diags)) => (Some(pack), diags),
+        Ok(config::Loaded { pack, warnings }) => (Some(pack), warnings),
         Err(diags) => (None, diags),
     };
     // The `tests:` cases are checked too, though serving ignores them.

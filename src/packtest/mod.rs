@@ -34,7 +34,7 @@ impl Sink for Recorder {
 pub async fn run_pack_tests(dir: &Path) -> anyhow::Result<bool> {
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
     let pack = match config::load(dir, &runtime) {
-        Ok((pack, _)) => Arc::new(pack),
+        Ok(loaded) => Arc::new(loaded.pack),
         Err(diags) => {
             print!("{diags}");
             anyhow::bail!(

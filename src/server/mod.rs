@@ -273,7 +273,7 @@ pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
     };
     let runtime = ScriptRuntime::new(&script_limits);
     let pack = match config::load(&args.config, &runtime) {
-        Ok((pack, warnings)) => {
+        Ok(config::Loaded { pack, warnings }) => {
             for w in warnings.iter() {
                 tracing::warn!("{w}");
             }

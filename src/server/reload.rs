@@ -81,7 +81,7 @@ pub async fn reload(engine: &Arc<Engine>, dir: &Path) -> Reloaded {
     let path = dir.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || config::load(&path, &runtime)).await;
     let outcome = match loaded {
-        Ok(Ok((pack, warnings))) => {
+        Ok(Ok(config::Loaded { pack, warnings })) => {
             for w in warnings.iter() {
                 tracing::warn!("{w}");
             }

@@ -54,7 +54,7 @@ pub fn write_pack(yaml: &str) -> tempfile::TempDir {
 pub fn load_pack(dir: &Path) -> wss_engine::config::Pack {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     match wss_engine::config::load(dir, &runtime) {
-        Ok((pack, _warnings)) => pack,
+        Ok(loaded) => loaded.pack,
         Err(diags) => {
             let all: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
             panic!("test pack does not load:\n{}", all.join("\n"));
