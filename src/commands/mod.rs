@@ -1,16 +1,22 @@
 //! What each subcommand does, returning an exit code; `main` only parses and dispatches.
+//!
+//! ```text
+//! mod.rs    check, test, schema, asyncapi, nodes; the one-line error `main` prints
+//! serve.rs  serve: logging, the async runtime, arguments → `ServerConfig`, signals
+//! diff.rs   diff: two packs compared, as text or JSON
+//! ```
 
 mod diff;
+mod serve;
 pub use diff::diff;
+pub use serve::{init_tracing, serve};
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{
-    AsyncapiArgs, CheckArgs, DocFormat, NodesArgs, OutputFormat, ServeArgs, TestArgs,
-};
+use crate::cli::{AsyncapiArgs, CheckArgs, DocFormat, NodesArgs, OutputFormat, TestArgs};
 use crate::config::{self, Diagnostics};
 use crate::describe;
 use crate::script::{ScriptLimits, ScriptRuntime};
@@ -202,24 +208,6 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    crate::server::init_tracing(args.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    tracing::info!(
-        workers = runtime.metrics().num_workers(),
-        "async runtime started"
-    );
-    runtime.block_on(crate::server::run_from_args(args))?;
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn nodes(args: &NodesArgs) -> anyhow::Result<ExitCode> {

@@ -78,7 +78,7 @@ pub async fn start(yaml: &str) -> TestServer {
 /// Start a server for an inline pack, letting the test adjust limits, auth, etc.
 pub async fn start_with(yaml: &str, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     if std::env::var_os("WSS_TEST_LOG").is_some() {
-        server::init_tracing(wss_engine::cli::LogFormat::Text);
+        wss_engine::commands::init_tracing(wss_engine::cli::LogFormat::Text);
     }
     let dir = write_pack(yaml);
     let mut config = ServerConfig::new(load_pack(dir.path()));
