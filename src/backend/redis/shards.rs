@@ -203,9 +203,7 @@ impl Shards {
             return Ok(());
         }
         let Some(mut conn) = self.conn() else {
-            return Err(BackendError::Unavailable(
-                "Redis Cluster is not connected".into(),
-            ));
+            return Err(BackendError::unavailable("Redis Cluster is not connected"));
         };
         // One channel per command: a sharded subscription may not cross slots. Sent
         // again by a second watcher whose first one is still in flight: idempotent,
