@@ -152,8 +152,8 @@ fn bench_check(c: &mut Criterion) {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     // The generated pack must be valid, or the benchmark would time error paths.
     match config::load(dir.path(), &runtime) {
-        Ok((pack, diags)) => {
-            assert_eq!(pack.events.len(), EVENTS, "{diags}");
+        Ok(config::Loaded { pack, warnings }) => {
+            assert_eq!(pack.events.len(), EVENTS, "{warnings}");
         }
         Err(diags) => panic!("generated pack does not load:\n{diags}"),
     }

@@ -258,19 +258,29 @@ pub struct ServeArgs {
     pub api_keys_file: Option<PathBuf>,
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+/// A value of the command line or its environment that does not mean anything; clap
+/// quotes these after the flag's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgError {
+    #[error("`{0}` is not a number of seconds")]
+    NotSeconds(String),
+    #[error("must be greater than 0")]
+    NotPositive,
+    #[error("SERVER_PORT=`{0}` is not a port number")]
+    ServerPort(String),
+}
+
+fn parse_secs(s: &str) -> Result<Duration, ArgError> {
+    let secs: f64 = s.parse().map_err(|_| ArgError::NotSeconds(s.into()))?;
     if !(secs > 0.0 && secs.is_finite()) {
-        return Err("must be greater than 0".into());
+        return Err(ArgError::NotPositive);
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 impl ServeArgs {
     /// The listen address after the compatibility variables are applied.
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+    pub fn listen_addr(&self) -> Result<SocketAddr, ArgError> {
         if let Some(addr) = self.listen {
             return Ok(addr);
         }
@@ -279,7 +289,7 @@ impl ServeArgs {
                 .trim()
                 .parse::<u16>()
                 .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
-                .map_err(|_| format!("SERVER_PORT=`{port}` is not a port number")),
+                .map_err(|_| ArgError::ServerPort(port)),
             Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 3000))),
         }
     }

@@ -25,7 +25,9 @@
 //! - [`cluster`]: node registry, heartbeats, cleanup after dead nodes; the fleet as the
 //!   HTTP API shows it.
 //! - [`packtest`]: `wss-engine test`, a pack's `tests:` cases run in-process.
-//! - [`server`]: the composition root; [`cli`] and [`commands`]: the command line.
+//! - [`server`]: the composition root, built from a `ServerConfig`; above it, [`cli`] (the
+//!   parser) and [`commands`] (what each subcommand does; `serve` turns the arguments
+//!   into a `ServerConfig`): the command line.
 //!
 //! Dependencies point one way: `server` → `transport` → `cluster` → `engine` →
 //! `config`/`script`/`backend` → `delivery` → `ids` (only the HTTP API of `transport` reads

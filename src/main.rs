@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("wss-engine: {e:#}");
+            eprintln!("wss-engine: {}", wss_engine::commands::error_line(&e));
             ExitCode::FAILURE
         }
     }

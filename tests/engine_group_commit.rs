@@ -58,7 +58,7 @@ async fn queued_runs_share_one_commit_and_failures_stay_their_own() {
     )
     .unwrap();
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
-    let (pack, _) = config::load(dir.path(), &runtime).unwrap();
+    let pack = config::load(dir.path(), &runtime).unwrap().pack;
     let router = Router::new();
     let memory = Arc::new(MemoryBackend::new(router.clone() as Arc<dyn Sink>));
     let store = Arc::new(SlowCommits {

@@ -32,7 +32,7 @@ fn build(version_check: VersionCheck) -> (Arc<Engine>, Arc<MemoryBackend>) {
     )
     .unwrap();
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
-    let (pack, _) = config::load(dir.path(), &runtime).unwrap();
+    let pack = config::load(dir.path(), &runtime).unwrap().pack;
     let router = Router::new();
     let backend = Arc::new(MemoryBackend::with_version_check(
         router.clone() as Arc<dyn Sink>,

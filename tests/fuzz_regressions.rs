@@ -17,7 +17,7 @@ fn load_within_deadline(dir: &Path) -> Result<Diagnostics, String> {
     std::thread::spawn(move || {
         let runtime = ScriptRuntime::new(&ScriptLimits::default());
         let diags = match config::load(&dir, &runtime) {
-            Ok((_, warnings)) => warnings,
+            Ok(loaded) => loaded.warnings,
             Err(diags) => diags,
         };
         let _ = tx.send(diags);
@@ -105,7 +105,9 @@ fn a_dropped_engine_frees_its_router_and_backend() {
         "rooms:\n  \"*\": { history: { size: 10, ttl: 60 } }\nevents:\n  say:\n    scope: local\n    schema: { type: object }\n    to: \"room:{{data.room}}\"\n    script: |\n      join(data.room);\n      state.incr(\"n\", 1);\n",
     );
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
-    let (pack, _) = config::load(dir.path(), &runtime).expect("the pack loads");
+    let pack = config::load(dir.path(), &runtime)
+        .expect("the pack loads")
+        .pack;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

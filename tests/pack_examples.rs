@@ -159,8 +159,9 @@ fn a_file_may_hold_events_rooms_or_both_but_not_neither() {
 fn every_client_event_ships_tests_and_a_documented_frame() {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     for pack in packs() {
-        let (loaded, _) = config::load(&root().join(&pack), &runtime)
-            .unwrap_or_else(|d| panic!("{}:\n{d}", pack.display()));
+        let loaded = config::load(&root().join(&pack), &runtime)
+            .unwrap_or_else(|d| panic!("{}:\n{d}", pack.display()))
+            .pack;
         let readme = std::fs::read_to_string(root().join(&pack).join("README.md"))
             .unwrap_or_else(|_| panic!("{}/README.md is missing", pack.display()));
         let sent = client_frames(&readme).unwrap_or_else(|| {

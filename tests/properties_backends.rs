@@ -137,7 +137,9 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().expect("a temp dir");
         std::fs::write(dir.path().join("p.yaml"), PACK).expect("write the pack");
         let scripts = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
-        let (pack, _) = config::load(dir.path(), &scripts).expect("the pack loads");
+        let pack = config::load(dir.path(), &scripts)
+            .expect("the pack loads")
+            .pack;
         Fixture {
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -19,7 +19,7 @@ fuzz_target!(|bytes: &[u8]| {
     let d = pack_dir(&["schemas/say.json", "scripts/ops.rhai"]);
     std::fs::write(d.path.join("p.yaml"), bytes).expect("write the pack file");
     match config::load(&d.path, &d.runtime) {
-        Ok((pack, warnings)) => {
+        Ok(config::Loaded { pack, warnings }) => {
             assert!(!warnings.has_errors());
             show(&warnings);
             let _ = asyncapi::document(&pack, "fuzz");

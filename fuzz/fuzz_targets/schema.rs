@@ -21,7 +21,7 @@ fuzz_target!(|bytes: &[u8]| {
     let d = pack_dir(&["schemas/say.json"]);
     let yaml = format!("events:\n  e:\n    scope: local\n    schema: {schema}\n");
     std::fs::write(d.path.join("p.yaml"), yaml).expect("write the pack file");
-    let Ok((pack, _)) = config::load(&d.path, &d.runtime) else {
+    let Ok(config::Loaded { pack, .. }) = config::load(&d.path, &d.runtime) else {
         return;
     };
     let event = pack.event("e").expect("the one event");

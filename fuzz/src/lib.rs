@@ -57,7 +57,7 @@ pub fn engine_pack() -> Arc<Pack> {
     P.get_or_init(|| {
         let dir = here("packs/engine");
         match config::load(&dir, scripts()) {
-            Ok((pack, _)) => Arc::new(pack),
+            Ok(loaded) => Arc::new(loaded.pack),
             Err(diags) => panic!("the fuzz pack does not load:\n{diags}"),
         }
     })

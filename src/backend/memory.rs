@@ -453,7 +453,7 @@ impl Idempotency for MemoryBackend {
         if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
             remembered.sweep(now);
             if remembered.0.len() >= MAX_IDEMPOTENCY_KEYS {
-                return ready(Err(BackendError::Unavailable(format!(
+                return ready(Err(BackendError::unavailable(format!(
                     "more than {MAX_IDEMPOTENCY_KEYS} idempotency keys within their 5 minutes"
                 ))))
                 .boxed();

@@ -41,8 +41,14 @@ pub use streams::{new_epoch, Bus, Channel, HistoryStore, Placement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("state backend unavailable: {0}")]
-    Unavailable(String),
+    /// `reason` says what failed; `source`, when there is one, is the error that did
+    /// (its text is in `reason` already).
+    #[error("state backend unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("stored value of `{key}` is not {expected}")]
     WrongType { key: String, expected: &'static str },
     #[error("backend protocol error: {0}")]
@@ -61,6 +67,21 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// Unavailable because of `cause`, which reads as the reason and stays the source.
+    pub fn unavailable_because(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable {
+            reason: cause.to_string(),
+            source: Some(Box::new(cause)),
+        }
+    }
+
     /// The write happened, though not all that should follow it did: nothing may be
     /// undone or retried.
     pub fn committed(&self) -> bool {

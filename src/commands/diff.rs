@@ -25,7 +25,7 @@ pub fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let old = config::load(&args.old, &runtime);
     let new = config::load(&args.new, &runtime);
     let (old, new) = match (old, new) {
-        (Ok((old, _)), Ok((new, _))) => (old, new),
+        (Ok(old), Ok(new)) => (old.pack, new.pack),
         (old, new) => {
             let failed = [(&*args.old, old.err()), (&*args.new, new.err())];
             return print_load_errors(args.format, failed);

@@ -1,19 +1,46 @@
 //! What each subcommand does, returning an exit code; `main` only parses and dispatches.
+//!
+//! ```text
+//! mod.rs    check, test, schema, asyncapi, nodes; the one-line error `main` prints
+//! serve.rs  serve: logging, the async runtime, arguments → `ServerConfig`, signals
+//! diff.rs   diff: two packs compared, as text or JSON
+//! ```
 
 mod diff;
+mod serve;
 pub use diff::diff;
+pub use serve::{init_tracing, serve};
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{
-    AsyncapiArgs, CheckArgs, DocFormat, NodesArgs, OutputFormat, ServeArgs, TestArgs,
-};
+use crate::cli::{AsyncapiArgs, CheckArgs, DocFormat, NodesArgs, OutputFormat, TestArgs};
 use crate::config::{self, Diagnostics};
 use crate::describe;
 use crate::script::{ScriptLimits, ScriptRuntime};
+
+/// An error and its causes on one line, as `{:#}` prints them, but without a cause
+/// whose text the error it caused already ends with: the typed errors of this crate
+/// quote their cause in their message and keep it as their `source()` too.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 {
+            if !text.is_empty() && previous.ends_with(&text) {
+                previous = text;
+                continue;
+            }
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
+    }
+    line
+}
 
 pub fn schema() -> anyhow::Result<ExitCode> {
     print!("{}", config::PACK_SCHEMA);
@@ -25,7 +52,7 @@ pub fn schema() -> anyhow::Result<ExitCode> {
 pub fn asyncapi(args: &AsyncapiArgs) -> anyhow::Result<ExitCode> {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     let pack = match config::load(&args.dir, &runtime) {
-        Ok((pack, _warnings)) => pack,
+        Ok(loaded) => loaded.pack,
         Err(diags) => {
             print_diagnostics(&mut std::io::stderr().lock(), &diags)?;
             eprintln!(
@@ -55,7 +82,7 @@ pub fn asyncapi(args: &AsyncapiArgs) -> anyhow::Result<ExitCode> {
 pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     let (pack, mut diags) = match config::load(&args.dir, &runtime) {
-        Ok((pack, diags)) => (Some(pack), diags),
+        Ok(config::Loaded { pack, warnings }) => (Some(pack), warnings),
         Err(diags) => (None, diags),
     };
     // The `tests:` cases are checked too, though serving ignores them.
@@ -183,24 +210,6 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    crate::server::init_tracing(args.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    tracing::info!(
-        workers = runtime.metrics().num_workers(),
-        "async runtime started"
-    );
-    runtime.block_on(crate::server::run_from_args(args))?;
-    Ok(ExitCode::SUCCESS)
-}
-
 pub fn nodes(args: &NodesArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -246,4 +255,25 @@ pub fn nodes(args: &NodesArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("{} live node(s)", live.len());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_quoted_is_printed_once() {
+        let io = || std::io::Error::other("disk on fire");
+        let quoted = crate::transport::api::keys::KeyError::ReadFile {
+            path: "keys".into(),
+            source: io(),
+        };
+        let e = anyhow::Error::new(quoted).context("starting");
+        assert_eq!(
+            error_line(&e),
+            "starting: reading the API keys file keys: disk on fire"
+        );
+        let plain = anyhow::Error::new(io()).context("reading keys");
+        assert_eq!(error_line(&plain), format!("{plain:#}"));
+    }
 }

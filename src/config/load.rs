@@ -25,8 +25,15 @@ pub const DISCONNECT_HOOK: &str = "$disconnect";
 
 const TOP_KEYS: &[&str] = &["events", "rooms"];
 
+/// A pack that loaded, and what was found wrong with it that does not stop it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub pack: Pack,
+    pub warnings: Diagnostics,
+}
+
 /// Load a pack; `Err` carries every problem found (warnings included).
-pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), Diagnostics> {
+pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<Loaded, Diagnostics> {
     let mut loader = Loader::new(runtime);
     loader.load_dir(dir);
     let Loader {
@@ -56,8 +63,8 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
             .unwrap_or_default();
         sources.record(path, name.as_encoded_bytes(), text);
     }
-    Ok((
-        Pack {
+    Ok(Loaded {
+        pack: Pack {
             root: dir.to_path_buf(),
             events,
             hooks,
@@ -65,8 +72,8 @@ pub fn load(dir: &Path, runtime: &ScriptRuntime) -> Result<(Pack, Diagnostics), 
             fingerprint: sources.fingerprint(),
             sources: sources.paths.into_iter().collect(),
         },
-        diags,
-    ))
+        warnings: diags,
+    })
 }
 
 /// What one load builds, step by step.

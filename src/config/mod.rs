@@ -48,7 +48,7 @@ use jsonschema::Validator;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use fields::{check_keys, string_field};
 pub use files::{pack_files, read_text as read_pack_file, MAX_FILE_BYTES};
-pub use load::{load, CONNECT_HOOK, DISCONNECT_HOOK};
+pub use load::{load, Loaded, CONNECT_HOOK, DISCONNECT_HOOK};
 pub use rooms::{HistoryPolicy, RoomRule, RoomRules};
 pub use target::{TargetError, TargetSpec, Template, TemplateContext};
 

@@ -52,8 +52,8 @@ impl ConnView {
 impl From<TxnError> for Failure {
     fn from(e: TxnError) -> Self {
         match e {
-            TxnError::Backend(BackendError::Unavailable(m)) => {
-                Failure::new(ErrorCode::Unavailable, m)
+            TxnError::Backend(BackendError::Unavailable { reason, .. }) => {
+                Failure::new(ErrorCode::Unavailable, reason)
             }
             other => Failure::new(ErrorCode::ScriptError, other.to_string()),
         }
@@ -63,7 +63,9 @@ impl From<TxnError> for Failure {
 impl From<TxnError> for HostError {
     fn from(e: TxnError) -> Self {
         match e {
-            TxnError::Backend(BackendError::Unavailable(m)) => HostError::Unavailable(m),
+            TxnError::Backend(BackendError::Unavailable { reason, .. }) => {
+                HostError::Unavailable(reason)
+            }
             other => HostError::Invalid(other.to_string()),
         }
     }

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::backend::{Commit, StoredValue, Write};
+use crate::backend::{BackendError, Commit, StoredValue, Write};
 use crate::config::{self, EventDef, Pack, Sender};
 use crate::delivery::{ConnId, ConnLink, Envelope, Sink, Target};
-use crate::engine::{Caller, Conn, Engine};
+use crate::engine::{Caller, Conn, Engine, ErrorCode};
 use crate::ids::SessionId;
 use crate::script::{ScriptLimits, ScriptRuntime};
 use cases::{EventCases, TestCase};
@@ -34,7 +34,7 @@ impl Sink for Recorder {
 pub async fn run_pack_tests(dir: &Path) -> anyhow::Result<bool> {
     let runtime = Arc::new(ScriptRuntime::new(&ScriptLimits::default()));
     let pack = match config::load(dir, &runtime) {
-        Ok((pack, _)) => Arc::new(pack),
+        Ok(loaded) => Arc::new(loaded.pack),
         Err(diags) => {
             print!("{diags}");
             anyhow::bail!(
@@ -116,12 +116,60 @@ fn seed_value(value: &Value) -> StoredValue {
     }
 }
 
+/// Why a case failed, as its `FAIL` line says it.
+#[derive(Debug, thiserror::Error)]
+enum CaseFailure {
+    #[error("seeding state: {0}")]
+    Seeding(#[source] BackendError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("expected error `{expected}`, got `{}`: {message}", got.as_str())]
+    OtherError {
+        expected: String,
+        got: ErrorCode,
+        message: String,
+    },
+    #[error("expected error `{expected}`, but the event succeeded")]
+    Succeeded { expected: String },
+    #[error("failed with `{}`: {message}", code.as_str())]
+    Failed { code: ErrorCode, message: String },
+    #[error("reply: expected {expected}, got {got}")]
+    Reply { expected: Value, got: Value },
+    /// `made`: every delivery, as the case's report shows them.
+    #[error("expected {expected} deliveries, got {got}: [{made}]")]
+    DeliveryCount {
+        expected: usize,
+        got: usize,
+        made: String,
+    },
+    #[error(
+        "delivery {index}: expected {to} {event} {data}{}, got [{made}]",
+        offset.map(|o| format!(" @{o}")).unwrap_or_default()
+    )]
+    Delivery {
+        index: usize,
+        to: String,
+        event: String,
+        data: Value,
+        offset: Option<u64>,
+        made: String,
+    },
+    #[error("a failed event must deliver nothing, but {0} deliveries were made")]
+    DeliveredOnFailure(usize),
+    #[error("state `{key}`: expected {expected}, got {got}")]
+    State {
+        key: String,
+        expected: Value,
+        got: Value,
+    },
+}
+
 async fn run_case(
     pack: &Arc<Pack>,
     runtime: &Arc<ScriptRuntime>,
     def: &EventDef,
     case: &TestCase,
-) -> Result<(), String> {
+) -> Result<(), CaseFailure> {
     let recorder = Arc::new(Recorder::default());
     let engine = Engine::in_memory(
         "test",
@@ -147,7 +195,7 @@ async fn run_case(
             ..Commit::default()
         })
         .await
-        .map_err(|e| format!("seeding state: {e}"))?;
+        .map_err(CaseFailure::Seeding)?;
 
     let (id, outcome) = match case.sender {
         Sender::Api => {
@@ -170,11 +218,7 @@ async fn run_case(
             );
             for room in &case.conn.rooms {
                 router.join(&id, room, false);
-                backend
-                    .presence
-                    .join(room, &id)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                backend.presence.join(room, &id).await?;
             }
             let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());
             let outcome = engine.handle(&mut conn, &def.name, case.send.clone()).await;
@@ -204,16 +248,23 @@ async fn run_case(
     match (&expect.error, &outcome) {
         (Some(code), Err(f)) if f.code.as_str() == code => {}
         (Some(code), Err(f)) => {
-            return Err(format!(
-                "expected error `{code}`, got `{}`: {}",
-                f.code.as_str(),
-                f.message
-            ))
+            return Err(CaseFailure::OtherError {
+                expected: code.clone(),
+                got: f.code.clone(),
+                message: f.message.clone(),
+            })
         }
         (Some(code), Ok(_)) => {
-            return Err(format!("expected error `{code}`, but the event succeeded"))
+            return Err(CaseFailure::Succeeded {
+                expected: code.clone(),
+            })
         }
-        (None, Err(f)) => return Err(format!("failed with `{}`: {}", f.code.as_str(), f.message)),
+        (None, Err(f)) => {
+            return Err(CaseFailure::Failed {
+                code: f.code.clone(),
+                message: f.message.clone(),
+            })
+        }
         (None, Ok(_)) => {}
     }
     if let Some(expected) = &expect.reply {
@@ -224,7 +275,10 @@ async fn run_case(
             .flatten()
             .unwrap_or(Value::Null);
         if &got != expected {
-            return Err(format!("reply: expected {expected}, got {got}"));
+            return Err(CaseFailure::Reply {
+                expected: expected.clone(),
+                got,
+            });
         }
     }
     match &expect.deliveries {
@@ -240,12 +294,11 @@ async fn run_case(
                     .join("; ")
             };
             if expected.len() != deliveries.len() {
-                return Err(format!(
-                    "expected {} deliveries, got {}: [{}]",
-                    expected.len(),
-                    deliveries.len(),
-                    shown()
-                ));
+                return Err(CaseFailure::DeliveryCount {
+                    expected: expected.len(),
+                    got: deliveries.len(),
+                    made: shown(),
+                });
             }
             for (i, (want, (to, event, data, offset))) in
                 expected.iter().zip(&deliveries).enumerate()
@@ -253,32 +306,33 @@ async fn run_case(
                 let data_matches = want.data.as_ref().is_none_or(|d| d == data);
                 let offset_matches = want.offset.is_none_or(|o| Some(o) == *offset);
                 if &want.to != to || &want.event != event || !data_matches || !offset_matches {
-                    return Err(format!(
-                        "delivery {i}: expected {} {} {}{}, got [{}]",
-                        want.to,
-                        want.event,
-                        want.data.clone().unwrap_or(Value::Null),
-                        want.offset.map(|o| format!(" @{o}")).unwrap_or_default(),
-                        shown()
-                    ));
+                    return Err(CaseFailure::Delivery {
+                        index: i,
+                        to: want.to.clone(),
+                        event: want.event.clone(),
+                        data: want.data.clone().unwrap_or(Value::Null),
+                        offset: want.offset,
+                        made: shown(),
+                    });
                 }
             }
         }
         None if expect.error.is_some() && !deliveries.is_empty() => {
-            return Err(format!(
-                "a failed event must deliver nothing, but {} deliveries were made",
-                deliveries.len()
-            ));
+            return Err(CaseFailure::DeliveredOnFailure(deliveries.len()));
         }
         None => {}
     }
     if !expect.state.is_empty() {
         let keys: Vec<String> = expect.state.iter().map(|(k, _)| k.clone()).collect();
-        let values = backend.state.read(keys).await.map_err(|e| e.to_string())?;
+        let values = backend.state.read(keys).await?;
         for ((key, want), got) in expect.state.iter().zip(values) {
             let got = got.value.map(|v| v.to_json()).unwrap_or(Value::Null);
             if &got != want {
-                return Err(format!("state `{key}`: expected {want}, got {got}"));
+                return Err(CaseFailure::State {
+                    key: key.clone(),
+                    expected: want.clone(),
+                    got,
+                });
             }
         }
     }

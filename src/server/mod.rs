@@ -1,11 +1,14 @@
-//! The composition root: picks the backend, builds the engine, serves until shutdown,
-//! reloading the pack on `SIGHUP` or `--watch` ([`reload`]).
+//! The composition root: from a [`ServerConfig`], picks the backend, builds the engine,
+//! serves until shutdown, reloading the pack on what [`ReloadTriggers`] names
+//! ([`reload`]). It knows nothing of the command line: `crate::commands` fills the
+//! config from the arguments, and owns logging, the runtime and the process's signals.
 
 pub mod reload;
 
+pub use reload::ReloadTriggers;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,30 +20,17 @@ use tokio::sync::watch;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{Durability, RedisBackend};
 use crate::backend::{Backend, Idempotency, VersionCheck};
-use crate::cli::{LogFormat, ServeArgs};
 use crate::cluster::{Fleet, NodeInfo, NodeRegistry};
-use crate::config::{self, Pack};
+use crate::config::Pack;
 use crate::delivery::{Router, Sink, WriteWindows};
 use crate::engine::{Engine, EngineParts, SessionConfig};
 use crate::script::{ScriptLimits, ScriptRuntime};
 use crate::transport::api::keys::ApiKeys;
 use crate::transport::api::ApiState;
 use crate::transport::edge::EdgeConfig;
-use crate::transport::listener::{HttpLimits, Tls};
+use crate::transport::listener::{HttpLimits, Tls, TlsFiles};
 use crate::transport::static_files::StaticFiles;
 use crate::transport::{self, auth::Auth, AppState, Limits};
-
-pub fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WSS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
 
 /// The process-wide metrics recorder; installed once even when tests start many servers.
 pub fn metrics_handle() -> PrometheusHandle {
@@ -77,14 +67,12 @@ pub struct ServerConfig {
     /// `Skip` only for the lost-update demonstration (`--unsafe-skip-version-check`).
     pub version_check: VersionCheck,
     pub sessions: SessionConfig,
-    /// Reload the pack on `SIGHUP` (the binary; in-process servers leave the signal be).
-    pub reload_on_sighup: bool,
-    /// Reload the pack when its files change (`--watch`).
-    pub watch: bool,
+    /// What reloads the pack; nothing by default.
+    pub reload: ReloadTriggers,
     /// Origins and connection limits at the upgrade.
     pub edge: EdgeConfig,
-    /// `(certificate, key)` PEM files: serve TLS (`wss://`).
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve TLS (`wss://`) from these files.
+    pub tls: Option<TlsFiles>,
     /// `--static DIR`: a web page served at `/`.
     pub static_files: Option<StaticFiles>,
 }
@@ -103,8 +91,7 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             version_check: VersionCheck::Enforce,
             sessions: SessionConfig::default(),
-            reload_on_sighup: false,
-            watch: false,
+            reload: ReloadTriggers::default(),
             edge: EdgeConfig::default(),
             tls: None,
             static_files: None,
@@ -129,10 +116,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tls = match &config.tls {
-        Some((cert, key)) => Some(Tls::load(cert, key).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     let node_id: Arc<str> = Arc::from(new_node_id());
     let router = Router::new();
     let addr = listener.local_addr()?;
@@ -184,13 +168,12 @@ pub async fn run(
         tokio::spawn(task.run(shutdown_rx.clone()))
     });
     reload::record_pack(None, &pack.fingerprint);
-    if config.reload_on_sighup || config.watch {
+    if config.reload.any() {
         tokio::spawn(reload::run(
             engine.clone(),
             pack.root.clone(),
-            tls.clone().filter(|_| config.reload_on_sighup),
-            config.reload_on_sighup,
-            config.watch,
+            tls.clone().filter(|_| config.reload.sighup),
+            config.reload,
             shutdown_rx.clone(),
         ));
     }
@@ -267,136 +250,6 @@ pub async fn run(
     Ok(())
 }
 
-pub async fn run_from_args(args: ServeArgs) -> anyhow::Result<()> {
-    let script_limits = ScriptLimits {
-        max_operations: args.script_max_operations,
-        timeout: Duration::from_millis(args.script_timeout_ms),
-        max_call_levels: args.script_max_call_depth,
-        max_string_size: args.script_max_string_bytes,
-        max_array_size: args.script_max_collection_len,
-        max_map_size: args.script_max_collection_len,
-        ..ScriptLimits::default()
-    };
-    let runtime = ScriptRuntime::new(&script_limits);
-    let pack = match config::load(&args.config, &runtime) {
-        Ok((pack, warnings)) => {
-            for w in warnings.iter() {
-                tracing::warn!("{w}");
-            }
-            pack
-        }
-        Err(diags) => {
-            for d in diags.iter() {
-                tracing::error!("{d}");
-            }
-            anyhow::bail!(
-                "pack {} has errors: run `wss-engine check {}`",
-                args.config.display(),
-                args.config.display()
-            );
-        }
-    };
-    tracing::info!(pack = %args.config.display(), events = pack.events.len(), fingerprint = %pack.fingerprint, "pack loaded");
-    if args.auth_required && args.jwt_secret.is_none() && args.jwt_public_key.is_none() {
-        anyhow::bail!("--auth-required needs --jwt-secret or --jwt-public-key to verify tokens");
-    }
-    let mut auth = Auth::new(args.jwt_secret.as_deref(), args.auth_required);
-    if let Some(path) = &args.jwt_public_key {
-        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        auth = auth.with_public_key(&pem)?;
-    }
-    let api_keys =
-        ApiKeys::load(&args.api_key, args.api_keys_file.as_deref()).map_err(anyhow::Error::msg)?;
-    let version_check = if args.unsafe_skip_version_check {
-        tracing::warn!(
-            "--unsafe-skip-version-check: commits no longer detect conflicts; updates WILL be lost"
-        );
-        VersionCheck::Skip
-    } else {
-        VersionCheck::Enforce
-    };
-    let static_files = match &args.static_dir {
-        Some(dir) => {
-            let files = StaticFiles::new(dir)
-                .with_context(|| format!("--static {}: not a readable directory", dir.display()))?;
-            tracing::info!(dir = %files.root().display(), "serving static files at /");
-            Some(files)
-        }
-        None => None,
-    };
-    let listen: SocketAddr = args.listen_addr().map_err(anyhow::Error::msg)?;
-    let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
-    let config = ServerConfig {
-        pack,
-        redis: args.redis_url().map(|url| RedisConfig {
-            url,
-            prefix: args.redis_prefix.clone(),
-            wait_replicas: args.redis_wait_replicas,
-            node_ttl: args.node_ttl,
-        }),
-        limits: Limits {
-            max_frame_bytes: args.max_frame_bytes,
-            outbound_queue: args.outbound_queue,
-            write_coalesce: Duration::from_millis(args.write_coalesce_ms),
-            ping_interval: args.ping_interval,
-            idle_timeout: args.idle_timeout,
-        },
-        http: HttpLimits {
-            max_head_bytes: args.max_header_bytes,
-            max_header_line_bytes: args.max_header_line_bytes,
-            head_timeout: args.header_timeout,
-        },
-        script_limits,
-        script_concurrency: args.script_concurrency,
-        auth,
-        api_keys,
-        shutdown_timeout: args.shutdown_timeout,
-        version_check,
-        sessions: SessionConfig {
-            resume_ttl: args.resume_ttl,
-            max_replay: args.resume_max_replay,
-        },
-        reload_on_sighup: true,
-        watch: args.watch,
-        edge: EdgeConfig {
-            allowed_origins: args.allowed_origins.clone(),
-            max_connections: args.max_connections,
-            max_connections_per_ip: args.max_connections_per_ip,
-            max_connections_per_user: args.max_connections_per_user,
-            trusted_proxies: args.trusted_proxies.clone(),
-        },
-        tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
-        },
-        static_files,
-    };
-    run(listener, config, shutdown_signal()).await
-}
-
-/// SIGTERM (orchestrators) or ctrl-c (humans).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-}
-
 /// Connections the kernel may queue for `accept`. tokio's `TcpListener::bind` asks for
 /// 1,024: when a node dies its clients come back to the survivors at once (W5 in
 /// bench/run: ~10,000 within 100 ms), a full queue drops their SYNs, and each client's
@@ -406,7 +259,7 @@ async fn shutdown_signal() {
 const LISTEN_BACKLOG: u32 = 65_535;
 
 /// Bind the listener with [`LISTEN_BACKLOG`].
-fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if listen.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

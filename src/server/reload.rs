@@ -58,6 +58,22 @@ pub fn record_pack(old: Option<&str>, new: &str) {
     metrics::gauge!("wss_pack_info", "fingerprint" => new.to_string()).set(1.0);
 }
 
+/// What makes a running server load its pack again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReloadTriggers {
+    /// `SIGHUP`, which reloads the TLS certificate too (the binary; in-process servers
+    /// leave the signal be).
+    pub sighup: bool,
+    /// A change to the pack's files (`--watch`).
+    pub file_changes: bool,
+}
+
+impl ReloadTriggers {
+    pub fn any(self) -> bool {
+        self.sighup || self.file_changes
+    }
+}
+
 /// Load the pack at `dir` and serve it if it is valid and different.
 pub async fn reload(engine: &Arc<Engine>, dir: &Path) -> Reloaded {
     let started = Instant::now();
@@ -65,7 +81,7 @@ pub async fn reload(engine: &Arc<Engine>, dir: &Path) -> Reloaded {
     let path = dir.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || config::load(&path, &runtime)).await;
     let outcome = match loaded {
-        Ok(Ok((pack, warnings))) => {
+        Ok(Ok(config::Loaded { pack, warnings })) => {
             for w in warnings.iter() {
                 tracing::warn!("{w}");
             }
@@ -116,20 +132,23 @@ pub async fn reload(engine: &Arc<Engine>, dir: &Path) -> Reloaded {
     outcome
 }
 
-/// Reload on `SIGHUP` (when `sighup`; the TLS certificate too) and on file changes
-/// (when `watch_files`) until `shutdown` flips.
+/// Reload on what `triggers` names (on `SIGHUP`, the TLS certificate too) until
+/// `shutdown` flips.
 pub async fn run(
     engine: Arc<Engine>,
     dir: PathBuf,
     tls: Option<Arc<Tls>>,
-    sighup: bool,
-    watch_files: bool,
+    triggers: ReloadTriggers,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut hangups = if sighup { hangup_signals() } else { None };
+    let mut hangups = if triggers.sighup {
+        hangup_signals()
+    } else {
+        None
+    };
     let (tx, mut changes) = mpsc::channel::<()>(64);
     let mut watcher = None;
-    if watch_files {
+    if triggers.file_changes {
         watcher = watch_pack(&engine.pack(), &dir, tx.clone());
     }
     let shut_down = async move {
@@ -159,7 +178,7 @@ pub async fn run(
             }
         }
         reload(&engine, &dir).await;
-        if watch_files {
+        if triggers.file_changes {
             // The pack may read other files now: watch what it is made of today.
             drop(watcher.take());
             watcher = watch_pack(&engine.pack(), &dir, tx.clone());

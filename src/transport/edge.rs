@@ -41,10 +41,19 @@ pub struct Cidr {
     prefix: u8,
 }
 
-impl std::str::FromStr for Cidr {
-    type Err = String;
+/// A `--trusted-proxies` entry that is not an address block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{0}` is not an IP address or block (like 10.0.0.0/8)")]
+    NotAnAddress(String),
+    #[error("`{text}`: the prefix length must be 0 to {max}")]
+    Prefix { text: String, max: u8 },
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Self, CidrError> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -52,13 +61,18 @@ impl std::str::FromStr for Cidr {
         let network: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("`{text}` is not an IP address or block (like 10.0.0.0/8)"))?;
+            .map_err(|_| CidrError::NotAnAddress(text.into()))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => match p.trim().parse::<u8>() {
                 Ok(p) if p <= max => p,
-                _ => return Err(format!("`{text}`: the prefix length must be 0 to {max}")),
+                _ => {
+                    return Err(CidrError::Prefix {
+                        text: text.into(),
+                        max,
+                    })
+                }
             },
         };
         Ok(Self { network, prefix })

@@ -15,12 +15,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
@@ -60,46 +60,82 @@ impl Default for HttpLimits {
 /// hyper refuses to work with a smaller read buffer than this, and the head must fit in it.
 pub const MIN_HEAD_BYTES: usize = 8 * 1024;
 
+/// The PEM files TLS is served from (`--tls-cert`, `--tls-key`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The certificate's private key.
+    pub key: PathBuf,
+}
+
+/// Why a certificate and key cannot be served; each names the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading certificate {}: {source}", path.display())]
+    ReadCertificate { path: PathBuf, source: pem::Error },
+    #[error("certificate {}: {source}", path.display())]
+    Certificate { path: PathBuf, source: pem::Error },
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("private key {}: {source}", path.display())]
+    Key { path: PathBuf, source: pem::Error },
+    #[error("certificate {} with its key: {source}", path.display())]
+    Mismatch {
+        path: PathBuf,
+        source: tokio_rustls::rustls::Error,
+    },
+}
+
 /// The TLS side of the listener: a certificate and key from PEM files, swapped whole on
 /// reload.
 pub struct Tls {
-    cert: PathBuf,
-    key: PathBuf,
+    files: TlsFiles,
     acceptor: ArcSwap<TlsAcceptor>,
 }
 
 impl Tls {
-    /// Read the certificate chain and key; errors name the file and what is wrong.
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, String> {
+    /// Read the certificate chain and key.
+    pub fn load(files: &TlsFiles) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
-            acceptor: ArcSwap::from_pointee(acceptor(cert, key)?),
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            acceptor: ArcSwap::from_pointee(acceptor(files)?),
+            files: files.clone(),
         }))
     }
 
     /// Read the files again; on any error the certificate served stays as it was.
-    pub fn reload(&self) -> Result<(), String> {
-        self.acceptor
-            .store(Arc::new(acceptor(&self.cert, &self.key)?));
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.acceptor.store(Arc::new(acceptor(&self.files)?));
         Ok(())
     }
 }
 
-fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("reading certificate {}: {e}", cert.display()))?
+fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+    let path = || files.cert.clone();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|source| TlsError::ReadCertificate {
+            path: path(),
+            source,
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+        .map_err(|source| TlsError::Certificate {
+            path: path(),
+            source,
+        })?;
     if chain.is_empty() {
-        return Err(format!("{} holds no PEM certificate", cert.display()));
+        return Err(TlsError::NoCertificate { path: path() });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("private key {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Key {
+        path: files.key.clone(),
+        source,
+    })?;
     let mut config = tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| format!("certificate {} with its key: {e}", cert.display()))?;
+        .map_err(|source| TlsError::Mismatch {
+            path: path(),
+            source,
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -20,7 +20,7 @@ use super::write_pack;
 pub fn load_pack(dir: &Path) -> wss_engine::config::Pack {
     let runtime = ScriptRuntime::new(&ScriptLimits::default());
     match wss_engine::config::load(dir, &runtime) {
-        Ok((pack, _warnings)) => pack,
+        Ok(loaded) => loaded.pack,
         Err(diags) => {
             let all: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
             panic!("test pack does not load:\n{}", all.join("\n"));
@@ -44,7 +44,7 @@ pub async fn start(yaml: &str) -> TestServer {
 /// Start a server for an inline pack, letting the test adjust limits, auth, etc.
 pub async fn start_with(yaml: &str, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     if std::env::var_os("WSS_TEST_LOG").is_some() {
-        server::init_tracing(wss_engine::cli::LogFormat::Text);
+        wss_engine::commands::init_tracing(wss_engine::cli::LogFormat::Text);
     }
     let dir = write_pack(yaml);
     let mut config = ServerConfig::new(load_pack(dir.path()));

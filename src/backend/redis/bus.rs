@@ -14,9 +14,7 @@ use super::subscriptions::{Subscriptions, Want};
 use super::wire::{decode_message, encode_end, encode_message, Message};
 use std::sync::Arc;
 
-use super::{
-    bounded, unavailable, PrimarySource, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT,
-};
+use super::{bounded, PrimarySource, RedisBackend, Subscriber, MAX_BACKOFF, OP_TIMEOUT};
 use crate::backend::{BackendError, Bus, Channel, Placement};
 use crate::delivery::{Ending, Envelope};
 
@@ -153,7 +151,9 @@ impl PubSubState {
         // On failure the channel stays wanted: the reconnect loop subscribes every
         // wanted channel, and the caller balances with `unwatch` if it gives up.
         let Some(mut sink) = self.live_sink().await else {
-            return Err(unavailable("Pub/Sub connection to Redis is down"));
+            return Err(BackendError::unavailable(
+                "Pub/Sub connection to Redis is down",
+            ));
         };
         bounded(sink.subscribe(&name)).await?;
         self.subscriptions.confirm([name]);

@@ -72,8 +72,17 @@ impl ConnectionLike for Commands {
 /// Commands to send together, each on a key (the one that decides its slot).
 #[derive(Default)]
 pub struct Batch {
-    cmds: Vec<(u16, Cmd, bool)>,
+    cmds: Vec<Queued>,
     atomic: bool,
+}
+
+/// One command of a batch.
+struct Queued {
+    /// The slot of its key: on a cluster, the shard the command goes to.
+    slot: u16,
+    cmd: Cmd,
+    /// Whether `run` returns its reply.
+    keep: bool,
 }
 
 impl Batch {
@@ -89,13 +98,21 @@ impl Batch {
 
     /// A command whose reply the caller does not need.
     pub fn add(&mut self, key: &str, cmd: Cmd) -> &mut Self {
-        self.cmds.push((slot(key.as_bytes()), cmd, false));
+        self.cmds.push(Queued {
+            slot: slot(key.as_bytes()),
+            cmd,
+            keep: false,
+        });
         self
     }
 
     /// A command whose reply `run` returns, in the order they were kept.
     pub fn keep(&mut self, key: &str, cmd: Cmd) -> &mut Self {
-        self.cmds.push((slot(key.as_bytes()), cmd, true));
+        self.cmds.push(Queued {
+            slot: slot(key.as_bytes()),
+            cmd,
+            keep: true,
+        });
         self
     }
 
@@ -109,23 +126,23 @@ impl Batch {
             if self.atomic {
                 pipe.atomic();
             }
-            for (_, cmd, _) in &self.cmds {
-                pipe.add_command(cmd.clone());
+            for queued in &self.cmds {
+                pipe.add_command(queued.cmd.clone());
             }
             let replies: Vec<Value> = pipe.query_async(conn).await?;
             return Ok(self.kept(replies.into_iter().map(Some).collect()));
         }
         // One pipeline per slot; `at` remembers where each reply goes.
         let mut per_slot: BTreeMap<u16, (redis::Pipeline, Vec<usize>)> = BTreeMap::new();
-        for (at, (slot, cmd, _)) in self.cmds.iter().enumerate() {
-            let (pipe, ats) = per_slot.entry(*slot).or_insert_with(|| {
+        for (at, queued) in self.cmds.iter().enumerate() {
+            let (pipe, ats) = per_slot.entry(queued.slot).or_insert_with(|| {
                 let mut pipe = redis::pipe();
                 if self.atomic {
                     pipe.atomic();
                 }
                 (pipe, Vec::new())
             });
-            pipe.add_command(cmd.clone());
+            pipe.add_command(queued.cmd.clone());
             ats.push(at);
         }
         let mut replies: Vec<Option<Value>> = vec![None; self.cmds.len()];
@@ -142,7 +159,7 @@ impl Batch {
         self.cmds
             .iter()
             .zip(replies)
-            .filter(|((_, _, keep), _)| *keep)
+            .filter(|(queued, _)| queued.keep)
             .map(|(_, v)| v.unwrap_or(Value::Nil))
             .collect()
     }

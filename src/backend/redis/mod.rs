@@ -173,7 +173,7 @@ const TOO_LATE: i64 = -1;
 
 /// The error of a commit refused for arriving after its deadline.
 fn too_late() -> BackendError {
-    unavailable("Redis received the commit after its deadline: nothing was written")
+    BackendError::unavailable("Redis received the commit after its deadline: nothing was written")
 }
 
 pub struct RedisBackend {
@@ -345,7 +345,7 @@ impl RedisBackend {
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
         if !self.is_healthy() {
-            return Err(unavailable("Redis is unreachable"));
+            return Err(BackendError::unavailable("Redis is unreachable"));
         }
         bounded(fut).await
     }
@@ -466,8 +466,8 @@ async fn connection_manager(
         client.get_connection_manager_with_config(config),
     )
     .await
-    .map_err(|_| unavailable(format!("could not reach Redis at {url} within 5 s")))?
-    .map_err(unavailable)?;
+    .map_err(|_| BackendError::unavailable(format!("could not reach Redis at {url} within 5 s")))?
+    .map_err(BackendError::unavailable_because)?;
     Ok(conn)
 }
 
@@ -497,11 +497,11 @@ async fn cluster_connection(
     let conn = tokio::time::timeout(Duration::from_secs(5), client.get_async_connection())
         .await
         .map_err(|_| {
-            unavailable(format!(
+            BackendError::unavailable(format!(
                 "could not reach the Redis Cluster at {nodes:?} within 5 s"
             ))
         })?
-        .map_err(unavailable)?;
+        .map_err(BackendError::unavailable_because)?;
     Ok(Commands::Cluster(conn))
 }
 
@@ -523,10 +523,6 @@ pub(super) async fn tool_connection(url: &str) -> Result<Commands, BackendError>
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable(e.to_string())
-}
-
 async fn bounded<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BackendError> {
@@ -537,8 +533,8 @@ async fn bounded<T>(
         {
             Err(BackendError::Protocol(e.to_string()))
         }
-        Ok(Err(e)) => Err(unavailable(e)),
-        Err(_) => Err(unavailable("Redis did not answer in time")),
+        Ok(Err(e)) => Err(BackendError::unavailable_because(e)),
+        Err(_) => Err(BackendError::unavailable("Redis did not answer in time")),
     }
 }
 

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
-use super::{connection_manager, unavailable, RedisBackend};
+use super::{connection_manager, RedisBackend};
 use crate::backend::BackendError;
 
 /// How often the Sentinels are asked where the primary is.
@@ -131,7 +131,7 @@ async fn ask(sentinels: &[String], master: &str) -> Result<String, BackendError>
             Err(e) => last = format!("{sentinel}: {e}"),
         }
     }
-    Err(unavailable(format!(
+    Err(BackendError::unavailable(format!(
         "could not find the primary `{master}` through Sentinel: {last}"
     )))
 }
@@ -142,8 +142,8 @@ async fn ask_one(sentinel: &str, master: &str) -> Result<String, BackendError> {
     let bounded = |fut| tokio::time::timeout(Duration::from_secs(1), fut);
     let mut conn = bounded(client.get_multiplexed_async_connection())
         .await
-        .map_err(|_| unavailable("no answer"))?
-        .map_err(unavailable)?;
+        .map_err(|_| BackendError::unavailable("no answer"))?
+        .map_err(BackendError::unavailable_because)?;
     let named: Option<(String, u16)> = tokio::time::timeout(
         Duration::from_secs(1),
         redis::cmd("SENTINEL")
@@ -152,28 +152,32 @@ async fn ask_one(sentinel: &str, master: &str) -> Result<String, BackendError> {
             .query_async(&mut conn),
     )
     .await
-    .map_err(|_| unavailable("no answer"))?
-    .map_err(unavailable)?;
-    let (host, port) = named.ok_or_else(|| unavailable(format!("does not know `{master}`")))?;
+    .map_err(|_| BackendError::unavailable("no answer"))?
+    .map_err(BackendError::unavailable_because)?;
+    let (host, port) =
+        named.ok_or_else(|| BackendError::unavailable(format!("does not know `{master}`")))?;
     let address = format!("{host}:{port}");
-    let primary = redis::Client::open(format!("redis://{address}")).map_err(unavailable)?;
+    let primary = redis::Client::open(format!("redis://{address}"))
+        .map_err(BackendError::unavailable_because)?;
     let mut conn = tokio::time::timeout(
         Duration::from_secs(1),
         primary.get_multiplexed_async_connection(),
     )
     .await
-    .map_err(|_| unavailable(format!("{address} does not answer")))?
-    .map_err(unavailable)?;
+    .map_err(|_| BackendError::unavailable(format!("{address} does not answer")))?
+    .map_err(BackendError::unavailable_because)?;
     let role: Vec<redis::Value> = tokio::time::timeout(
         Duration::from_secs(1),
         redis::cmd("ROLE").query_async(&mut conn),
     )
     .await
-    .map_err(|_| unavailable(format!("{address} does not answer")))?
-    .map_err(unavailable)?;
+    .map_err(|_| BackendError::unavailable(format!("{address} does not answer")))?
+    .map_err(BackendError::unavailable_because)?;
     match role.first() {
         Some(redis::Value::BulkString(r)) if r == b"master" => Ok(address),
-        _ => Err(unavailable(format!("{address} is not a primary (yet)"))),
+        _ => Err(BackendError::unavailable(format!(
+            "{address} is not a primary (yet)"
+        ))),
     }
 }
 

@@ -196,9 +196,7 @@ impl Shards {
             return Ok(());
         }
         let Some(mut conn) = self.conn() else {
-            return Err(BackendError::Unavailable(
-                "Redis Cluster is not connected".into(),
-            ));
+            return Err(BackendError::unavailable("Redis Cluster is not connected"));
         };
         // One channel per command: a sharded subscription may not cross slots.
         bounded(conn.ssubscribe(&channel)).await?;

@@ -144,7 +144,7 @@ impl From<Failure> for ApiError {
 impl From<BackendError> for ApiError {
     /// Whatever the backend's error, the caller can only be told it is unavailable.
     fn from(e: BackendError) -> Self {
-        Failure::from(BackendError::Unavailable(e.to_string())).into()
+        Failure::from(BackendError::unavailable_because(e)).into()
     }
 }
 

@@ -12,7 +12,7 @@
 //! here prints a secret: [`ApiKey`]'s `Debug` shows its name and scopes only.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -84,10 +84,10 @@ impl fmt::Debug for KeySpec {
 }
 
 impl std::str::FromStr for KeySpec {
-    type Err = String;
+    type Err = std::convert::Infallible;
     /// Checked later, by [`ApiKeys::load`]: the argument parser would quote the whole
     /// value (secret included) in its error.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(KeySpec(s.to_string()))
     }
 }
@@ -96,27 +96,58 @@ fn digest(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
+/// Why configured keys are refused. No message quotes a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("an API key is NAME=SECRET[:scope,scope]")]
+    Syntax,
+    #[error("API key name `{0}`: use 1 to {max} letters, digits, `_`, `-` or `.`", max = MAX_NAME_LEN)]
+    Name(String),
+    #[error("API key `{name}`: unknown scope `{scope}` (scopes are publish, read, admin; a secret cannot contain `:`)")]
+    Scope { name: String, scope: String },
+    #[error("API key `{0}`: the secret must be at least {min} characters (e.g. `openssl rand -hex 24`)", min = MIN_SECRET_LEN)]
+    ShortSecret(String),
+    #[error("API key `{0}`: the secret cannot contain spaces or control characters")]
+    SecretCharacters(String),
+    #[error("reading the API keys file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A line of the keys file (counted from 1) that is refused.
+    #[error("{}:{line}: {source}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        source: Box<KeyError>,
+    },
+    #[error("more than {max} API keys", max = MAX_KEYS)]
+    TooMany,
+    /// `from`: `--api-key` or `file:line`.
+    #[error("{from}: API key name `{name}` is used twice")]
+    NameTwice { from: String, name: String },
+    #[error("{from}: API key `{name}` has the same secret as another key")]
+    SecretTwice { from: String, name: String },
+}
+
 /// `NAME=SECRET[:scope,scope]`. Errors never quote the secret.
-fn parse_entry(entry: &str) -> Result<ApiKey, String> {
-    let (name, rest) = entry
-        .split_once('=')
-        .ok_or("an API key is NAME=SECRET[:scope,scope]")?;
+fn parse_entry(entry: &str) -> Result<ApiKey, KeyError> {
+    let (name, rest) = entry.split_once('=').ok_or(KeyError::Syntax)?;
     if name.is_empty()
         || name.len() > MAX_NAME_LEN
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
-        return Err(format!(
-            "API key name `{name}`: use 1 to {MAX_NAME_LEN} letters, digits, `_`, `-` or `.`"
-        ));
+        return Err(KeyError::Name(name.into()));
     }
     let (secret, scopes) = match rest.rsplit_once(':') {
         Some((secret, scopes)) => {
             let mut parsed = Vec::new();
             for word in scopes.split(',').map(str::trim) {
-                let scope = Scope::parse(word).ok_or_else(|| {
-                    format!("API key `{name}`: unknown scope `{word}` (scopes are publish, read, admin; a secret cannot contain `:`)")
+                let scope = Scope::parse(word).ok_or_else(|| KeyError::Scope {
+                    name: name.into(),
+                    scope: word.into(),
                 })?;
                 if !parsed.contains(&scope) {
                     parsed.push(scope);
@@ -127,14 +158,10 @@ fn parse_entry(entry: &str) -> Result<ApiKey, String> {
         None => (rest, Scope::ALL.to_vec()),
     };
     if secret.len() < MIN_SECRET_LEN {
-        return Err(format!(
-            "API key `{name}`: the secret must be at least {MIN_SECRET_LEN} characters (e.g. `openssl rand -hex 24`)"
-        ));
+        return Err(KeyError::ShortSecret(name.into()));
     }
     if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "API key `{name}`: the secret cannot contain spaces or control characters"
-        ));
+        return Err(KeyError::SecretCharacters(name.into()));
     }
     let mut scopes = scopes;
     scopes.sort();
@@ -154,37 +181,45 @@ pub struct ApiKeys {
 impl ApiKeys {
     /// Keys from the command line and, if given, a keys file. Names must be unique, and
     /// so must secrets (a request must name one key).
-    pub fn load(specs: &[KeySpec], file: Option<&Path>) -> Result<Self, String> {
+    pub fn load(specs: &[KeySpec], file: Option<&Path>) -> Result<Self, KeyError> {
         let mut entries: Vec<(String, ApiKey)> = Vec::new();
         for spec in specs {
             entries.push(("--api-key".into(), parse_entry(&spec.0)?));
         }
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the API keys file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| KeyError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let key =
-                    parse_entry(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+                let key = parse_entry(line).map_err(|e| KeyError::Line {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                    source: Box::new(e),
+                })?;
                 entries.push((format!("{}:{}", path.display(), n + 1), key));
             }
         }
         if entries.len() > MAX_KEYS {
-            return Err(format!("more than {MAX_KEYS} API keys"));
+            return Err(KeyError::TooMany);
         }
         let mut keys: Vec<Arc<ApiKey>> = Vec::with_capacity(entries.len());
         for (from, key) in entries {
             if keys.iter().any(|k| k.name == key.name) {
-                return Err(format!("{from}: API key name `{}` is used twice", key.name));
+                return Err(KeyError::NameTwice {
+                    from,
+                    name: key.name,
+                });
             }
             if keys.iter().any(|k| bool::from(k.digest.ct_eq(&key.digest))) {
-                return Err(format!(
-                    "{from}: API key `{}` has the same secret as another key",
-                    key.name
-                ));
+                return Err(KeyError::SecretTwice {
+                    from,
+                    name: key.name,
+                });
             }
             keys.push(Arc::new(key));
         }
@@ -247,7 +282,9 @@ mod tests {
             ("k=short", "at least 16"),
             ("k=0123456789abcdef0:write", "unknown scope `write`"),
         ] {
-            let err = ApiKeys::load(&[spec(entry)], None).expect_err(entry);
+            let err = ApiKeys::load(&[spec(entry)], None)
+                .expect_err(entry)
+                .to_string();
             assert!(err.contains(says), "{entry}: {err}");
             assert!(!err.contains("0123456789abcdef0"), "{err}");
         }
@@ -255,7 +292,10 @@ mod tests {
             &[spec("a=0123456789abcdef0"), spec("b=0123456789abcdef0")],
             None,
         );
-        assert!(twice.expect_err("same secret").contains("same secret"));
+        assert!(twice
+            .expect_err("same secret")
+            .to_string()
+            .contains("same secret"));
     }
 
     #[test]
@@ -275,7 +315,9 @@ mod tests {
             "# backends\nbackend=0123456789abcdef0123:publish\n\nbad=short\n",
         )
         .expect("write");
-        let err = ApiKeys::load(&[], Some(&path)).expect_err("bad line");
+        let err = ApiKeys::load(&[], Some(&path))
+            .expect_err("bad line")
+            .to_string();
         assert!(err.ends_with(":4: API key `bad`: the secret must be at least 16 characters (e.g. `openssl rand -hex 24`)"), "{err}");
         std::fs::write(&path, "# backends\nbackend=0123456789abcdef0123:publish\n").expect("write");
         let keys = ApiKeys::load(&[], Some(&path)).expect("keys");
