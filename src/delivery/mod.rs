@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use link::{ConnLink, Ending};
-pub use router::{Activated, ConnSnapshot, RoomChange, Router};
+pub use router::{Activated, ConnSnapshot, RoomChange, RoomKind, Router};
 pub use target::{Target, TargetKind, TargetSyntaxError};
 pub use windows::WriteWindows;
 

@@ -15,7 +15,7 @@ use super::{Detail, Engine, ErrorCode, Failure, Outcome};
 use crate::backend::{Channel, Placement};
 use crate::config::{EventDef, Scope, TargetError, TargetSpec, TemplateContext};
 use crate::delivery::{
-    self, Activated, ConnId, Envelope, HistoryPolicy, Position, RoomChange, Target,
+    self, Activated, ConnId, Envelope, HistoryPolicy, Position, RoomChange, RoomKind, Target,
 };
 
 /// How long a joiner of a room with history waits for another joiner of this node to
@@ -218,7 +218,7 @@ impl Engine {
     /// Put a connection in a room, announced by `$joined`. `Ok(false)`: it already was.
     pub(super) async fn enter(&self, conn: &ConnId, room: &str) -> Result<bool, Failure> {
         let policy = self.pack.load().rooms.history_for(room);
-        let change = self.router.join(conn, room, policy.is_some());
+        let change = self.router.join(conn, room, RoomKind::of(policy.as_ref()));
         if change == RoomChange::Unchanged {
             return Ok(false);
         }

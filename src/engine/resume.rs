@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Conn, Detail, Engine, ErrorCode, Failure, Outcome};
 use crate::delivery::{
-    Activated, ConnId, Ending, HistoryEntry, HistoryPolicy, RoomChange, StreamPosition,
+    Activated, ConnId, Ending, HistoryEntry, HistoryPolicy, RoomChange, RoomKind, StreamPosition,
 };
 
 /// The event name of a resume request.
@@ -158,7 +158,7 @@ impl Engine {
         claim: Option<StreamPosition>,
     ) -> Result<Restored, Failure> {
         let policy = self.pack.load().rooms.history_for(room);
-        let change = self.router.join(conn, room, policy.is_some());
+        let change = self.router.join(conn, room, RoomKind::of(policy.as_ref()));
         if change == RoomChange::Unchanged {
             // Already joined (its `$connect` hook put it there): its `$joined` stands.
             return Ok(Restored::NotRecovered);

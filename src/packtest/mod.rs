@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::backend::{BackendError, Commit, StoredValue, Write};
 use crate::config::{self, EventDef, Pack, Sender};
-use crate::delivery::{ConnId, ConnLink, Envelope, Sink, Target};
+use crate::delivery::{ConnId, ConnLink, Envelope, RoomKind, Sink, Target};
 use crate::engine::{Caller, Conn, Engine, ErrorCode};
 use crate::ids::SessionId;
 use crate::script::{ScriptLimits, ScriptRuntime};
@@ -217,7 +217,7 @@ async fn run_case(
                 link,
             );
             for room in &case.conn.rooms {
-                router.join(&id, room, false);
+                router.join(&id, room, RoomKind::Plain);
                 backend.presence.join(room, &id).await?;
             }
             let mut conn = Conn::new(id.clone(), user, case.conn.claims.clone());

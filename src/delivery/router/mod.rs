@@ -52,12 +52,30 @@ struct Room {
     progress: Arc<Notify>,
 }
 
+/// Whether a room keeps a stream on this node: a room whose pack entry gives it
+/// history numbers its deliveries, and members are placed in it by offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind {
+    Plain,
+    WithHistory,
+}
+
+impl RoomKind {
+    /// The kind of a room with this history policy (`None`: no `history:` for it).
+    pub fn of(policy: Option<&super::HistoryPolicy>) -> Self {
+        match policy {
+            Some(_) => Self::WithHistory,
+            None => Self::Plain,
+        }
+    }
+}
+
 impl Room {
-    fn new(with_stream: bool) -> Self {
+    fn new(kind: RoomKind) -> Self {
         Self {
             joined: HashSet::new(),
             members: HashMap::new(),
-            stream: with_stream.then(Stream::new),
+            stream: (kind == RoomKind::WithHistory).then(Stream::new),
             progress: Arc::new(Notify::new()),
         }
     }
@@ -241,7 +259,7 @@ impl Router {
     /// Put a connection in a room. In a room without history it receives at once and
     /// is told `$joined`; in a room with history it receives once [`Self::activate`]
     /// placed it in the stream.
-    pub fn join(&self, id: &ConnId, room: &str, with_history: bool) -> RoomChange {
+    pub fn join(&self, id: &ConnId, room: &str, kind: RoomKind) -> RoomChange {
         let mut inner = self.inner.write();
         let Some(entry) = inner.conns.get_mut(id) else {
             return RoomChange::Unchanged;
@@ -254,7 +272,7 @@ impl Router {
         let slot = inner
             .rooms
             .entry(name.clone())
-            .or_insert_with(|| Mutex::new(Room::new(with_history)));
+            .or_insert_with(|| Mutex::new(Room::new(kind)));
         let mut state = slot.lock();
         state.joined.insert(id.clone());
         if state.stream.is_none() {
@@ -477,7 +495,7 @@ mod tests {
         let link = ConnLink::new(16);
         router.register(id.clone(), None, SessionId::from("s"), link.clone());
         assert!(matches!(
-            router.join(&id, "lobby", false),
+            router.join(&id, "lobby", RoomKind::Plain),
             RoomChange::FirstLocal(_)
         ));
         router.deliver(&Envelope::plain(
@@ -505,7 +523,7 @@ mod tests {
         let (la, lb) = (ConnLink::new(64), ConnLink::new(64));
         router.register(a.clone(), None, SessionId::from("s1"), la.clone());
         router.register(b.clone(), None, SessionId::from("s2"), lb.clone());
-        router.join(&a, "doc", true);
+        router.join(&a, "doc", RoomKind::WithHistory);
         // Before the stream starts, deliveries wait.
         router.deliver(&placed("doc", "e", 4));
         assert_eq!(router.activate(&a, "doc", None), Activated::NotStarted);
@@ -516,7 +534,7 @@ mod tests {
         );
         router.deliver(&placed("doc", "e", 5));
         // b resumes from 2 with a replay of 3..=5.
-        router.join(&b, "doc", true);
+        router.join(&b, "doc", RoomKind::WithHistory);
         let replay: Vec<HistoryEntry> = (3..=5)
             .map(|o| HistoryEntry {
                 offset: o,
