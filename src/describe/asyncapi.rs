@@ -200,6 +200,26 @@ fn pointer_escape(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
+/// The answer to an event with an `id`: `{"ack", "ok", <field>}`, where `ok` says which
+/// of the two answers it is and `field` (`data` or `error`) carries the rest.
+fn ack_message(name: String, summary: String, (field, ok, schema): (&str, bool, Value)) -> Value {
+    json!({
+        "name": name,
+        "summary": summary,
+        "payload": {
+            "type": "object",
+            "required": ["ack", "ok", field],
+            "properties": {
+                "ack": id_schema(),
+                "ok": { "const": ok },
+                field: schema,
+            },
+            "additionalProperties": false,
+        },
+        "correlationId": { "location": "$message.payload#/ack" },
+    })
+}
+
 fn id_schema() -> Value {
     json!({
         "type": ["string", "number"],
@@ -243,39 +263,19 @@ fn send_operation(
     messages.insert(send_id.clone(), message);
     messages.insert(
         ok_id.clone(),
-        json!({
-            "name": format!("{name} ack"),
-            "summary": format!("`{name}` was handled: `data` is the script's reply (`null` without one)."),
-            "payload": {
-                "type": "object",
-                "required": ["ack", "ok", "data"],
-                "properties": {
-                    "ack": id_schema(),
-                    "ok": { "const": true },
-                    "data": reply,
-                },
-                "additionalProperties": false,
-            },
-            "correlationId": { "location": "$message.payload#/ack" },
-        }),
+        ack_message(
+            format!("{name} ack"),
+            format!("`{name}` was handled: `data` is the script's reply (`null` without one)."),
+            ("data", true, reply),
+        ),
     );
     messages.insert(
         error_id.clone(),
-        json!({
-            "name": format!("{name} error"),
-            "summary": format!("`{name}` failed: nothing was written or delivered."),
-            "payload": {
-                "type": "object",
-                "required": ["ack", "ok", "error"],
-                "properties": {
-                    "ack": id_schema(),
-                    "ok": { "const": false },
-                    "error": error_schema(codes),
-                },
-                "additionalProperties": false,
-            },
-            "correlationId": { "location": "$message.payload#/ack" },
-        }),
+        ack_message(
+            format!("{name} error"),
+            format!("`{name}` failed: nothing was written or delivered."),
+            ("error", false, error_schema(codes)),
+        ),
     );
     let mut operation = json!({
         "action": "send",
