@@ -16,6 +16,7 @@
 //! - [`delivery`]: what a delivery is and the node-local path to sockets (router,
 //!   per-connection queues, write windows).
 //! - [`ids`]: a connection's id (which names its node) and a session's (a credential).
+//! - [`limits`]: the one counter every resource limit reports its trips to.
 //! - [`backend`]: one small contract per concern (state, presence, sessions, the bus and
 //!   room histories, idempotency keys); memory and Redis implementations.
 //! - [`engine`]: dispatch (validate → script → commit → deliver) and transactions.
@@ -49,6 +50,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod glob;
 pub mod ids;
+pub mod limits;
 pub mod packtest;
 #[cfg(test)]
 mod proptest_support;
