@@ -342,6 +342,12 @@ impl Client {
     /// Read (discarding data frames, counting them) until the server closes; bounded by
     /// `within`. Returns how the connection ended and how many text frames came first.
     pub async fn recv_close_within(&mut self, within: Duration) -> (Closed, usize) {
+        self.recv_close_pacing(within, Duration::ZERO).await
+    }
+
+    /// [`Self::recv_close_within`] for a slow reader: a pause of `pace` after each data
+    /// frame.
+    pub async fn recv_close_pacing(&mut self, within: Duration, pace: Duration) -> (Closed, usize) {
         let deadline = tokio::time::Instant::now() + within;
         let mut frames = self.backlog.len();
         self.backlog.clear();
@@ -354,7 +360,12 @@ impl Client {
                 Ok(msg) => msg,
             };
             match msg {
-                Some(Ok(Message::Text(_) | Message::Binary(_))) => frames += 1,
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    frames += 1;
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
+                    }
+                }
                 Some(Ok(Message::Close(frame))) => {
                     // tungstenite queued our reply; it is only written while the stream
                     // is polled, so finish the handshake instead of making the server
