@@ -4,7 +4,7 @@ use clap::Parser;
 use wss_engine::cli::{Cli, Command};
 
 // Deliveries allocate and free small buffers across worker threads; mimalloc does that
-// with less CPU than glibc's malloc (figures in BENCHMARKS.md).
+// with less CPU than glibc's malloc (figures in docs/benchmark-history.md, fourth round).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

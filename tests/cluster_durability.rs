@@ -1,6 +1,7 @@
 //! `--redis-wait-replicas N`: an acknowledged state change has reached N replicas, so it
 //! survives the primary's death; without it, replication is asynchronous and a failover
-//! can lose an acknowledged write (README says so; the last test shows it happen).
+//! can lose an acknowledged write (docs/operations/cluster.md, "Failovers and
+//! durability", says so; the last test shows it happen).
 //!
 //! Each test runs one primary and one replica (`--replicaof`), real processes on free
 //! ports, and "fails over" by hand: SIGKILL the primary, `REPLICAOF NO ONE` on the
@@ -105,7 +106,7 @@ async fn with_wait_replicas_a_write_no_replica_holds_is_not_acknowledged() {
     assert!(node.metric_sum("wss_redis_wait_shortfalls_total").await >= 1.0);
 }
 
-/// What README's "Delivery guarantees" warns about, shown: without the flag an ack
+/// What docs/operations/cluster.md's "Failovers and durability" warns about, shown: without the flag an ack
 /// does not wait for replicas, and the primary's death takes the write with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_wait_replicas_a_failover_can_lose_an_acked_write() {

@@ -19,7 +19,7 @@ use support::root;
 const CORPUS: &str = "tests/diff";
 
 /// Every (change, classification) the corpus must show at least once: each rule of
-/// README's "What `diff` calls breaking", in each direction it has.
+/// docs/operations/rollout.md's "What `diff` calls breaking", in each direction it has.
 const REQUIRED: &[(&str, &str)] = &[
     ("event_removed", "breaking"),
     ("event_added", "compatible"),

@@ -1,5 +1,5 @@
 //! Inputs that crashed, hung or exhausted memory under the fuzz targets (`fuzz/`, see
-//! README "Fuzzing"), or that writing them turned up, each kept as a test with its
+//! docs/development.md, "Fuzzing"), or that writing them turned up, each kept as a test with its
 //! fix's clear error. Every case runs under a deadline, so a regression fails here
 //! instead of hanging the suite.
 

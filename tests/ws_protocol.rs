@@ -1,4 +1,4 @@
-//! The client protocol (README "Client protocol") over real sockets: `$welcome`, acks, and every
+//! The client protocol (docs/protocol.md) over real sockets: `$welcome`, acks, and every
 //! error code a frame can earn, each followed by proof that the connection survived.
 
 mod support;

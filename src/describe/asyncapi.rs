@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 use super::shapes::{any_of, ScriptShapes};
 use crate::config::{Pack, TargetSpec};
 
-/// The protocol's error codes an ack can carry for any client event (README, "Client
-/// protocol"); scripts add their own with `reject`.
+/// The protocol's error codes an ack can carry for any client event (docs/protocol.md,
+/// "Error codes"); scripts add their own with `reject`.
 const EVENT_ERROR_CODES: &[&str] = &[
     "bad_frame",
     "too_large",

@@ -33,7 +33,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    _pack: tempfile::TempDir,
+    /// The inline pack's directory, removed with the server (none for [`start_dir`]).
+    _pack: Option<tempfile::TempDir>,
 }
 
 /// Start a server for an inline pack with default limits.
@@ -43,11 +44,19 @@ pub async fn start(yaml: &str) -> TestServer {
 
 /// Start a server for an inline pack, letting the test adjust limits, auth, etc.
 pub async fn start_with(yaml: &str, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let dir = write_pack(yaml);
+    let mut server = start_dir(dir.path(), adjust).await;
+    server._pack = Some(dir);
+    server
+}
+
+/// Start a server for a pack directory that exists (`events/`, an example, a pack of
+/// several files), letting the test adjust limits, auth, etc.
+pub async fn start_dir(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     if std::env::var_os("WSS_TEST_LOG").is_some() {
         wss_engine::commands::init_tracing(wss_engine::cli::LogFormat::Text);
     }
-    let dir = write_pack(yaml);
-    let mut config = ServerConfig::new(load_pack(dir.path()));
+    let mut config = ServerConfig::new(load_pack(dir));
     // Tests that do not shut down explicitly must not keep the runtime busy for long.
     config.shutdown_timeout = Duration::from_secs(2);
     adjust(&mut config);
@@ -63,7 +72,7 @@ pub async fn start_with(yaml: &str, adjust: impl FnOnce(&mut ServerConfig)) -> T
         addr,
         stop: Some(stop),
         task: Some(task),
-        _pack: dir,
+        _pack: None,
     }
 }
 

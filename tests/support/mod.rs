@@ -1,7 +1,8 @@
 //! What the integration tests share, one module per role. A test file says
 //! `mod support;` and uses the modules it needs:
 //!
-//! - [`inprocess`]: a server in this process on `127.0.0.1:0` (`server::run`).
+//! - [`inprocess`]: a server in this process on `127.0.0.1:0` (`server::run`), for an
+//!   inline pack or a pack directory.
 //! - [`binary`]: the built binary as a process: spawned with none of the tester's
 //!   engine environment, its log collected, signalled and stopped by PID.
 //! - [`cluster`]: `redis-server`s (one, a Redis Cluster, a Sentinel), `wss-engine`

@@ -1,5 +1,5 @@
 /**
- * The resume contract (DESIGN.md, "Rooms: history, positions, resumable sessions"),
+ * The resume protocol (docs/protocol.md, "Resuming a session" and "`$gap`"),
  * client side, against a scripted server: positions from `$joined`, duplicate drop,
  * gaps, which session is presented, `session_expired`, `$gap`, close 4000.
  */

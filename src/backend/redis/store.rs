@@ -164,7 +164,7 @@ impl RedisBackend {
     /// state keys' slot), and the deliveries are published after it, each in its own
     /// slot (a room's placement and `SPUBLISH` still one step). A node that dies
     /// between the two keeps the writes and loses those deliveries; its client got no
-    /// ack (README, "Delivery guarantees").
+    /// ack (docs/protocol.md, "Delivery guarantees").
     async fn commit_then_publish(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
         let keys: Vec<&str> = commit
             .reads

@@ -1,7 +1,7 @@
 //! The checker: reads an operation history (see `history`) and lists every way the run
-//! broke the delivery guarantees (README, "Delivery guarantees") or the cluster model
-//! (README, "Run a cluster"): each violation is one line naming the client, node, room or op and the
-//! time, so a failed run can be read from the history file without a debugger.
+//! broke the delivery guarantees (docs/protocol.md, "Delivery guarantees") or the
+//! cluster model (docs/operations/cluster.md, "How the cluster works"): each violation is
+//! one line naming the client, node, room or op and the time, so a failed run can be read from the history file without a debugger.
 //!
 //! What it proves:
 //!
